@@ -1,0 +1,163 @@
+"""Rich output for plan, import and inspect. Kept apart so the application layer stays testable."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from backdate.app.importing import StatisticImport
+from backdate.app.report import DayLine, day_table, draw_chart, seams
+from backdate.targets.base import StatisticSummary, TargetInfo
+
+LONG = 62  # days; longer imports are listed per month unless --days
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _by_month(lines: list[DayLine]) -> list[tuple[str, float | None, float, int, int, int]]:
+    months: dict[str, list] = defaultdict(lambda: [None, 0.0, 0, 0, 0])
+    for line in lines:
+        m = months[line.day.strftime("%Y-%m")]
+        if line.energy_now is not None:
+            m[0] = (m[0] or 0.0) + line.energy_now
+        m[1] += line.energy_after
+        m[2] += line.new
+        m[3] += line.updated
+        m[4] += line.shifted
+    return [(k, *v) for k, v in sorted(months.items())]
+
+
+def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
+                *, all_days: bool = False) -> None:
+    for item in imports:
+        plan = item.plan
+        meta = plan.meta
+        unit = meta.unit_of_measurement or ""
+        state = "exists" if plan.metadata_exists else "new"
+        console.print(
+            f"[bold]{meta.statistic_id}[/] ({state}, source {meta.source}, {unit or 'no unit'}, "
+            f"{'sum' if meta.has_sum else 'mean'}) from {item.series.source}: "
+            f"{len(item.series):,} readings, kind {item.prepared.kind.value}"
+            + (f", input unit {item.input_unit}" if item.input_unit else ""),
+            highlight=False,
+        )
+        for tp in plan.tables:
+            if tp.upserts or tp.shifted:
+                console.print(
+                    f"  {tp.table.value}: {tp.inserted:,} new, {tp.updated:,} updated, "
+                    f"{tp.shifted:,} shifted"
+                    + (f" (sum {tp.shift:+,.6g} {unit} from "
+                       f"{datetime.fromtimestamp(tp.shift_from, tz):%Y-%m-%d %H:%M})"
+                       if tp.shift_from is not None and tp.shift else ""),
+                    highlight=False,
+                )
+        for note in plan.notes:
+            console.print(f"  note: {note}", highlight=False)
+        if not plan.hourly.upserts:
+            continue
+        lines = day_table(item, tz)
+        if meta.has_sum:
+            _print_days(console, lines, unit, tz, all_days)
+        _print_seams(console, item, unit, tz)
+
+
+def _print_days(console: Console, lines: list[DayLine], unit: str, tz: ZoneInfo,
+                all_days: bool) -> None:
+    monthly = len(lines) > LONG and not all_days
+    table = RichTable(title=f"Energy dashboard per {'month' if monthly else 'day'} "
+                      f"({tz.key}, {unit})", title_justify="left")
+    for col in ("month" if monthly else "date", "now", "after", "new", "updated", "shifted"):
+        table.add_column(col, justify="left" if col in ("date", "month") else "right")
+    rows = _by_month(lines) if monthly else [
+        (line.day.isoformat(), line.energy_now, line.energy_after, line.new, line.updated,
+         line.shifted) for line in lines]
+    for label, now, after, new, updated, shifted in rows:
+        table.add_row(label, _num(now), _num(after), f"{new:,}", f"{updated:,}", f"{shifted:,}")
+    total_now = sum(line.energy_now or 0.0 for line in lines)
+    total_after = sum(line.energy_after for line in lines)
+    table.add_row("total", _num(total_now), _num(total_after), "", "", "", style="bold")
+    console.print(table)
+
+
+def _print_seams(console: Console, item: StatisticImport, unit: str, tz: ZoneInfo) -> None:
+    found = seams(item)
+    if not found:
+        return
+    table = RichTable(title="Seams (change at each edge of the written range)",
+                      title_justify="left")
+    for col in ("table", "edge", "period", "change now", "change after", ""):
+        table.add_column(col)
+    for seam in found:
+        mark = "ok" if seam.closed else "STEP"
+        table.add_row(seam.table, seam.edge,
+                      f"{datetime.fromtimestamp(seam.start_ts, tz):%Y-%m-%d %H:%M}",
+                      _num(seam.change_before, 6), _num(seam.change_after, 6), mark)
+    console.print(table)
+    _ = unit
+
+
+def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> None:
+    sums = [i for i in imports if i.plan.meta.has_sum and i.plan.hourly.upserts]
+    if sums:
+        draw_chart(sums, tz, path)
+
+
+def print_done(console: Console, imports: list[StatisticImport], done: list[str]) -> None:
+    for item in imports:
+        if item.statistic_id in done:
+            rows = sum(len(tp.upserts) for tp in item.plan.tables)
+            console.print(f"[green]written and verified[/]: {item.statistic_id} "
+                          f"({rows:,} rows)", highlight=False)
+
+
+def print_inspect(console: Console, info: TargetInfo, summaries: list[StatisticSummary],
+                  *, as_json: bool) -> None:
+    if as_json:
+        doc = {
+            "target": info.url,
+            "kind": info.kind,
+            "schema_version": info.schema_version,
+            "statistics": [
+                {
+                    "metadata_id": s.meta.id,
+                    "statistic_id": s.meta.statistic_id,
+                    "source": s.meta.source,
+                    "unit": s.meta.unit_of_measurement,
+                    "unit_class": s.meta.unit_class,
+                    "type": "sum" if s.meta.has_sum else "mean",
+                    "mean_type": int(s.meta.mean_type),
+                    "name": s.meta.name,
+                    "hourly_rows": s.hourly_rows,
+                    "short_term_rows": s.short_term_rows,
+                    "first_hour": _iso(s.first_start),
+                    "last_hour": _iso(s.last_start),
+                    "problems": s.problems,
+                }
+                for s in summaries
+            ],
+        }
+        console.print_json(json.dumps(doc))
+        return
+    console.print(f"{info.url}: {info.kind}, schema {info.schema_version}, "
+                  f"{len(summaries)} statistics", highlight=False)
+    table = RichTable()
+    for col in ("id", "statistic_id", "source", "unit", "type", "hourly", "5-minute",
+                "first hour", "last hour", "problems"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(str(s.meta.id), s.meta.statistic_id, s.meta.source,
+                      s.meta.unit_of_measurement or "", "sum" if s.meta.has_sum else "mean",
+                      f"{s.hourly_rows:,}", f"{s.short_term_rows:,}", _iso(s.first_start) or "",
+                      _iso(s.last_start) or "", "; ".join(s.problems) or "none")
+    console.print(table)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

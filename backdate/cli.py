@@ -1,0 +1,309 @@
+"""backdate's command line: thin. Parses options, calls the application layer, prints with Rich.
+
+Exit codes (PRODUCT.md): 0 done, 1 invalid input or refused (nothing written), 2 usage error,
+3 target unreachable or failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+
+from backdate.errors import BackdateError, UsageError
+from backdate.models import Kind
+
+app = typer.Typer(
+    name="backdate",
+    help="Put energy and sensor history into Home Assistant at the right time.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+TargetArg = Annotated[str, typer.Option("--to", help="Target: sqlite:///path/home-assistant_v2.db, "
+                                        "mysql://..., postgresql://...")]
+Sources = Annotated[list[str], typer.Argument(help="Input files (CSV, TSV, JSON).")]
+StatId = Annotated[str | None, typer.Option("--statistic-id", help="Statistic to write, e.g. "
+                                            "backdate:house or sensor.energy (default: "
+                                            "backdate:<file name>).")]
+Name = Annotated[str | None, typer.Option("--name", help="Display name of a new statistic.")]
+KindOpt = Annotated[Kind | None, typer.Option("--kind", help="delta: amount per interval; "
+                                              "cumulative: meter value; power: rate; mean: "
+                                              "measurement.", case_sensitive=False)]
+Unit = Annotated[str | None, typer.Option("--unit", help="Unit of the input values (default kWh; "
+                                          "W for power).")]
+Tz = Annotated[str | None, typer.Option("--tz", help="Time zone of naive times in the input, "
+                                        "e.g. Europe/Vienna; also the zone of the day table.")]
+TimeCol = Annotated[str | None, typer.Option("--time-column", help="Name of the time column.")]
+ValueCol = Annotated[str | None, typer.Option("--value-column", help="Name of the value column.")]
+ShortTerm = Annotated[bool, typer.Option("--short-term/--no-short-term",
+                                         help="Also write 5-minute rows inside HA's short-term "
+                                         "retention (last --short-term-days days).")]
+Chart = Annotated[Path | None, typer.Option("--chart", help="Draw the days before and after "
+                                            "into this PNG file.")]
+Days = Annotated[bool, typer.Option("--days", help="List every day even for long imports.")]
+
+
+def _fail(err: BackdateError) -> None:
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    raise typer.Exit(err.exit_code)
+
+
+@contextmanager
+def _errors():
+    try:
+        yield
+    except BackdateError as err:
+        _fail(err)
+
+
+def _zone(tz: str | None) -> ZoneInfo:
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except Exception:  # noqa: BLE001 - zoneinfo raises several kinds
+            raise UsageError(f"unknown time zone {tz!r}") from None
+    return _local_zone()
+
+
+def _local_zone() -> ZoneInfo:
+    """The machine's zone (for the day table only), by name; UTC when it has none."""
+    name = os.environ.get("TZ")
+    if not name:
+        try:
+            link = os.readlink("/etc/localtime")
+            name = link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else None
+        except OSError:
+            name = None
+    try:
+        return ZoneInfo(name or "UTC")
+    except Exception:  # noqa: BLE001
+        return ZoneInfo("UTC")
+
+
+def _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
+             backup=True, short_term_days=10.0):
+    from backdate.app.importing import ImportOptions
+
+    if tz:
+        _zone(tz)
+    return ImportOptions(statistic_id=statistic_id, name=name, kind=kind, unit=unit, tz=tz,
+                         time_column=time_column, value_column=value_column,
+                         short_term=short_term, backup=backup, short_term_days=short_term_days)
+
+
+def _plan(sources, target_url, opts):
+    from backdate.app.importing import plan_imports, read_sources
+    from backdate.app.targets import open_target
+
+    with _status("reading input"):
+        series = read_sources(sources, opts)
+    target = open_target(target_url)
+    with _status("planning"):
+        imports = plan_imports(target, series, opts)
+    return target, imports
+
+
+@contextmanager
+def _status(text: str):
+    """A live status line on a terminal; nothing when output is piped."""
+    if console.is_terminal:
+        with console.status(f"{text}…"):
+            yield
+    else:
+        yield
+
+
+@app.command("plan")
+def plan_cmd(
+    sources: Sources,
+    to: TargetArg,
+    statistic_id: StatId = None,
+    name: Name = None,
+    kind: KindOpt = None,
+    unit: Unit = None,
+    tz: Tz = None,
+    time_column: TimeCol = None,
+    value_column: ValueCol = None,
+    short_term: ShortTerm = True,
+    chart: Chart = None,
+    days: Days = False,
+) -> None:
+    """Show what an import would write, and the days and seams it changes. Writes nothing.
+
+    Example: backdate plan meter.csv --to sqlite:///config/home-assistant_v2.db --tz Europe/Vienna
+    """
+    from backdate.app import render
+
+    with _errors():
+        opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term)
+        target, imports = _plan(sources, to, opts)
+        try:
+            render.print_plans(console, imports, _zone(tz), all_days=days)
+            if chart:
+                render.chart(imports, _zone(tz), str(chart))
+                console.print(f"chart written to {chart}")
+        finally:
+            target.close()
+
+
+@app.command("import")
+def import_cmd(
+    sources: Sources,
+    to: TargetArg,
+    statistic_id: StatId = None,
+    name: Name = None,
+    kind: KindOpt = None,
+    unit: Unit = None,
+    tz: Tz = None,
+    time_column: TimeCol = None,
+    value_column: ValueCol = None,
+    short_term: ShortTerm = True,
+    backup: Annotated[bool, typer.Option("--backup/--no-backup",
+                                         help="Copy the database first (SQLite backup API).")
+                      ] = True,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
+    chart: Chart = None,
+    days: Days = False,
+) -> None:
+    """Import readings into Home Assistant's statistics: plan, back up, write, verify.
+
+    Example: backdate import meter.csv --to sqlite:///config/home-assistant_v2.db --yes
+    """
+    from backdate.app import render
+    from backdate.app.importing import apply_imports
+    from backdate.app.targets import backup_target
+
+    with _errors():
+        opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
+                        backup)
+        target, imports = _plan(sources, to, opts)
+        try:
+            zone = _zone(tz)
+            render.print_plans(console, imports, zone, all_days=days)
+            if chart:
+                render.chart(imports, zone, str(chart))
+            if all(item.plan.is_empty for item in imports):
+                console.print("nothing to write")
+                return
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise UsageError("not a terminal: add --yes to write without asking")
+                if not typer.confirm("Write this?", default=False):
+                    raise typer.Exit(1)
+            if backup:
+                with _status("backing up"):
+                    path = backup_target(to, target)
+                if path:
+                    console.print(f"backup: {path}")
+            with _status("writing and verifying"):
+                done = apply_imports(target, imports)
+            render.print_done(console, imports, done)
+        finally:
+            target.close()
+
+
+@app.command("inspect")
+def inspect_cmd(
+    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://...")],
+    energy: Annotated[bool, typer.Option("--energy", help="Only statistics the Energy dashboard "
+                                         "can use (sums in energy or volume units).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every statistic a database holds, with row counts, ranges and problems.
+
+    Example: backdate inspect sqlite:///config/home-assistant_v2.db --energy
+    """
+    from backdate.app import render
+    from backdate.app.targets import open_target
+
+    with _errors():
+        tgt = open_target(target)
+        try:
+            info = tgt.info()
+            summaries = tgt.list_statistics()
+        finally:
+            tgt.close()
+        if energy:
+            from backdate.engine.units import unit_class
+
+            summaries = [s for s in summaries if s.meta.has_sum and unit_class(
+                s.meta.unit_of_measurement) in ("energy", "volume")]
+        render.print_inspect(console, info, summaries, as_json=as_json)
+
+
+@app.command("export")
+def export_cmd(
+    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://...")],
+    statistic_id: Annotated[str, typer.Option("--statistic-id", help="Statistic to export.")],
+    start: Annotated[str | None, typer.Option("--start", help="First hour (ISO time or date).")
+                     ] = None,
+    end: Annotated[str | None, typer.Option("--end", help="End (exclusive).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv, json or klausj1.")] = "csv",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default stdout).")
+                      ] = None,
+    tz: Tz = None,
+    short_term: Annotated[bool, typer.Option("--short-term", help="Export 5-minute rows.")
+                          ] = False,
+) -> None:
+    """Read a statistic back out, in a form `backdate import` reads losslessly.
+
+    Example: backdate export sqlite:///home-assistant_v2.db --statistic-id backdate:house -o h.csv
+    """
+    from backdate.app.exporting import export_statistic
+
+    with _errors():
+        if fmt not in ("csv", "json", "klausj1"):
+            raise UsageError("--format is one of csv, json, klausj1")
+        text = export_statistic(target, statistic_id, start=start, end=end, fmt=fmt, tz=tz,
+                                short_term=short_term)
+        if output:
+            output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+
+
+@app.command("restore")
+def restore_cmd(
+    backup: Annotated[Path, typer.Argument(help="A backup file that `import` wrote.")],
+    to: TargetArg,
+) -> None:
+    """Undo an import from its backup.
+
+    Example: backdate restore home-assistant_v2.db.backdate-20261123T010203Z.bak --to sqlite:///...
+    """
+    from backdate.app.targets import restore_target
+
+    with _errors():
+        restore_target(str(backup), to)
+        console.print(f"restored {to} from {backup}")
+
+
+@app.command("demo")
+def demo_cmd(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo.")] = Path(
+        "demo"),
+) -> None:
+    """Create a fresh recorder database in ./demo and import a year of synthetic data into it."""
+    from backdate.app.demo import run_demo
+
+    with _errors():
+        run_demo(directory, console)
+
+
+def main() -> None:
+    """Entry point of the `backdate` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""From prepared amounts and what a table already holds, the exact writes (pure, no I/O).
+
+The rule that keeps every seam closed: walk the written window in time order carrying the new
+running sum. A slot the input covers grows it by the input's amount; a row the target has but
+the input does not cover grows it by that row's old change. Every row after the window then
+moves by one constant shift, so each keeps its old change: nothing before the window changes,
+nothing after it changes its hourly value, and there is no step at either edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from backdate.models import StatRow, Table, TablePlan
+from backdate.targets.base import Neighbourhood
+
+
+@dataclass(slots=True)
+class SumSlots:
+    """Input amounts per slot, in the statistic's unit, sorted by start."""
+
+    starts: np.ndarray
+    amounts: np.ndarray
+    states: np.ndarray | None = None  # meter value at the slot's end (cumulative input)
+
+
+@dataclass(slots=True)
+class SumWalk:
+    """The new running sum through the window, for seams and the short-term base."""
+
+    starts: np.ndarray  # every row in the window after the write (planned and kept)
+    new_sums: np.ndarray
+    base_new: float  # new sum at the window's start
+    old_end: float = 0.0  # old sum at the window's end
+
+    @property
+    def shift(self) -> float:
+        """How much every row after the window moves."""
+        return float(self.new_sums[-1]) - self.old_end if self.new_sums.size else 0.0
+
+
+def plan_sum_table(
+    table: Table,
+    slots: SumSlots,
+    nb: Neighbourhood,
+    *,
+    base_old: float | None = None,
+    base_new: float | None = None,
+    after_count: int = 0,
+) -> tuple[TablePlan, SumWalk]:
+    """Plan one table of a sum statistic. `base_*` override the sum before the window."""
+    period = table.period
+    if base_old is None:
+        base_old = nb.before.sum if nb.before is not None and nb.before.sum is not None else 0.0
+    if base_new is None:
+        base_new = base_old
+    plan = TablePlan(table=table, seam_before=nb.before)
+    if slots.starts.size == 0:
+        return plan, SumWalk(np.empty(0), np.empty(0), base_new, base_old)
+
+    inside = [r for r in nb.inside if r.sum is not None]
+    ex_starts = np.array([r.start_ts for r in inside], dtype=np.float64)
+    ex_sums = np.array([r.sum for r in inside], dtype=np.float64)
+    ex_changes = np.diff(np.concatenate([[base_old], ex_sums])) if inside else np.empty(0)
+
+    union = np.union1d(slots.starts, ex_starts)
+    increments = np.zeros(union.size)
+    planned_pos = np.searchsorted(union, slots.starts)
+    existing_pos = np.searchsorted(union, ex_starts)
+    is_planned = np.zeros(union.size, dtype=bool)
+    is_planned[planned_pos] = True
+    increments[existing_pos] = ex_changes  # overwritten below where the input covers the slot
+    increments[planned_pos] = slots.amounts
+    new_sums = base_new + np.cumsum(increments)
+
+    ex_by_start = {r.start_ts: r for r in inside}
+    states = slots.states
+    upserts: list[StatRow] = []
+    inserted = updated = kept = 0
+    planned_iter = 0
+    for k in range(union.size):
+        start = float(union[k])
+        new_sum = float(new_sums[k])
+        if is_planned[k]:
+            state = float(states[planned_iter]) if states is not None else new_sum
+            planned_iter += 1
+            upserts.append(StatRow(start_ts=start, state=state, sum=new_sum))
+            if start in ex_by_start:
+                updated += 1
+            else:
+                inserted += 1
+        else:
+            old = ex_by_start[start]
+            if old.sum != new_sum:
+                kept += 1
+                upserts.append(
+                    StatRow(start, old.state, new_sum, old.mean, old.min, old.max,
+                            old.last_reset_ts)
+                )
+    plan.upserts = upserts
+    plan.inserted, plan.updated = inserted, updated
+
+    old_at_end = float(ex_sums[-1]) if inside else base_old
+    window_end = float(union[-1]) + period
+    if nb.after is not None:
+        plan.shift_from = window_end
+        plan.shift = float(new_sums[-1]) - old_at_end
+        plan.seam_after_old = nb.after
+        plan.seam_after_prev_old_sum = old_at_end
+        plan.shifted = kept + (after_count if plan.shift != 0 else 0)
+    else:
+        plan.shifted = kept
+    return plan, SumWalk(union, new_sums, base_new, old_at_end)
+
+
+def shift_only(table: Table, shift_from: float, shift: float, after: StatRow | None,
+               old_before: float, after_count: int = 0) -> TablePlan:
+    """A table the input does not write, whose rows after the window move with the sum."""
+    plan = TablePlan(table=table)
+    if after is not None and shift != 0:
+        plan.shift_from = shift_from
+        plan.shift = shift
+        plan.seam_after_old = after
+        plan.seam_after_prev_old_sum = old_before
+        plan.shifted = after_count
+    return plan
+
+
+def sum_at(walk: SumWalk, t: float, period: int) -> float:
+    """New running sum at time t (an edge of the walk's grid): end of the last row before t."""
+    idx = int(np.searchsorted(walk.starts + period, t, side="right")) - 1
+    return walk.base_new if idx < 0 else float(walk.new_sums[idx])
+
+
+def plan_mean_table(table: Table, starts: np.ndarray, mean: np.ndarray, low: np.ndarray,
+                    high: np.ndarray, nb: Neighbourhood) -> TablePlan:
+    """A measurement: rows are independent, so the plan is the rows themselves."""
+    existing = {r.start_ts for r in nb.inside}
+    upserts = [
+        StatRow(start_ts=float(s), mean=float(m), min=float(lo), max=float(hi))
+        for s, m, lo, hi in zip(starts, mean, low, high, strict=True)
+    ]
+    updated = sum(1 for r in upserts if r.start_ts in existing)
+    return TablePlan(table=table, upserts=upserts, inserted=len(upserts) - updated,
+                     updated=updated, seam_before=nb.before)

@@ -1,0 +1,316 @@
+"""A series of readings made ready for a statistic: converted, checked, and bucketed by hour.
+
+This is where kinds and units are resolved; everything after it works on amounts per slot in
+the statistic's own unit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backdate.engine import units
+from backdate.engine.curve import (
+    EnergyCurve,
+    MeanRows,
+    check_values,
+    covered_slots,
+    cumulative_curve,
+    delta_curve,
+    mean_slots,
+    power_curve,
+    slot_amounts,
+)
+from backdate.engine.plan import SumSlots, plan_mean_table, plan_sum_table, shift_only, sum_at
+from backdate.errors import InputError
+from backdate.models import (
+    FIVE_MINUTES,
+    HOUR,
+    Kind,
+    MeanType,
+    Series,
+    StatisticMeta,
+    Table,
+    WritePlan,
+)
+from backdate.targets.base import Neighbourhood
+
+_ENTITY_ID = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
+_EXTERNAL_ID = re.compile(r"^[a-z0-9_]+:[a-z0-9_]+$")
+
+
+def _valid_part(part: str) -> bool:
+    return bool(part) and not part.startswith("_") and not part.endswith("_") and "__" not in part
+
+
+def validate_statistic_id(statistic_id: str) -> tuple[str, bool]:
+    """HA's rules for statistic ids; returns (source, is_external) or raises InputError."""
+    if len(statistic_id) > 255:
+        raise InputError(f"statistic id {statistic_id!r} is longer than 255 characters")
+    if _EXTERNAL_ID.match(statistic_id):
+        domain, obj = statistic_id.split(":", 1)
+        if _valid_part(domain) and _valid_part(obj):
+            if len(domain) > 32:
+                raise InputError(f"source {domain!r} of {statistic_id!r} is over 32 characters")
+            return domain, True
+    elif _ENTITY_ID.match(statistic_id):
+        domain, obj = statistic_id.split(".", 1)
+        if _valid_part(domain) and _valid_part(obj):
+            return "recorder", False
+    raise InputError(
+        f"statistic id {statistic_id!r} is not one Home Assistant accepts: use "
+        "'domain:name' (external, e.g. backdate:house_energy) or an entity id 'sensor.name'; "
+        "lowercase letters, digits and single underscores, none at either end"
+    )
+
+
+def slugify(text: str) -> str:
+    """A statistic-id slug from free text (a file name): lowercase, single underscores."""
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return slug or "import"
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One statistic's input, in the statistic's unit, on HA's UTC grid."""
+
+    kind: Kind
+    unit: str | None
+    source: str
+    curve: EnergyCurve | None = None
+    hours: SumSlots | None = None
+    hourly_means: MeanRows | None = None
+    series: Series | None = None
+    values: np.ndarray | None = None
+    max_gap: float = 3600.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_sum(self) -> bool:
+        return self.kind is not Kind.MEAN
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """[first hour, end of last hour) the input writes."""
+        starts = self.hours.starts if self.hours is not None else self.hourly_means.starts
+        if starts.size == 0:
+            return (math.nan, math.nan)
+        return float(starts[0]), float(starts[-1]) + HOUR
+
+    @property
+    def total(self) -> float:
+        return float(self.hours.amounts.sum()) if self.hours is not None else 0.0
+
+    def five_minute(self, start: float, end: float) -> SumSlots:
+        """5-minute amounts for covered slots in [start, end)."""
+        assert self.curve is not None
+        slots = covered_slots(self.curve.spans, FIVE_MINUTES)
+        slots = slots[(slots >= start) & (slots < end)]
+        amounts = slot_amounts(self.curve, slots, FIVE_MINUTES)
+        states = self.curve.meter_at(slots + FIVE_MINUTES)
+        return SumSlots(slots, amounts, states)
+
+    def five_minute_means(self, start: float, end: float) -> MeanRows:
+        assert self.series is not None and self.values is not None
+        rows = mean_slots(self.series, self.values, FIVE_MINUTES, self.max_gap)
+        keep = (rows.starts >= start) & (rows.starts < end)
+        return MeanRows(rows.starts[keep], rows.mean[keep], rows.min[keep], rows.max[keep])
+
+
+def prepare(
+    series: Series,
+    *,
+    kind: Kind,
+    input_unit: str | None,
+    statistic_unit: str | None,
+    max_gap: float = 3600.0,
+) -> Prepared:
+    """Convert and bucket one series. Raises InputError for anything that cannot be meant."""
+    check_values(series, kind)
+    source = series.source
+    prepared = Prepared(kind=kind, unit=statistic_unit, source=source, max_gap=max_gap)
+    what = f" (statistic unit {statistic_unit})"
+    if kind is Kind.MEAN:
+        conv = _convert(input_unit, statistic_unit, source, what)
+        values = series.values * conv.factor + conv.offset
+        if series.mins is not None and series.maxs is not None:
+            series.mins = series.mins * conv.factor + conv.offset
+            series.maxs = series.maxs * conv.factor + conv.offset
+        prepared.series, prepared.values = series, values
+        prepared.hourly_means = mean_slots(series, values, HOUR, max_gap)
+        return prepared
+    if kind is Kind.POWER:
+        try:
+            factor = units.power_to_energy(input_unit, statistic_unit or "kWh")
+        except InputError as err:
+            raise InputError(err.problem, path=source) from None
+        curve = power_curve(series, series.values * factor, max_gap)
+    else:
+        conv = _convert(input_unit, statistic_unit, source, what)
+        values = series.values * conv.factor
+        curve = delta_curve(series, values) if kind is Kind.DELTA else cumulative_curve(
+            series, values
+        )
+    prepared.curve = curve
+    hours = covered_slots(curve.spans, HOUR)
+    amounts = slot_amounts(curve, hours, HOUR)
+    prepared.hours = SumSlots(hours, amounts, curve.meter_at(hours + HOUR))
+    return prepared
+
+
+def _convert(src: str | None, dst: str | None, source: str, what: str) -> units.Conversion:
+    try:
+        return units.conversion(src, dst, what=what)
+    except InputError as err:
+        raise InputError(err.problem, path=source) from None
+
+
+Fetch = Callable[[Table, float, float], Neighbourhood]
+
+
+@dataclass(slots=True)
+class PlanPolicy:
+    """What the application decided about the target and the clock."""
+
+    now: float
+    compiled_by_ha: bool  # an entity statistic (source recorder): HA compiles it
+    last_compiled_end: float | None  # newest window HA compiled, from statistics_runs
+    short_term: bool = True
+    short_term_days: float = 10.0  # HA's default purge_keep_days
+    supports_short_term: bool = True
+
+
+def build_plan(meta: StatisticMeta, metadata_exists: bool, prepared: Prepared, fetch: Fetch,
+               policy: PlanPolicy) -> WritePlan:
+    """The whole plan for one statistic: hourly table, then the short-term table."""
+    notes = list(prepared.notes)
+    cutoff = policy.now
+    if policy.compiled_by_ha and policy.last_compiled_end is not None:
+        cutoff = min(cutoff, policy.last_compiled_end)
+    if prepared.is_sum:
+        return _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes)
+    return _plan_mean(meta, metadata_exists, prepared, fetch, policy, cutoff, notes)
+
+
+def _cut(starts: np.ndarray, period: int, cutoff: float, policy: PlanPolicy,
+         notes: list[str], label: str) -> np.ndarray:
+    """Keep only slots HA will never compile again (closed, not future) for entity statistics."""
+    if not policy.compiled_by_ha:
+        return np.ones(starts.size, dtype=bool)
+    keep = starts + period <= cutoff
+    dropped = int((~keep).sum())
+    if dropped:
+        notes.append(
+            f"{dropped} {label} left out: Home Assistant has not compiled them yet "
+            "(open window, or the future); it compiles them itself"
+        )
+    return keep
+
+
+def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> WritePlan:
+    hours = prepared.hours
+    keep = _cut(hours.starts, HOUR, cutoff, policy, notes, "hours")
+    hours = SumSlots(hours.starts[keep], hours.amounts[keep],
+                     hours.states[keep] if hours.states is not None else None)
+    empty = WritePlan(meta, metadata_exists, shift_only(Table.HOURLY, 0, 0, None, 0),
+                      shift_only(Table.SHORT_TERM, 0, 0, None, 0), notes)
+    if hours.starts.size == 0:
+        notes.append("nothing to write")
+        return empty
+    h_start, h_end = float(hours.starts[0]), float(hours.starts[-1]) + HOUR
+    nb_h = fetch(Table.HOURLY, h_start, h_end)
+    hourly, walk = plan_sum_table(Table.HOURLY, hours, nb_h, after_count=nb_h.after_count)
+    hourly_shift, old_end = walk.shift, walk.old_end
+
+    if not (policy.short_term and policy.supports_short_term):
+        nb_s = fetch(Table.SHORT_TERM, h_start, h_end)
+        if nb_s.inside:
+            notes.append(
+                f"{len(nb_s.inside)} existing 5-minute rows inside the window were left as they "
+                "are (--no-short-term)"
+            )
+        if not policy.supports_short_term:
+            notes.append("this target writes hourly rows only: no 5-minute rows")
+        short = shift_only(Table.SHORT_TERM, h_end, hourly_shift, nb_s.after, old_end,
+                           nb_s.after_count)
+        return WritePlan(meta, metadata_exists, hourly, short, notes)
+
+    nb_probe = fetch(Table.SHORT_TERM, h_start, h_end)
+    st_from = policy.now - policy.short_term_days * 86400
+    if nb_probe.inside:
+        st_from = min(st_from, nb_probe.inside[0].start_ts)
+    st_from = max(h_start, math.floor(st_from / HOUR) * HOUR)
+    five = prepared.five_minute(st_from, h_end) if st_from < h_end else SumSlots(
+        np.empty(0), np.empty(0))
+    keep5 = _cut(five.starts, FIVE_MINUTES, cutoff, policy, notes, "5-minute windows")
+    five = SumSlots(five.starts[keep5], five.amounts[keep5],
+                    five.states[keep5] if five.states is not None else None)
+    if five.starts.size == 0:
+        short = shift_only(Table.SHORT_TERM, h_end, hourly_shift, nb_probe.after, old_end,
+                           nb_probe.after_count)
+        return WritePlan(meta, metadata_exists, hourly, short, notes)
+    s_start, s_end = float(five.starts[0]), float(five.starts[-1]) + FIVE_MINUTES
+    nb_s = fetch(Table.SHORT_TERM, s_start, s_end)
+    hour_of_start = math.floor(s_start / HOUR) * HOUR
+    base_new = sum_at(walk, hour_of_start, HOUR) + float(
+        prepared.curve.at(np.array([s_start]))[0] - prepared.curve.at(np.array([hour_of_start]))[0]
+    )
+    base_old = None
+    if nb_s.before is None or nb_s.before.sum is None:
+        base_old = _old_sum_at(nb_h, hour_of_start)
+    short, _ = plan_sum_table(Table.SHORT_TERM, five, nb_s, base_old=base_old, base_new=base_new,
+                              after_count=nb_s.after_count)
+    return WritePlan(meta, metadata_exists, hourly, short, notes)
+
+
+def _old_sum_at(nb: Neighbourhood, t: float) -> float:
+    """Old hourly sum at time t: the last row (before or inside) that ends at or before t."""
+    best = nb.before.sum if nb.before is not None and nb.before.sum is not None else 0.0
+    for row in nb.inside:
+        if row.start_ts + HOUR <= t and row.sum is not None:
+            best = row.sum
+    return float(best)
+
+
+def _plan_mean(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> WritePlan:
+    rows = prepared.hourly_means
+    keep = _cut(rows.starts, HOUR, cutoff, policy, notes, "hours")
+    starts = rows.starts[keep]
+    if starts.size == 0:
+        notes.append("nothing to write")
+        return WritePlan(meta, metadata_exists, shift_only(Table.HOURLY, 0, 0, None, 0),
+                         shift_only(Table.SHORT_TERM, 0, 0, None, 0), notes)
+    h_start, h_end = float(starts[0]), float(starts[-1]) + HOUR
+    hourly = plan_mean_table(Table.HOURLY, starts, rows.mean[keep], rows.min[keep],
+                             rows.max[keep], fetch(Table.HOURLY, h_start, h_end))
+    short = shift_only(Table.SHORT_TERM, 0, 0, None, 0)
+    if policy.short_term and policy.supports_short_term:
+        st_from = max(h_start, policy.now - policy.short_term_days * 86400)
+        five = prepared.five_minute_means(st_from, h_end)
+        k5 = _cut(five.starts, FIVE_MINUTES, cutoff, policy, notes, "5-minute windows")
+        if k5.any():
+            s = five.starts[k5]
+            short = plan_mean_table(Table.SHORT_TERM, s, five.mean[k5], five.min[k5],
+                                    five.max[k5],
+                                    fetch(Table.SHORT_TERM, float(s[0]), float(s[-1]) + 300))
+    return WritePlan(meta, metadata_exists, hourly, short, notes)
+
+
+def new_meta(statistic_id: str, *, kind: Kind, unit: str | None, name: str | None) -> StatisticMeta:
+    """Metadata for a statistic backdate creates."""
+    source, _external = validate_statistic_id(statistic_id)
+    is_sum = kind is not Kind.MEAN
+    return StatisticMeta(
+        statistic_id=statistic_id,
+        source=source,
+        unit_of_measurement=unit,
+        has_sum=is_sum,
+        mean_type=MeanType.NONE if is_sum else MeanType.ARITHMETIC,
+        name=name,
+        unit_class=units.unit_class(unit),
+    )
+

@@ -1,0 +1,596 @@
+"""backdate's one Home Assistant WebSocket API client.
+
+Why one module: the online import path, the live mirror and the tests all talk to HA through the
+same handshake, request ids, timeouts and error mapping, so they fail in the same, clear way.
+
+Usage (async)::
+
+    async with await HAClient.connect("http://127.0.0.1:8123", token) as ha:
+        info = await ha.call("recorder/info")
+
+Usage (sync, for tests and the CLI)::
+
+    with SyncHAClient("http://127.0.0.1:8123", token) as ha:
+        info = ha.call("recorder/info")
+
+Message size: HA's server drops a WebSocket connection whose *incoming* message exceeds 4 MiB
+(aiohttp's default), so callers that send large payloads (``recorder/import_statistics``) must
+chunk them. This module does not split messages; it only accepts large *replies* (up to
+``MAX_REPLY_BYTES``), because a long ``statistics_during_period`` answer can exceed 4 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import ssl as ssl_module
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import date, datetime
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from backdate.errors import TargetError
+
+__all__ = [
+    "HAAuthError",
+    "HAClient",
+    "HAError",
+    "HASubscription",
+    "HATimeoutError",
+    "HAUnreachableError",
+    "SyncHAClient",
+    "Period",
+    "statistics_during_period",
+    "statistics_during_period_sync",
+    "websocket_url",
+]
+
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+"""Largest reply we accept; aiohttp's 4 MiB client default is too small for long histories."""
+
+Period = Literal["5minute", "hour", "day", "week", "month", "year"]
+StatType = Literal["change", "last_reset", "max", "mean", "min", "state", "sum"]
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------- errors
+
+
+class HAError(TargetError):
+    """HA answered a call with ``success: false`` (or the call failed). Exit code 3.
+
+    ``code`` is HA's error code (``invalid_format``, ``unauthorized``, ``home_assistant_error``,
+    ...) or one of ours: ``auth_invalid``, ``unreachable``, ``timeout``, ``connection_closed``.
+    """
+
+    prefix = "Home Assistant: "
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        text = f"{self.prefix}{message}"
+        if code not in _OWN_CODES:
+            text += f" ({code})"
+        super().__init__(text)
+
+
+_OWN_CODES = frozenset({"auth_invalid", "unreachable", "timeout", "connection_closed"})
+
+
+class HAAuthError(HAError):
+    """The token was rejected (``auth_invalid``) or lacks rights for a call (``unauthorized``,
+    e.g. a non-admin user calling ``recorder/import_statistics``)."""
+
+
+class HAUnreachableError(HAError):
+    """No WebSocket API at that address, or the connection dropped."""
+
+    prefix = ""  # messages name the address themselves
+
+
+class HATimeoutError(HAError):
+    """HA did not answer within the timeout."""
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def websocket_url(base_url: str) -> str:
+    """Map ``http(s)://host:port[/prefix]`` to ``ws(s)://host:port[/prefix]/api/websocket``.
+
+    A prefix is kept so HA behind a reverse proxy at a sub-path works.
+    """
+    parts = urlsplit(base_url.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise HAUnreachableError(
+            "unreachable", f"not an http(s) URL: {base_url!r} (expected e.g. http://host:8123)"
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith("/api/websocket"):
+        path += "/api/websocket"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _json_default(value: Any) -> Any:
+    """Let callers pass datetimes; HA parses ISO 8601 strings."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------------- async client
+
+
+class HASubscription:
+    """Events of one subscription (``subscribe_events``, ``subscribe_trigger``, ...).
+
+    Iterate with ``async for event in sub``; ``await sub.unsubscribe()`` ends it. Iteration stops
+    when the connection closes.
+    """
+
+    def __init__(self, client: HAClient, sub_id: int):
+        self._client = client
+        self.id = sub_id
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def _push(self, event: Any) -> None:
+        self._queue.put_nowait(event)
+
+    def _end(self) -> None:
+        self._queue.put_nowait(_END)
+
+    async def get(self, timeout: float | None = None) -> Any:
+        """Next event; raises ``HAUnreachableError`` if the connection closed."""
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            raise HATimeoutError("timeout", f"no event within {timeout} s") from None
+        if item is _END:
+            self._queue.put_nowait(_END)
+            raise HAUnreachableError("connection_closed", "connection to Home Assistant closed")
+        return item
+
+    def __aiter__(self) -> HASubscription:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.get()
+        except HAUnreachableError:
+            raise StopAsyncIteration from None
+
+    async def unsubscribe(self) -> None:
+        self._client._subscriptions.pop(self.id, None)
+        if not self._client.closed:
+            await self._client.call("unsubscribe_events", subscription=self.id)
+
+
+_END = object()
+
+
+class HAClient:
+    """An authenticated connection to HA's WebSocket API (``/api/websocket``).
+
+    Create with ``await HAClient.connect(...)``. Calls may run concurrently: a reader task
+    matches replies to requests by id.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        *,
+        url: str,
+        ha_version: str | None,
+        timeout: float,
+    ):
+        self._session = session
+        self._ws = ws
+        self.url = url
+        self.ha_version = ha_version
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._subscriptions: dict[int, HASubscription] = {}
+        self._closed = False
+        self._close_reason = "connection to Home Assistant closed"
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def connect(
+        cls,
+        base_url: str,
+        token: str,
+        timeout: float = 30,
+        *,
+        ssl: bool | ssl_module.SSLContext = True,
+    ) -> HAClient:
+        """Connect and authenticate; raises ``HAUnreachableError`` or ``HAAuthError``.
+
+        ``timeout`` bounds the connect + handshake and is the default for each ``call``.
+        ``ssl=False`` skips certificate checks (self-signed HA installs).
+        """
+        url = websocket_url(base_url)
+        session = aiohttp.ClientSession()
+        try:
+            ws, ha_version = await asyncio.wait_for(
+                cls._handshake(session, url, token, ssl), timeout
+            )
+        except TimeoutError:
+            await session.close()
+            raise HAUnreachableError(
+                "unreachable", f"cannot reach Home Assistant at {url}: no answer within {timeout} s"
+            ) from None
+        except HAError:
+            await session.close()
+            raise
+        except (aiohttp.WSServerHandshakeError, aiohttp.ClientResponseError) as err:
+            await session.close()
+            raise HAUnreachableError(
+                "unreachable",
+                f"cannot reach Home Assistant at {url}: HTTP {err.status} {err.message}"
+                " (is this the address of Home Assistant?)",
+            ) from err
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            await session.close()
+            raise HAUnreachableError(
+                "unreachable", f"cannot reach Home Assistant at {url}: {err or type(err).__name__}"
+            ) from err
+        except BaseException:
+            await session.close()
+            raise
+        return cls(session, ws, url=url, ha_version=ha_version, timeout=timeout)
+
+    @staticmethod
+    async def _handshake(
+        session: aiohttp.ClientSession,
+        url: str,
+        token: str,
+        ssl: bool | ssl_module.SSLContext,
+    ) -> tuple[aiohttp.ClientWebSocketResponse, str | None]:
+        """auth_required -> auth -> auth_ok | auth_invalid."""
+        ws = await session.ws_connect(url, max_msg_size=MAX_REPLY_BYTES, ssl=ssl, heartbeat=30)
+        try:
+            first = await ws.receive_json()
+            if first.get("type") != "auth_required":
+                raise HAUnreachableError(
+                    "unreachable", f"unexpected first message from {url}: {first.get('type')!r}"
+                )
+            await ws.send_json({"type": "auth", "access_token": token})
+            reply = await ws.receive_json()
+        except (TypeError, ValueError) as err:
+            # receive_json on a closed socket or non-JSON frame.
+            await ws.close()
+            raise HAUnreachableError(
+                "unreachable", f"{url} did not speak the Home Assistant WebSocket API: {err}"
+            ) from err
+        except BaseException:
+            await ws.close()
+            raise
+        kind = reply.get("type")
+        if kind == "auth_ok":
+            return ws, reply.get("ha_version") or first.get("ha_version")
+        await ws.close()
+        if kind == "auth_invalid":
+            raise HAAuthError(
+                "auth_invalid",
+                f"access token rejected: {reply.get('message') or 'invalid'}"
+                " (create a long-lived access token in your HA profile)",
+            )
+        raise HAUnreachableError("unreachable", f"unexpected auth reply from {url}: {kind!r}")
+
+    # ------------------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        try:
+            async for msg in self._ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    for item in data if isinstance(data, list) else [data]:
+                        self._dispatch(item)
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    self._close_reason = f"WebSocket error: {self._ws.exception()}"
+                    break
+        except Exception as err:  # any reader failure ends the connection
+            self._close_reason = f"connection to Home Assistant failed: {err}"
+        finally:
+            code = self._ws.close_code
+            if code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+                self._close_reason = (
+                    "Home Assistant closed the connection: message too big"
+                    " (HA accepts at most 4 MiB per message; send smaller chunks)"
+                )
+            elif code not in (None, 1000) and not self._close_reason.endswith("backdate"):
+                self._close_reason += f" (close code {code})"
+            self._closed = True
+            err = HAUnreachableError("connection_closed", self._close_reason)
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self._pending.clear()
+            for sub in self._subscriptions.values():
+                sub._end()
+
+    def _dispatch(self, msg: Mapping[str, Any]) -> None:
+        msg_id = msg.get("id")
+        kind = msg.get("type")
+        if kind == "event":
+            sub = self._subscriptions.get(msg_id)  # type: ignore[arg-type]
+            if sub is not None:
+                sub._push(msg.get("event"))
+            return
+        fut = self._pending.pop(msg_id, None)  # type: ignore[arg-type]
+        if fut is None or fut.done():
+            return  # reply to a call that already timed out
+        if kind == "pong":
+            fut.set_result(None)
+        elif msg.get("success"):
+            fut.set_result(msg.get("result"))
+        else:
+            error = msg.get("error") or {}
+            code = str(error.get("code", "unknown_error"))
+            text = str(error.get("message", "request failed"))
+            cls = HAAuthError if code == "unauthorized" else HAError
+            fut.set_exception(cls(code, text))
+
+    # ------------------------------------------------------------------------------ calling
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def call(self, msg_type: str, /, *, timeout: float | None = None, **fields: Any) -> Any:
+        """Send ``{id, type: msg_type, **fields}`` and return its ``result``.
+
+        Raises ``HAError(code, message)`` on ``success: false``, ``HATimeoutError`` after
+        ``timeout`` seconds (default: the connect timeout) and ``HAUnreachableError`` if the
+        connection is gone. A field literally named ``timeout`` must go through ``call_message``.
+        """
+        return await self.call_message({"type": msg_type, **fields}, timeout=timeout)
+
+    async def call_message(
+        self, message: Mapping[str, Any], *, timeout: float | None = None
+    ) -> Any:
+        """Like ``call`` but with the message as a dict (``id`` is added)."""
+        msg_id, fut = self._send(message)
+        limit = self.timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(fut, limit)
+        except TimeoutError:
+            raise HATimeoutError(
+                "timeout", f"no answer to {message.get('type')!r} within {limit} s"
+            ) from None
+        finally:
+            self._pending.pop(msg_id, None)
+
+    def _send(self, message: Mapping[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        if self._closed:
+            raise HAUnreachableError("connection_closed", self._close_reason)
+        msg_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = fut
+        payload = json.dumps({**message, "id": msg_id}, default=_json_default)
+        send = asyncio.ensure_future(self._ws.send_str(payload))
+
+        def _sent(task: asyncio.Future[None]) -> None:
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is not None and not fut.done():
+                self._pending.pop(msg_id, None)
+                fut.set_exception(
+                    HAUnreachableError("connection_closed", f"sending to Home Assistant: {exc}")
+                )
+
+        send.add_done_callback(_sent)
+        return msg_id, fut
+
+    async def subscribe(
+        self, msg_type: str = "subscribe_events", /, *, timeout: float | None = None, **fields: Any
+    ) -> HASubscription:
+        """Start a subscription (e.g. ``subscribe_events`` with ``event_type``)."""
+        msg_id, fut = self._send({"type": msg_type, **fields})
+        sub = HASubscription(self, msg_id)
+        self._subscriptions[msg_id] = sub
+        limit = self.timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(fut, limit)
+        except TimeoutError:
+            self._subscriptions.pop(msg_id, None)
+            self._pending.pop(msg_id, None)
+            raise HATimeoutError("timeout", f"no answer to {msg_type!r} within {limit} s") from None
+        except BaseException:
+            self._subscriptions.pop(msg_id, None)
+            raise
+        return sub
+
+    async def ping(self, timeout: float | None = None) -> None:
+        """Round trip; proves the connection and HA's event loop are alive."""
+        await self.call("ping", timeout=timeout)
+
+    async def close(self) -> None:
+        """Close the socket and the HTTP session; pending calls fail."""
+        self._close_reason = "connection closed by backdate"
+        await self._ws.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+# ---------------------------------------------------------------------------------- sync facade
+
+
+class SyncHAClient:
+    """Blocking wrapper around ``HAClient`` for tests and the CLI.
+
+    Runs a private event loop in a daemon thread, so one connection serves many calls and the
+    caller needs no asyncio. Calls block: from async code use ``HAClient`` instead.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = 30,
+        *,
+        ssl: bool | ssl_module.SSLContext = True,
+    ):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="backdate-ha-ws", daemon=True
+        )
+        self._thread.start()
+        self.timeout = timeout
+        try:
+            self._client: HAClient = self._run(
+                HAClient.connect(base_url, token, timeout, ssl=ssl), timeout + 5
+            )
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @property
+    def ha_version(self) -> str | None:
+        return self._client.ha_version
+
+    @property
+    def url(self) -> str:
+        return self._client.url
+
+    def _run(self, coro: Awaitable[_T], limit: float | None) -> _T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        return future.result(limit)
+
+    def call(self, msg_type: str, /, *, timeout: float | None = None, **fields: Any) -> Any:
+        """Blocking ``HAClient.call``."""
+        limit = self.timeout if timeout is None else timeout
+        return self._run(self._client.call(msg_type, timeout=limit, **fields), limit + 5)
+
+    def call_message(self, message: Mapping[str, Any], *, timeout: float | None = None) -> Any:
+        """Blocking ``HAClient.call_message``."""
+        limit = self.timeout if timeout is None else timeout
+        return self._run(self._client.call_message(message, timeout=limit), limit + 5)
+
+    def run(self, func: Callable[[HAClient], Awaitable[_T]], timeout: float | None = None) -> _T:
+        """Run ``await func(async_client)`` on the private loop (reuse async helpers)."""
+
+        async def _go() -> _T:
+            return await func(self._client)
+
+        return self._run(_go(), timeout)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            self._run(self._client.close(), 10)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------ recorder helpers
+
+
+def _iso(value: datetime | str) -> str:
+    """HA reads naive times in its own zone; we only send aware times to avoid that guess."""
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
+    return value.isoformat()
+
+
+def _sdp_fields(
+    statistic_ids: Iterable[str],
+    start: datetime | str,
+    end: datetime | str | None,
+    period: Period,
+    types: Iterable[StatType] | None,
+    units: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "statistic_ids": list(statistic_ids),
+        "start_time": _iso(start),
+        "period": period,
+    }
+    if not fields["statistic_ids"]:
+        raise ValueError("statistic_ids must not be empty")
+    if end is not None:
+        fields["end_time"] = _iso(end)
+    if types is not None:
+        fields["types"] = list(types)
+    if units:
+        fields["units"] = dict(units)
+    return fields
+
+
+async def statistics_during_period(
+    client: HAClient,
+    statistic_ids: Iterable[str],
+    start: datetime | str,
+    end: datetime | str | None,
+    period: Period,
+    types: Iterable[StatType] | None,
+    units: Mapping[str, str] | None = None,
+    *,
+    timeout: float | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """``recorder/statistics_during_period``: ``{statistic_id: [{start, end, ...}]}``.
+
+    ``start``/``end`` in rows are epoch milliseconds. IDs without rows are absent from the dict.
+    """
+    fields = _sdp_fields(statistic_ids, start, end, period, types, units)
+    result = await client.call("recorder/statistics_during_period", timeout=timeout, **fields)
+    return result or {}
+
+
+def statistics_during_period_sync(
+    client: SyncHAClient,
+    statistic_ids: Iterable[str],
+    start: datetime | str,
+    end: datetime | str | None,
+    period: Period,
+    types: Iterable[StatType] | None,
+    units: Mapping[str, str] | None = None,
+    *,
+    timeout: float | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Blocking ``statistics_during_period``."""
+    fields = _sdp_fields(statistic_ids, start, end, period, types, units)
+    result = client.call("recorder/statistics_during_period", timeout=timeout, **fields)
+    return result or {}

@@ -1,0 +1,146 @@
+"""The shared vocabulary of backdate: input series, statistic rows, metadata and write plans.
+
+Every layer speaks in these types. Times are always UTC epoch seconds (float); local time exists
+only at the edges (parsing input, per-day reports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+
+import numpy as np
+
+HOUR = 3600
+FIVE_MINUTES = 300
+
+
+class Kind(StrEnum):
+    """What an input value means (PRODUCT.md, "Kinds of input")."""
+
+    DELTA = "delta"  # amount used over [start, end)
+    CUMULATIVE = "cumulative"  # meter value at an instant
+    POWER = "power"  # rate at an instant, integrated over time
+    MEAN = "mean"  # a measurement (temperature, ...) at an instant, or mean/min/max per interval
+
+
+class MeanType(IntEnum):
+    """HA's `statistics_meta.mean_type` (schema >= 49)."""
+
+    NONE = 0
+    ARITHMETIC = 1
+    CIRCULAR = 2
+
+
+class Table(StrEnum):
+    """HA's two statistics tables."""
+
+    HOURLY = "statistics"
+    SHORT_TERM = "statistics_short_term"
+
+    @property
+    def period(self) -> int:
+        return HOUR if self is Table.HOURLY else FIVE_MINUTES
+
+
+@dataclass(slots=True)
+class Series:
+    """Readings of one statistic as they came from one source, in columnar form.
+
+    `times` are UTC epoch seconds: the interval start for DELTA (and for MEAN rows that carry
+    min/max), the instant otherwise. `ends` holds interval ends where the input gave them
+    (NaN elsewhere), or is None. `lines` are 1-based line numbers in `source`, for errors.
+    Arrays are sorted by time by the reader; the engine checks the rest.
+    """
+
+    source: str
+    times: np.ndarray
+    values: np.ndarray
+    lines: np.ndarray
+    ends: np.ndarray | None = None
+    mins: np.ndarray | None = None
+    maxs: np.ndarray | None = None
+    kind: Kind | None = None  # set when the format says it; else the --kind flag decides
+    unit: str | None = None  # unit of the values, when the file says it
+    statistic_id: str | None = None  # when the file names it (klausj1 format)
+    name: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.times.shape[0])
+
+
+@dataclass(slots=True)
+class StatisticMeta:
+    """One `statistics_meta` row, independent of schema version."""
+
+    statistic_id: str
+    source: str
+    unit_of_measurement: str | None
+    has_sum: bool
+    mean_type: MeanType = MeanType.NONE
+    name: str | None = None
+    unit_class: str | None = None
+    id: int | None = None  # metadata_id in the target, when it exists there
+
+    @property
+    def has_mean(self) -> bool:
+        return self.mean_type == MeanType.ARITHMETIC
+
+    @property
+    def is_external(self) -> bool:
+        return ":" in self.statistic_id
+
+
+@dataclass(slots=True)
+class StatRow:
+    """One row of `statistics` or `statistics_short_term` (the columns backdate sets)."""
+
+    start_ts: float
+    state: float | None = None
+    sum: float | None = None
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    last_reset_ts: float | None = None
+
+
+@dataclass(slots=True)
+class TablePlan:
+    """The exact writes to one table for one statistic.
+
+    `upserts` are written whole (insert, or update in place of every column backdate sets).
+    Then every row with `start_ts >= shift_from` that is not in `upserts` gets `sum += shift`
+    (one range UPDATE), which keeps the series continuous after the written range.
+    """
+
+    table: Table
+    upserts: list[StatRow] = field(default_factory=list)
+    inserted: int = 0
+    updated: int = 0
+    shift_from: float | None = None
+    shift: float = 0.0
+    shifted: int = 0  # how many existing rows the shift moves (for reports)
+    # Row just before the written range and just after it, as they will be after the write;
+    # used to verify the seams.
+    seam_before: StatRow | None = None
+    seam_after_old: StatRow | None = None  # first row after the range, before the write
+    seam_after_prev_old_sum: float | None = None  # old sum of the row before seam_after_old
+
+
+@dataclass(slots=True)
+class WritePlan:
+    """Everything one import does to one statistic; computed before anything is written."""
+
+    meta: StatisticMeta
+    metadata_exists: bool
+    hourly: TablePlan
+    short_term: TablePlan
+    notes: list[str] = field(default_factory=list)  # what was left out and why
+
+    @property
+    def tables(self) -> tuple[TablePlan, TablePlan]:
+        return (self.hourly, self.short_term)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.hourly.upserts or self.short_term.upserts)

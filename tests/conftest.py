@@ -1,0 +1,28 @@
+"""Shared fixtures. Logic lives in helper modules (tests/ha_harness.py); keep this file thin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ha_harness import HomeAssistant, ensure_ha_venv
+
+
+@pytest.fixture(scope="session")
+def ha_venv() -> Path:
+    """HA 2024.3.3 venv from scripts/setup-ha.sh. Errors (never skips) if the install fails."""
+    return ensure_ha_venv()
+
+
+@pytest.fixture
+def home_assistant(
+    ha_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HomeAssistant]:
+    """A started HA with a fresh config dir and SQLite database; stopped afterwards."""
+    ha = HomeAssistant(tmp_path_factory.mktemp("ha"), venv=ha_venv)
+    ha.start()
+    try:
+        yield ha
+    finally:
+        ha.stop()
