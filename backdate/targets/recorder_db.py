@@ -1,0 +1,1233 @@
+"""Home Assistant's recorder database as a statistics target (SQLite now; MariaDB/PostgreSQL next).
+
+Written against SQLAlchemy 2 Core so one class serves every dialect HA supports. Everything
+that differs per dialect lives in the small `_..._sql`/`_is_retryable` helpers and in
+`_sqlite_engine`; the rest speaks plain Core. Facts and rules come from
+shared/reference/ha-recorder.md (cited as §n below).
+
+SQLite is written while Home Assistant may be running on the same file (§6-7): we never touch
+`journal_mode` or locking mode, write in one short `BEGIN IMMEDIATE` transaction per statistic,
+wait up to 60 s for HA's lock and retry for about two minutes, and never keep a read
+transaction open between calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import re
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from backdate.errors import RefusedError, TargetError, UsageError, VerificationError
+from backdate.models import MeanType, StatisticMeta, StatRow, Table, TablePlan, WritePlan
+from backdate.targets.base import Neighbourhood, StatisticSummary, TargetInfo
+
+MIN_SCHEMA = 34  # first schema with start_ts/created_ts (§1)
+MAX_SCHEMA = 53  # newest schema we know (HA 2025.12 .. 2026.11)
+BUSY_TIMEOUT = 60.0  # seconds SQLite waits for HA's write lock per attempt
+RETRY_FOR = 120.0  # total seconds we keep retrying a locked database
+REL_TOL = 1e-9  # read-back tolerance (relative)
+UPSERT_ROWS = 100  # rows per upsert statement: <= 7 x 100 parameters, under SQLite's 999
+
+STAT_TABLES = (Table.HOURLY.value, Table.SHORT_TERM.value)
+META = "statistics_meta"
+RUNS = "statistics_runs"
+LEGACY_COLUMNS = ("created", "start", "last_reset")  # pre-schema-34 datetimes, always NULL
+VALUE_COLUMNS = ("state", "sum", "mean", "min", "max", "last_reset_ts")  # what a plan sets
+_FLOAT_COLUMNS = frozenset(
+    {"created_ts", "start_ts", "mean", "mean_weight", "min", "max", "last_reset_ts", "state", "sum"}
+)
+_WRITE = "backdate_write"  # connection execution option: BEGIN IMMEDIATE instead of BEGIN
+
+# §3.1: the units HA's energy and volume converters accept (case matters: mWh vs MWh).
+ENERGY_UNITS = frozenset(
+    {
+        "J",
+        "kJ",
+        "MJ",
+        "GJ",
+        "mWh",
+        "Wh",
+        "kWh",
+        "MWh",
+        "GWh",
+        "TWh",
+        "cal",
+        "kcal",
+        "Mcal",
+        "Gcal",
+        "thm",
+    }
+)
+VOLUME_UNITS = frozenset({"ft³", "CCF", "MCF", "m³", "L", "mL", "gal", "fl. oz."})
+
+# §3.6, written from the rules there: slugs, no leading/trailing "_", no "__".
+_SLUG = r"(?!_)[0-9a-z_]+(?<!_)"
+_EXTERNAL_ID = re.compile(rf"^(?!.*__){_SLUG}:{_SLUG}$")
+_ENTITY_ID = re.compile(rf"^(?!.*__){_SLUG}\.{_SLUG}$")
+
+_URL_DRIVERS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+    "mysql+pymysql": "mysql+pymysql",
+    "mariadb+pymysql": "mysql+pymysql",
+    "mysql+mysqldb": "mysql+pymysql",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+psycopg2": "postgresql+psycopg",
+}
+
+T = TypeVar("T")
+
+
+def unit_class_for(unit: str | None) -> str | None:
+    """HA's `unit_class` for a stored unit: 'energy', 'volume', or None (HA then uses the unit)."""
+    if unit in ENERGY_UNITS:
+        return "energy"
+    if unit in VOLUME_UNITS:
+        return "volume"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaInfo:
+    """The schema version HA recorded and the columns each table really has.
+
+    Columns are read from the database, not derived from the version: migrated databases keep
+    leftovers (legacy datetime columns) and a failed migration can leave a column missing.
+    """
+
+    version: int
+    columns: dict[str, frozenset[str]]
+
+    @property
+    def has_mean_type(self) -> bool:
+        return "mean_type" in self.columns[META]
+
+    @property
+    def has_unit_class(self) -> bool:
+        return "unit_class" in self.columns[META]
+
+    @property
+    def has_mean_weight(self) -> bool:
+        return "mean_weight" in self.columns[Table.HOURLY.value]
+
+    def legacy(self, table: str) -> tuple[str, ...]:
+        """Legacy datetime columns present in `table` (written as NULL)."""
+        return tuple(c for c in LEGACY_COLUMNS if c in self.columns[table])
+
+
+def _build_tables(schema: SchemaInfo) -> dict[str, sa.Table]:
+    """Core tables with only the columns this database has and backdate uses."""
+    md = sa.MetaData()
+    tables: dict[str, sa.Table] = {}
+    for name in STAT_TABLES:
+        cols = schema.columns[name]
+        tables[name] = sa.Table(
+            name,
+            md,
+            sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+            sa.Column("metadata_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite")),
+            *(sa.Column(c, sa.Float()) for c in sorted(cols & _FLOAT_COLUMNS)),
+        )
+    meta_cols = [
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("statistic_id", sa.String(255)),
+        sa.Column("source", sa.String(32)),
+        sa.Column("unit_of_measurement", sa.String(255)),
+        sa.Column("has_mean", sa.Boolean()),
+        sa.Column("has_sum", sa.Boolean()),
+        sa.Column("name", sa.String(255)),
+    ]
+    if schema.has_mean_type:
+        meta_cols.append(sa.Column("mean_type", sa.SmallInteger()))
+    if schema.has_unit_class:
+        meta_cols.append(sa.Column("unit_class", sa.String(255)))
+    tables[META] = sa.Table(META, md, *meta_cols)
+    # `start` stays untyped text here: SQLite stores it as text we parse ourselves (§2.2).
+    tables[RUNS] = sa.Table(
+        RUNS,
+        md,
+        sa.Column("run_id", sa.Integer(), primary_key=True),
+        sa.Column("start", sa.String()),
+    )
+    return tables
+
+
+# --------------------------------------------------------------------------------------------
+# Dialect-specific SQL
+
+
+def _placeholder(dialect: sa.Dialect) -> str:
+    """The DBAPI's positional placeholder, for the raw executemany path."""
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
+def _upsert_sql(
+    dialect: sa.Dialect,
+    table: str,
+    *,
+    metadata_id: int,
+    created_ts: float,
+    bound: Sequence[str],
+    legacy: Sequence[str],
+    rows: int = 1,
+) -> str:
+    """INSERT `rows` statistics rows, updating those whose (metadata_id, start_ts) exists.
+
+    Parameters per row: start_ts, then the `bound` value columns (in VALUE_COLUMNS order).
+    Value columns not bound are NULL in every row of the plan and are written as literal NULL:
+    binding parameters is most of SQLite's cost, so a sum statistic binds 3 instead of 8.
+    Several rows per statement save per-statement cost; every dialect accepts multi-row VALUES.
+    `metadata_id` and `created_ts` are inlined numbers (an int from the database and our
+    clock), so the parameters can be built before the transaction starts. `created_ts` is
+    only written on insert; `id` is never supplied (§7); legacy datetime columns are NULL.
+    """
+    q = dialect.identifier_preparer.quote
+    ph = _placeholder(dialect)
+    cols = ["created_ts", "metadata_id", "start_ts", *VALUE_COLUMNS, *legacy]
+    one = ", ".join(
+        [
+            repr(float(created_ts)),
+            str(int(metadata_id)),
+            ph,
+            *(ph if c in bound else "NULL" for c in VALUE_COLUMNS),
+            *(["NULL"] * len(legacy)),
+        ]
+    )
+    head = (
+        f"INSERT INTO {q(table)} ({', '.join(q(c) for c in cols)}) "
+        f"VALUES {', '.join([f'({one})'] * rows)}"
+    )
+    if dialect.name == "mysql":  # MySQL and MariaDB
+        sets = [f"{q(c)} = VALUES({q(c)})" for c in VALUE_COLUMNS]
+        sets += [f"{q(c)} = NULL" for c in legacy]
+        return f"{head} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
+    if dialect.name in ("sqlite", "postgresql"):
+        sets = [f"{q(c)} = excluded.{q(c)}" for c in VALUE_COLUMNS]
+        sets += [f"{q(c)} = NULL" for c in legacy]
+        return (
+            f"{head} ON CONFLICT ({q('metadata_id')}, {q('start_ts')}) "
+            f"DO UPDATE SET {', '.join(sets)}"
+        )
+    raise TargetError(f"no upsert for database dialect {dialect.name!r}")
+
+
+def _off_grid(col: sa.ColumnElement[Any], period: int) -> sa.ColumnElement[bool]:
+    """True where a start_ts is not a multiple of `period`.
+
+    Works on every dialect although CAST to integer truncates on SQLite and rounds on
+    MySQL/PostgreSQL: a fractional value differs from its cast either way, and SQLite's `%`
+    on REAL silently truncates, so the integer part is tested separately.
+    """
+    as_int = sa.cast(col, sa.BigInteger())
+    return sa.or_(col != as_int, as_int % period != 0)
+
+
+def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
+    """Lock contention worth waiting out (SQLITE_BUSY, InnoDB lock wait/deadlock, PG 40xxx)."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        msg = str(orig).lower()
+        return "locked" in msg or "busy" in msg
+    code = orig.args[0] if orig is not None and orig.args else None
+    if code in (1205, 1213):  # MySQL/MariaDB lock wait timeout, deadlock
+        return True
+    return getattr(orig, "sqlstate", None) in ("40001", "40P01")
+
+
+def _sqlite_engine(path: Path, busy_timeout: float) -> Engine:
+    """An engine on an existing SQLite file that cooperates with a running HA (§6-7).
+
+    pysqlite would otherwise start transactions lazily with a plain BEGIN, which can fail
+    with SQLITE_BUSY half-way through a write; per SQLAlchemy's documented recipe the DBAPI
+    connection is put in autocommit mode and we emit BEGIN ourselves: BEGIN IMMEDIATE for
+    writes (takes the write lock up front, waiting `busy_timeout`), plain BEGIN for reads (a
+    snapshot released when the call ends). No pooling: nothing stays open between calls.
+    """
+    uri = path.resolve().as_uri() + "?mode=rw"  # mode=rw: never create a missing file
+
+    def connect() -> sqlite3.Connection:
+        con = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+        con.execute("PRAGMA foreign_keys=ON")
+        return con
+
+    engine = sa.create_engine("sqlite://", creator=connect, poolclass=NullPool)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+# --------------------------------------------------------------------------------------------
+# Opening
+
+
+def _driver_url(url: str) -> sa.URL:
+    """Map HA's db_url onto the SQLAlchemy driver backdate ships (pymysql, psycopg)."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise UsageError(f"not a database URL: {url!r}") from None
+    driver = _URL_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise UsageError(
+            f"unsupported database URL scheme {parsed.drivername!r}; use sqlite:///PATH, "
+            "mysql://, mariadb:// or postgresql://"
+        )
+    return parsed.set(drivername=driver)
+
+
+def open_recorder(
+    url: str, *, busy_timeout: float = BUSY_TIMEOUT, retry_for: float = RETRY_FOR
+) -> RecorderDatabase:
+    """Open HA's recorder database from its db_url and check its schema.
+
+    Raises TargetError (exit 3) when it can't be opened, RefusedError (exit 1) when it isn't a
+    recorder database of a schema backdate can write.
+    """
+    parsed = _driver_url(url)
+    masked = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() != "sqlite":
+        # The dialect helpers above are written for MySQL/PostgreSQL, but not yet tested.
+        raise TargetError(
+            f"{masked}: {parsed.get_backend_name()} targets are not supported yet; "
+            "use the SQLite file or the WebSocket target"
+        )
+    database = parsed.database
+    if not database or database == ":memory:":
+        raise UsageError(f"{url!r} names no database file; use sqlite:////path/to/db")
+    path = Path(database)
+    if not path.is_file():
+        raise TargetError(f"no such database: {path}")
+    if sqlite3.sqlite_version_info < (3, 25, 0):
+        raise TargetError(
+            f"SQLite {sqlite3.sqlite_version} is too old (upserts need 3.24, checks need 3.25)"
+        )
+    engine = _sqlite_engine(path, busy_timeout)
+    try:
+        return RecorderDatabase(engine, url=masked, kind="sqlite", path=path, retry_for=retry_for)
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# The target
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One table's upserts as DBAPI parameters, built before the transaction to keep it short.
+
+    `batches` pairs a rows-per-statement count with the flattened parameter tuples for it.
+    """
+
+    plan: TablePlan
+    name: str
+    created_ts: float
+    bound: tuple[str, ...] = ()
+    batches: list[tuple[int, list[tuple[Any, ...]]]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Written:
+    """What the transaction saw, for the read-back after commit."""
+
+    metadata_id: int
+    # table -> (start_ts, old sum) of the first row at/after shift_from, before the shift
+    shifted_first: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+class RecorderDatabase:
+    """A `StatisticsTarget` on HA's recorder database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        url: str,
+        kind: str,
+        path: Path | None = None,
+        retry_for: float = RETRY_FOR,
+    ) -> None:
+        self._engine = engine
+        self.url = url
+        self.kind = kind
+        self.path = path
+        self._retry_for = retry_for
+        self.schema = self._detect_schema()
+        self._t = _build_tables(self.schema)
+
+    # -- context management -----------------------------------------------------------------
+
+    def __enter__(self) -> RecorderDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection (NullPool holds none between calls; this is for symmetry)."""
+        self._engine.dispose()
+
+    # -- low level --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A short read transaction, ended when the call ends (keeps WAL checkpoints free)."""
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise TargetError(f"{self.url}: {_describe(exc)}") from exc
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction; retry it whole while the database is locked.
+
+        Any failure rolls the transaction back, so nothing is half-written.
+        """
+        started = time.monotonic()
+        deadline = started + self._retry_for
+        delay = 0.5
+        while True:
+            try:
+                with self._engine.connect() as conn:
+                    conn.execution_options(**{_WRITE: True})
+                    with conn.begin():
+                        return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if _is_retryable(exc) and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if _is_retryable(exc):
+                    raise TargetError(
+                        f"{self.url}: the database stayed locked for "
+                        f"{time.monotonic() - started:.1f} s "
+                        f"({_describe(exc)}); nothing was written"
+                    ) from exc
+                raise TargetError(
+                    f"{self.url}: write failed and was rolled back: {_describe(exc)}"
+                ) from exc
+            except sa.exc.SQLAlchemyError as exc:
+                raise TargetError(
+                    f"{self.url}: write failed and was rolled back: {_describe(exc)}"
+                ) from exc
+
+    def _detect_schema(self) -> SchemaInfo:
+        """Version from schema_changes (highest change_id, as HA does, §6) plus real columns."""
+        with self._read() as conn:
+            insp = sa.inspect(conn)
+            tables = set(insp.get_table_names())
+            if "schema_changes" not in tables:
+                raise RefusedError(
+                    f"{self.url} is not a Home Assistant recorder database (no schema_changes)"
+                )
+            row = conn.execute(
+                sa.text("SELECT schema_version FROM schema_changes ORDER BY change_id DESC LIMIT 1")
+            ).first()
+            if row is None or row[0] is None:
+                raise RefusedError(
+                    f"{self.url}: schema_changes is empty; start Home Assistant once so it "
+                    "finishes creating the database"
+                )
+            version = int(row[0])
+            if version < MIN_SCHEMA:
+                raise RefusedError(
+                    f"{self.url}: schema version {version} is older than {MIN_SCHEMA} (Home "
+                    "Assistant before 2023.3, no start_ts columns); upgrade Home Assistant first"
+                )
+            if version > MAX_SCHEMA:
+                raise RefusedError(
+                    f"{self.url}: schema version {version} is newer than {MAX_SCHEMA}, the "
+                    "newest backdate knows; update backdate"
+                )
+            missing = [t for t in (*STAT_TABLES, META, RUNS) if t not in tables]
+            if missing:
+                raise RefusedError(f"{self.url}: tables missing: {', '.join(missing)}")
+            columns = {
+                t: frozenset(c["name"] for c in insp.get_columns(t))
+                for t in (*STAT_TABLES, META, RUNS)
+            }
+        for t in STAT_TABLES:
+            need = {"id", "metadata_id", "start_ts", "created_ts", *VALUE_COLUMNS}
+            if not need <= columns[t]:
+                raise RefusedError(
+                    f"{self.url}: {t} lacks {', '.join(sorted(need - columns[t]))} although "
+                    f"the schema version is {version}; let Home Assistant finish its migration"
+                )
+        need = {
+            "id",
+            "statistic_id",
+            "source",
+            "unit_of_measurement",
+            "has_mean",
+            "has_sum",
+            "name",
+        }
+        if not need <= columns[META]:
+            raise RefusedError(
+                f"{self.url}: {META} lacks {', '.join(sorted(need - columns[META]))}"
+            )
+        return SchemaInfo(version=version, columns=columns)
+
+    def _meta_row(self, conn: Connection, statistic_id: str) -> sa.Row[Any] | None:
+        m = self._t[META]
+        return conn.execute(sa.select(m).where(m.c.statistic_id == statistic_id)).first()
+
+    def _meta_from_row(self, row: sa.Row[Any]) -> StatisticMeta:
+        data = row._mapping
+        if self.schema.has_mean_type and data["mean_type"] is not None:
+            mean_type = MeanType(int(data["mean_type"]))
+        else:  # schema < 49: has_mean is the only truth (§3.1)
+            mean_type = MeanType.ARITHMETIC if data["has_mean"] else MeanType.NONE
+        return StatisticMeta(
+            statistic_id=data["statistic_id"],
+            source=data["source"],
+            unit_of_measurement=data["unit_of_measurement"],
+            has_sum=bool(data["has_sum"]),
+            mean_type=mean_type,
+            name=data["name"],
+            unit_class=data["unit_class"] if self.schema.has_unit_class else None,
+            id=int(data["id"]),
+        )
+
+    def _row_columns(self, table: str) -> list[sa.Column[Any]]:
+        t = self._t[table]
+        return [t.c.start_ts, *(t.c[c] for c in VALUE_COLUMNS)]
+
+    def _last_compiled_end(self, conn: Connection) -> float | None:
+        runs = self._t[RUNS]
+        row = conn.execute(sa.select(runs.c.start).order_by(runs.c.start.desc()).limit(1)).first()
+        if row is None:
+            return None
+        start = _to_epoch(row[0])
+        return None if start is None else start + 300.0
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def info(self) -> TargetInfo:
+        """Schema version and the end of the newest 5-minute window HA compiled."""
+        notes: list[str] = []
+        with self._read() as conn:
+            last = self._last_compiled_end(conn)
+            if self.kind == "sqlite":
+                mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+                notes.append(f"SQLite {sqlite3.sqlite_version}, journal_mode={mode}")
+                if str(mode).lower() != "wal":
+                    notes.append(
+                        "journal_mode is not WAL: Home Assistant always sets WAL, so it has not "
+                        "opened this file yet or something changed it; stop HA while writing"
+                    )
+        if not self.schema.has_mean_weight:
+            notes.append("no mean_weight column (schema < 49): circular means unsupported")
+        return TargetInfo(
+            url=self.url,
+            kind=self.kind,
+            schema_version=self.schema.version,
+            last_compiled_end=last,
+            supports_short_term=True,
+            notes=notes,
+        )
+
+    def get_metadata(self, statistic_id: str) -> StatisticMeta | None:
+        """The metadata row, or None; `mean_type` derived from `has_mean` on schema < 49."""
+        with self._read() as conn:
+            row = self._meta_row(conn, statistic_id)
+        return None if row is None else self._meta_from_row(row)
+
+    def neighbourhood(
+        self, table: Table, statistic_id: str, start: float, end: float
+    ) -> Neighbourhood:
+        """Last row before `start`, rows in [start, end), first row at/after `end`.
+
+        Read in one snapshot so the three parts are consistent with each other.
+        """
+        name = Table(table).value
+        t = self._t[name]
+        cols = self._row_columns(name)
+        with self._read() as conn:
+            meta = self._meta_row(conn, statistic_id)
+            if meta is None:
+                return Neighbourhood(None, [], None)
+            mine = t.c.metadata_id == meta.id
+            before = conn.execute(
+                sa.select(*cols)
+                .where(mine, t.c.start_ts < start)
+                .order_by(t.c.start_ts.desc())
+                .limit(1)
+            ).first()
+            inside = conn.execute(
+                sa.select(*cols)
+                .where(mine, t.c.start_ts >= start, t.c.start_ts < end)
+                .order_by(t.c.start_ts)
+            ).all()
+            after = conn.execute(
+                sa.select(*cols).where(mine, t.c.start_ts >= end).order_by(t.c.start_ts).limit(1)
+            ).first()
+        return Neighbourhood(
+            before=_stat_row(before) if before is not None else None,
+            inside=[_stat_row(r) for r in inside],
+            after=_stat_row(after) if after is not None else None,
+        )
+
+    def read_rows(
+        self, table: Table, statistic_id: str, start: float | None = None, end: float | None = None
+    ) -> list[StatRow]:
+        """Rows with start <= start_ts < end (either bound optional), oldest first."""
+        name = Table(table).value
+        t = self._t[name]
+        with self._read() as conn:
+            meta = self._meta_row(conn, statistic_id)
+            if meta is None:
+                return []
+            q = sa.select(*self._row_columns(name)).where(
+                t.c.metadata_id == meta.id, t.c.start_ts.is_not(None)
+            )
+            if start is not None:
+                q = q.where(t.c.start_ts >= start)
+            if end is not None:
+                q = q.where(t.c.start_ts < end)
+            rows = conn.execute(q.order_by(t.c.start_ts)).all()
+        return [_stat_row(r) for r in rows]
+
+    def list_statistics(self) -> list[StatisticSummary]:
+        """Every statistic with row counts, first/last start over both tables, and problems."""
+        m = self._t[META]
+        with self._read() as conn:
+            metas = conn.execute(sa.select(m).order_by(m.c.statistic_id)).all()
+            counts: dict[str, dict[int, sa.Row[Any]]] = {}
+            falls: dict[str, dict[int, sa.Row[Any]]] = {}
+            for name in STAT_TABLES:
+                t = self._t[name]
+                period = Table(name).period
+                counts[name] = {
+                    r.metadata_id: r
+                    for r in conn.execute(
+                        sa.select(
+                            t.c.metadata_id,
+                            sa.func.count().label("rows"),
+                            sa.func.min(t.c.start_ts).label("first"),
+                            sa.func.max(t.c.start_ts).label("last"),
+                            sa.func.sum(
+                                sa.case((_off_grid(t.c.start_ts, period), 1), else_=0)
+                            ).label("off_grid"),
+                            sa.func.sum(sa.case((t.c.start_ts.is_(None), 1), else_=0)).label(
+                                "null_start"
+                            ),
+                        ).group_by(t.c.metadata_id)
+                    )
+                }
+                prev = sa.func.lag(t.c.sum).over(
+                    partition_by=t.c.metadata_id, order_by=t.c.start_ts
+                )
+                sub = (
+                    sa.select(t.c.metadata_id, t.c.start_ts, t.c.sum, prev.label("prev"))
+                    .where(t.c.start_ts.is_not(None))
+                    .subquery()
+                )
+                falls[name] = {
+                    r.metadata_id: r
+                    for r in conn.execute(
+                        sa.select(
+                            sub.c.metadata_id,
+                            sa.func.count().label("n"),
+                            sa.func.min(sub.c.start_ts).label("first"),
+                        )
+                        .where(sub.c.sum < sub.c.prev)
+                        .group_by(sub.c.metadata_id)
+                    )
+                }
+        out: list[StatisticSummary] = []
+        for row in metas:
+            meta = self._meta_from_row(row)
+            data = row._mapping
+            problems: list[str] = []
+            firsts: list[float] = []
+            lasts: list[float] = []
+            n_rows = {}
+            for name in STAT_TABLES:
+                c = counts[name].get(meta.id)
+                n_rows[name] = int(c.rows) if c is not None else 0
+                if c is None:
+                    continue
+                if c.first is not None:
+                    firsts.append(float(c.first))
+                    lasts.append(float(c.last))
+                if c.off_grid:
+                    problems.append(
+                        f"{c.off_grid} {name} rows off the {Table(name).period}-second grid"
+                    )
+                if c.null_start:
+                    problems.append(
+                        f"{c.null_start} {name} rows with NULL start_ts (HA treats them as "
+                        "unmigrated)"
+                    )
+                f = falls[name].get(meta.id)
+                if meta.has_sum and f is not None:
+                    problems.append(
+                        f"sum falls {f.n} times in {name}, first at {_iso(float(f.first))}"
+                    )
+            if self.schema.has_mean_type and data["mean_type"] is None:
+                problems.append("mean_type is NULL")
+            known = unit_class_for(meta.unit_of_measurement)
+            if self.schema.has_unit_class and data["unit_class"] is None and known:
+                problems.append(
+                    f"unit_class is NULL although {meta.unit_of_measurement!r} is {known}"
+                )
+            if self.schema.version < 50 and data["has_mean"] is None:
+                problems.append(
+                    "has_mean is NULL (Home Assistant before 2025.4 fails statistics requests "
+                    "that include it)"
+                )
+            out.append(
+                StatisticSummary(
+                    meta=meta,
+                    hourly_rows=n_rows[Table.HOURLY.value],
+                    short_term_rows=n_rows[Table.SHORT_TERM.value],
+                    first_start=min(firsts) if firsts else None,
+                    last_start=max(lasts) if lasts else None,
+                    problems=problems,
+                )
+            )
+        return out
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def apply(self, plan: WritePlan, *, allow_unit_change: bool = False) -> None:
+        """Write the plan in one transaction (metadata, both tables, shifts), then verify it.
+
+        Raises RefusedError before writing when the plan breaks a rule of §8 or the database
+        changed since the plan was made; TargetError (rolled back) on any database failure;
+        VerificationError when the committed data does not read back as planned.
+        `allow_unit_change` lets the plan relabel an existing statistic's unit.
+        """
+        self._check_plan(plan)
+        prepared = self._prepare(plan)
+        if not any(p.batches or _has_shift(p.plan) for p in prepared):
+            return
+        written = self._write(
+            lambda conn: self._write_plan(conn, plan, prepared, allow_unit_change)
+        )
+        plan.meta.id = written.metadata_id
+        self._verify(plan, written)
+
+    def _check_plan(self, plan: WritePlan) -> None:
+        """The plan's own consistency and §3.6/§8 rules, checked before anything is written."""
+        meta = plan.meta
+        sid = meta.statistic_id
+        if len(sid) > 255:
+            raise RefusedError(f"statistic id longer than 255 characters: {sid[:40]}...")
+        if _EXTERNAL_ID.match(sid):
+            domain = sid.split(":", 1)[0]
+            if not plan.metadata_exists and meta.source != domain:
+                raise RefusedError(
+                    f"{sid}: source must be {domain!r} (the part before ':'), not {meta.source!r}"
+                )
+        elif _ENTITY_ID.match(sid):
+            if not plan.metadata_exists and meta.source != "recorder":
+                raise RefusedError(f"{sid}: entity statistics need source 'recorder'")
+        else:
+            raise RefusedError(f"{sid!r} is neither an entity id nor an external statistic id")
+        if meta.mean_type == MeanType.CIRCULAR and not self.schema.has_mean_type:
+            raise RefusedError(
+                f"{sid}: circular means need schema 49 (Home Assistant 2025.4) or newer"
+            )
+        known = unit_class_for(meta.unit_of_measurement)
+        if meta.unit_class is not None and known is not None and meta.unit_class != known:
+            raise RefusedError(
+                f"{sid}: unit_class {meta.unit_class!r} does not fit unit "
+                f"{meta.unit_of_measurement!r} ({known})"
+            )
+        for tp in plan.tables:
+            period = tp.table.period
+            starts = [r.start_ts for r in tp.upserts]
+            if not all(map(math.isfinite, starts)) or any(ts % period for ts in starts):
+                ts = next(t for t in starts if not math.isfinite(t) or t % period)
+                raise RefusedError(
+                    f"{sid}: {tp.table.value} row at {ts!r}"
+                    f"{f' ({_iso(ts)})' if math.isfinite(ts) else ''} is not on the "
+                    f"{period}-second UTC grid"
+                )
+            if len(set(starts)) != len(starts):
+                ts = next(t for t, n in Counter(starts).items() if n > 1)
+                raise RefusedError(f"{sid}: {tp.table.value} plans {_iso(ts)} twice")
+            last = max(starts, default=-math.inf)
+            if tp.shift_from is not None:
+                if not math.isfinite(tp.shift) or not math.isfinite(tp.shift_from):
+                    raise RefusedError(f"{sid}: {tp.table.value} shift is not a number")
+                if tp.shift_from <= last:
+                    raise RefusedError(
+                        f"{sid}: {tp.table.value} shift starts at {_iso(tp.shift_from)}, "
+                        "inside the written rows"
+                    )
+
+    def _prepare(self, plan: WritePlan) -> list[_Prepared]:
+        """Check the values and lay them out as `_upsert_sql` parameters, UPSERT_ROWS a tuple.
+
+        Columns (not rows) are the unit of work so the checks and the flattening run in
+        C-level loops; `created_ts` is one 'now' per plan.
+        """
+        now = time.time()
+        out = []
+        for tp in plan.tables:
+            prepared = _Prepared(plan=tp, name=tp.table.value, created_ts=now)
+            out.append(prepared)
+            if not tp.upserts:
+                continue
+            columns = [[float(r.start_ts) for r in tp.upserts]]
+            bound = []
+            for col in VALUE_COLUMNS:
+                values = [getattr(r, col) for r in tp.upserts]
+                present = [v for v in values if v is not None]
+                if not present:
+                    continue
+                if not all(map(math.isfinite, present)):
+                    bad = next(
+                        r
+                        for r in tp.upserts
+                        if getattr(r, col) is not None and not math.isfinite(getattr(r, col))
+                    )
+                    raise RefusedError(
+                        f"{plan.meta.statistic_id}: {tp.table.value} {col} at "
+                        f"{_iso(bad.start_ts)} is {getattr(bad, col)!r}"
+                    )
+                bound.append(col)
+                columns.append(values)
+            prepared.bound = tuple(bound)
+            flat = [v for row in zip(*columns, strict=True) for v in row]
+            width = len(columns)
+            step = UPSERT_ROWS * width
+            full = len(flat) // step * step
+            if full:
+                prepared.batches.append(
+                    (UPSERT_ROWS, [tuple(flat[i : i + step]) for i in range(0, full, step)])
+                )
+            if full < len(flat):
+                prepared.batches.append(((len(flat) - full) // width, [tuple(flat[full:])]))
+        return out
+
+    def _write_plan(
+        self, conn: Connection, plan: WritePlan, prepared: list[_Prepared], allow_unit_change: bool
+    ) -> _Written:
+        """Everything one plan writes; runs inside the write transaction."""
+        version = conn.execute(
+            sa.text("SELECT schema_version FROM schema_changes ORDER BY change_id DESC LIMIT 1")
+        ).scalar()
+        if version != self.schema.version:
+            raise RefusedError(
+                f"{self.url}: schema changed from {self.schema.version} to {version} while "
+                "backdate was running (Home Assistant migrated it); run backdate again"
+            )
+        if not plan.meta.is_external:
+            self._check_compiled_window(conn, plan)
+        metadata_id = self._write_meta(conn, plan, allow_unit_change)
+        written = _Written(metadata_id=metadata_id)
+        for p in prepared:
+            if plan.metadata_exists:
+                self._check_seams(conn, metadata_id, p.plan, plan.meta.statistic_id)
+            legacy = self.schema.legacy(p.name)
+            for rows, params in p.batches:
+                sql = _upsert_sql(
+                    conn.dialect,
+                    p.name,
+                    metadata_id=metadata_id,
+                    created_ts=p.created_ts,
+                    bound=p.bound,
+                    legacy=legacy,
+                    rows=rows,
+                )
+                conn.exec_driver_sql(sql, params)  # a list: the DBAPI's executemany
+            if _has_shift(p.plan):
+                first = _shift_sums(conn, self._t[p.name], metadata_id, p.plan)
+                if first is not None:
+                    written.shifted_first[p.name] = first
+        return written
+
+    def _check_compiled_window(self, conn: Connection, plan: WritePlan) -> None:
+        """Rule §8.3: HA compiles entity statistics; never write a window it hasn't closed yet.
+
+        Otherwise HA's own insert for that window would hit the unique index and HA would drop
+        the whole compile run (§7).
+        """
+        limit = self._last_compiled_end(conn)
+        if limit is None:  # HA never compiled here; it starts at the current window
+            limit = math.floor(time.time() / 300) * 300
+        for tp in plan.tables:
+            if tp.upserts:
+                end = max(r.start_ts for r in tp.upserts) + tp.table.period
+                if end > limit:
+                    raise RefusedError(
+                        f"{plan.meta.statistic_id}: {tp.table.value} rows up to {_iso(end)} "
+                        f"reach past the last window Home Assistant compiled ({_iso(limit)}); "
+                        "it would collide with Home Assistant's own rows"
+                    )
+
+    def _write_meta(self, conn: Connection, plan: WritePlan, allow_unit_change: bool) -> int:
+        """Insert or update the statistics_meta row; returns its id.
+
+        Always writes has_mean as 0/1 (NULL breaks HA < 2025.4, §8.4), mean_type and unit_class
+        where the columns exist; never changes an existing row's source.
+        """
+        m = self._t[META]
+        meta = plan.meta
+        unit_class = meta.unit_class or unit_class_for(meta.unit_of_measurement)
+        values: dict[str, Any] = {
+            "unit_of_measurement": meta.unit_of_measurement,
+            "has_mean": meta.mean_type == MeanType.ARITHMETIC,
+            "has_sum": bool(meta.has_sum),
+            "name": meta.name,
+        }
+        if self.schema.has_mean_type:
+            values["mean_type"] = int(meta.mean_type)
+        if self.schema.has_unit_class:
+            values["unit_class"] = unit_class
+        row = self._meta_row(conn, meta.statistic_id)
+        if row is None:
+            if plan.metadata_exists:
+                raise RefusedError(
+                    f"{meta.statistic_id} was deleted from the database after the plan was "
+                    "made; run backdate again"
+                )
+            result = conn.execute(
+                sa.insert(m).values(statistic_id=meta.statistic_id, source=meta.source, **values)
+            )
+            return int(result.inserted_primary_key[0])
+        if not plan.metadata_exists:
+            raise RefusedError(
+                f"{meta.statistic_id} appeared in the database after the plan was made; "
+                "run backdate again"
+            )
+        if meta.id is not None and meta.id != row.id:
+            raise RefusedError(
+                f"{meta.statistic_id} has metadata id {row.id}, the plan expected {meta.id}"
+            )
+        if row.unit_of_measurement != meta.unit_of_measurement and not allow_unit_change:
+            raise RefusedError(
+                f"{meta.statistic_id} is stored in {row.unit_of_measurement!r} but the plan "
+                f"writes {meta.unit_of_measurement!r}; backdate converts values into the stored "
+                "unit, so this is a bug or the statistic changed"
+            )
+        current = row._mapping
+        changed = {k: v for k, v in values.items() if current[k] != v}
+        if changed:
+            conn.execute(sa.update(m).where(m.c.id == row.id).values(**changed))
+        return int(row.id)
+
+    def _check_seams(self, conn: Connection, metadata_id: int, tp: TablePlan, sid: str) -> None:
+        """Refuse when the rows the plan's seams rest on changed after it was made.
+
+        The shift and the edges of the written window were computed from them; writing on top
+        of different rows would leave a step in the sum.
+        """
+        t = self._t[tp.table.value]
+        planned = {r.start_ts for r in tp.upserts}
+        for seam in (tp.seam_before, tp.seam_after_old):
+            if seam is None or seam.start_ts in planned:
+                continue
+            now = conn.execute(
+                sa.select(t.c.sum).where(
+                    t.c.metadata_id == metadata_id, t.c.start_ts == seam.start_ts
+                )
+            ).first()
+            if now is None or not _close(now[0], seam.sum):
+                got = "no row" if now is None else f"sum {now[0]!r}"
+                raise RefusedError(
+                    f"{sid}: {tp.table.value} at {_iso(seam.start_ts)} changed since the plan "
+                    f"was made ({got}, planned on sum {seam.sum!r}); run backdate again"
+                )
+
+    # -- verification -----------------------------------------------------------------------
+
+    def _verify(self, plan: WritePlan, written: _Written) -> None:
+        """Read back every upserted row and the first shifted row; name the first mismatch."""
+        sid = plan.meta.statistic_id
+        with self._read() as conn:
+            meta = self._meta_row(conn, sid)
+            if meta is None or int(meta.id) != written.metadata_id:
+                raise VerificationError(f"{sid}: metadata row missing after the write")
+            if meta.unit_of_measurement != plan.meta.unit_of_measurement or bool(
+                meta.has_sum
+            ) != bool(plan.meta.has_sum):
+                raise VerificationError(f"{sid}: metadata does not read back as written")
+            for tp in plan.tables:
+                name = tp.table.value
+                t = self._t[name]
+                if tp.upserts:
+                    lo = min(r.start_ts for r in tp.upserts)
+                    hi = max(r.start_ts for r in tp.upserts)
+                    rows = conn.execute(
+                        sa.select(*self._row_columns(name)).where(
+                            t.c.metadata_id == written.metadata_id,
+                            t.c.start_ts >= lo,
+                            t.c.start_ts <= hi,
+                        )
+                    ).all()
+                    got = {r[0]: tuple(r[1:]) for r in rows}
+                    for want in sorted(tp.upserts, key=lambda r: r.start_ts):
+                        values = (
+                            want.state,
+                            want.sum,
+                            want.mean,
+                            want.min,
+                            want.max,
+                            want.last_reset_ts,
+                        )
+                        have = got.get(want.start_ts)
+                        if have == values:  # exact: the common case, checked at C speed
+                            continue
+                        if have is None:
+                            raise VerificationError(
+                                f"{sid}: {name} row at {_iso(want.start_ts)} is missing after "
+                                "the write"
+                            )
+                        for col, h, w in zip(VALUE_COLUMNS, have, values, strict=True):
+                            if not _close(h, w):
+                                raise VerificationError(
+                                    f"{sid}: {name} at {_iso(want.start_ts)} reads back "
+                                    f"{col}={h!r}, the plan wrote {w!r}"
+                                )
+                first = written.shifted_first.get(name)
+                if first is not None:
+                    start, old_sum = first
+                    now = conn.execute(
+                        sa.select(t.c.sum).where(
+                            t.c.metadata_id == written.metadata_id, t.c.start_ts == start
+                        )
+                    ).scalar()
+                    if not _close(now, old_sum + tp.shift):
+                        raise VerificationError(
+                            f"{sid}: {name} at {_iso(start)} reads back sum={now!r} after the "
+                            f"shift, expected {old_sum + tp.shift!r}"
+                        )
+
+
+def _shift_sums(
+    conn: Connection, t: sa.Table, metadata_id: int, tp: TablePlan
+) -> tuple[float, float] | None:
+    """Move every sum at/after `shift_from` by `shift`; returns the first shifted row's
+    (start_ts, old sum) so the read-back can check it."""
+    mine = sa.and_(
+        t.c.metadata_id == metadata_id, t.c.start_ts >= tp.shift_from, t.c.sum.is_not(None)
+    )
+    first = conn.execute(
+        sa.select(t.c.start_ts, t.c.sum).where(mine).order_by(t.c.start_ts).limit(1)
+    ).first()
+    conn.execute(sa.update(t).where(mine).values(sum=t.c.sum + tp.shift))
+    return None if first is None else (float(first[0]), float(first[1]))
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _has_shift(tp: TablePlan) -> bool:
+    return tp.shift_from is not None and tp.shift != 0
+
+
+def _stat_row(r: sa.Row[Any]) -> StatRow:
+    return StatRow(
+        start_ts=float(r.start_ts),
+        state=r.state,
+        sum=r.sum,
+        mean=r.mean,
+        min=r.min,
+        max=r.max,
+        last_reset_ts=r.last_reset_ts,
+    )
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=REL_TOL, abs_tol=1e-12)
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _describe(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's message without SQLAlchemy's SQL dump and background link."""
+    orig = getattr(exc, "orig", None)
+    return str(orig) if orig is not None else str(exc).split("\n", 1)[0]
+
+
+_DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M")
+
+
+def _to_epoch(value: object) -> float | None:
+    """A statistics_runs.start as UTC epoch seconds.
+
+    SQLite holds SQLAlchemy's naive-UTC text (`2026-11-23 00:40:00.000000`, §2.2), but older
+    writers used a 'T', fewer fraction digits or an offset; MySQL/PostgreSQL drivers return
+    datetime objects (naive = UTC).
+    """
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        when = value
+    elif isinstance(value, int | float):
+        return float(value)
+    else:
+        text = str(value).strip().replace("T", " ")
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            for fmt in _DATETIME_FORMATS:
+                try:
+                    when = dt.datetime.strptime(text[:26], fmt)
+                    break
+                except ValueError:
+                    continue
+            else:
+                return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+# --------------------------------------------------------------------------------------------
+# Backups (SQLite)
+
+
+class _Restarted(Exception):
+    """The source kept changing under a stepped backup."""
+
+
+def _backup_name(db: Path) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = db.with_name(f"{db.name}.backdate-{stamp}.bak")
+    n = 1
+    while dest.exists():
+        dest = db.with_name(f"{db.name}.backdate-{stamp}-{n}.bak")
+        n += 1
+    return dest
+
+
+def _copy_pages(
+    src: sqlite3.Connection,
+    dst: sqlite3.Connection,
+    step_pages: int,
+    pause: float,
+    max_restarts: int = 3,
+) -> None:
+    """Copy in steps, pausing between them so a writer (HA) gets the lock in between.
+
+    SQLite restarts a stepped backup whenever another connection writes the source; a busy HA
+    could keep that going forever, so after a few restarts copy in one pass, which in WAL mode
+    only holds a read snapshot and still doesn't block HA's writes.
+    """
+    state = {"last": None, "restarts": 0}
+
+    def progress(_status: int, remaining: int, _total: int) -> None:
+        last = state["last"]
+        if last is not None and remaining > last:
+            state["restarts"] += 1
+            if state["restarts"] > max_restarts:
+                raise _Restarted
+        state["last"] = remaining
+        if remaining and pause > 0:
+            time.sleep(pause)
+
+    try:
+        src.backup(dst, pages=step_pages, progress=progress)
+    except _Restarted:
+        src.backup(dst, pages=-1)
+
+
+def backup_sqlite(
+    db_path: str | Path,
+    *,
+    step_pages: int = 1024,
+    pause: float = 0.005,
+    busy_timeout: float = BUSY_TIMEOUT,
+) -> Path:
+    """Copy the database through SQLite's backup API to `<db>.backdate-<UTC stamp>.bak`.
+
+    The backup API (unlike a file copy) gives a consistent image even while HA writes,
+    including what is still in the WAL. Returns the backup's path.
+    """
+    db = Path(db_path)
+    if not db.is_file():
+        raise TargetError(f"no such database: {db}")
+    dest = _backup_name(db)
+    try:
+        src = sqlite3.connect(db.resolve().as_uri() + "?mode=rw", uri=True, timeout=busy_timeout)
+        try:
+            dst = sqlite3.connect(dest)
+            try:
+                _copy_pages(src, dst, step_pages, pause)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        for leftover in (dest, Path(f"{dest}-wal"), Path(f"{dest}-shm")):
+            leftover.unlink(missing_ok=True)
+        raise TargetError(f"backup of {db} failed: {exc}") from exc
+    return dest
+
+
+def restore_sqlite(
+    backup: str | Path, db_path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT
+) -> None:
+    """Copy a backup back over the database (backup API, one pass). Stop HA first.
+
+    The backup is checked (`PRAGMA quick_check`) before anything is overwritten.
+    """
+    bak = Path(backup)
+    if not bak.is_file():
+        raise TargetError(f"no such backup: {bak}")
+    try:
+        src = sqlite3.connect(bak.resolve().as_uri() + "?mode=rw", uri=True, timeout=busy_timeout)
+        try:
+            check = src.execute("PRAGMA quick_check").fetchone()
+            if not check or check[0] != "ok":
+                raise TargetError(
+                    f"{bak} is damaged ({check[0] if check else 'no answer'}); not restoring it"
+                )
+            dst = sqlite3.connect(Path(db_path), timeout=busy_timeout)
+            try:
+                src.backup(dst, pages=-1)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        raise TargetError(f"restoring {bak} onto {db_path} failed: {exc}") from exc
+
+
+__all__ = [
+    "RecorderDatabase",
+    "SchemaInfo",
+    "backup_sqlite",
+    "open_recorder",
+    "restore_sqlite",
+    "unit_class_for",
+]
