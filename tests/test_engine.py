@@ -29,9 +29,9 @@ def test_delta_interval_straddling_an_hour_is_split_in_proportion():
     p = prepare(s, kind=Kind.DELTA, input_unit="kWh", statistic_unit="kWh")
     assert p.hours.starts.tolist() == [T0, T0 + 3600]
     assert p.hours.amounts == pytest.approx([0.6, 0.6])
-    five = p.five_minute(T0, T0 + 7200)
-    assert five.starts[0] == T0 + 2400 and five.starts.size == 8
-    assert five.amounts == pytest.approx([0.15] * 8)
+    five = p.five_minute(p.hours.starts)
+    assert five.starts.size == 24  # every window of both hours, 0 where the input is silent
+    assert five.amounts == pytest.approx([0.0] * 8 + [0.15] * 8 + [0.0] * 8)
 
 
 def test_delta_without_end_uses_the_common_spacing_and_keeps_gaps_empty():

@@ -92,7 +92,7 @@ def _changes(db: Path, table: Table) -> dict[float, float]:
     return out
 
 
-@settings(max_examples=400, deadline=None,
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_import_over_random_existing_data_keeps_every_seam_closed(tmp_path_factory, data):
@@ -108,8 +108,14 @@ def test_import_over_random_existing_data_keeps_every_seam_closed(tmp_path_facto
     after = {t: _changes(db, t) for t in Table}
 
     horizon = NOW - 10 * DAY
+    touched_hours = reference_energy(*second, 3600)
     for table in Table:
         expected = reference_energy(*second, table.period)
+        if table is Table.SHORT_TERM:
+            # Every 5-minute window of an hour the input touches is the input's (0 where it is
+            # silent), so that both tables add up to the same sum at each hour's end.
+            expected = {h + k * 300.0: expected.get(h + k * 300.0, 0.0)
+                        for h in touched_hours for k in range(12)}
         for slot, change in after[table].items():
             if slot in expected:
                 assert abs(change - expected[slot]) < 1e-6, (table, slot, "input energy")

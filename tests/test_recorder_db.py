@@ -18,7 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
 from backdate.errors import RefusedError, TargetError, UsageError, VerificationError
-from backdate.models import MeanType, StatisticMeta, StatRow, Table, TablePlan, WritePlan
+from backdate.models import (
+    MeanType,
+    RowBlock,
+    StatisticMeta,
+    StatRow,
+    Table,
+    TablePlan,
+    WritePlan,
+)
 from backdate.targets import recorder_db
 from backdate.targets.base import Neighbourhood
 from backdate.targets.recorder_db import (
@@ -489,11 +497,12 @@ def test_stale_plans_are_refused(target53: RecorderDatabase) -> None:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda p: setattr(p.hourly.upserts[3], "start_ts", T0 + 3 * H + 1800), "grid"),
-        (lambda p: setattr(p.short_term.upserts[3], "start_ts", T0 + 3 * M5 + 1), "grid"),
-        (lambda p: p.hourly.upserts.append(p.hourly.upserts[0]), "twice"),
-        (lambda p: setattr(p.hourly.upserts[5], "sum", float("nan")), "nan"),
-        (lambda p: setattr(p.hourly.upserts[5], "state", float("inf")), "inf"),
+        (lambda p: p.hourly.rows.start_ts.__setitem__(3, T0 + 3 * H + 1800), "grid"),
+        (lambda p: p.short_term.rows.start_ts.__setitem__(3, T0 + 3 * M5 + 1), "grid"),
+        (lambda p: setattr(p.hourly, "rows",
+                           RowBlock.from_rows([*p.hourly.upserts, p.hourly.upserts[0]])), "twice"),
+        (lambda p: p.hourly.rows.sum.__setitem__(5, float("nan")), "nan"),
+        (lambda p: p.hourly.rows.state.__setitem__(5, float("inf")), "inf"),
         (lambda p: setattr(p.hourly, "shift_from", T0 + 10 * H), "inside the written rows"),
         (lambda p: setattr(p.meta, "source", "other"), "source must be 'backdate'"),
         (lambda p: setattr(p.meta, "statistic_id", "Backdate:Test"), "neither"),

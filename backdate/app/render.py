@@ -14,17 +14,18 @@ from backdate.app.importing import StatisticImport
 from backdate.app.report import DayLine, day_table, draw_chart, seams
 from backdate.targets.base import StatisticSummary, TargetInfo
 
-LONG = 62  # days; longer imports are listed per month unless --days
+LONG = 62  # days; longer imports are listed per month (per year past 36 months) unless --days
 
 
 def _num(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _by_month(lines: list[DayLine]) -> list[tuple[str, float | None, float, int, int, int]]:
+def _grouped(lines: list[DayLine], fmt: str) -> list[tuple[str, float | None, float, int, int,
+                                                         int]]:
     months: dict[str, list] = defaultdict(lambda: [None, 0.0, 0, 0, 0])
     for line in lines:
-        m = months[line.day.strftime("%Y-%m")]
+        m = months[line.day.strftime(fmt)]
         if line.energy_now is not None:
             m[0] = (m[0] or 0.0) + line.energy_now
         m[1] += line.energy_after
@@ -49,7 +50,7 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
             highlight=False,
         )
         for tp in plan.tables:
-            if tp.upserts or tp.shifted:
+            if tp.count or tp.shifted:
                 console.print(
                     f"  {tp.table.value}: {tp.inserted:,} new, {tp.updated:,} updated, "
                     f"{tp.shifted:,} shifted"
@@ -60,7 +61,7 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
                 )
         for note in plan.notes:
             console.print(f"  note: {note}", highlight=False)
-        if not plan.hourly.upserts:
+        if not plan.hourly.count:
             continue
         lines = day_table(item, tz)
         if meta.has_sum:
@@ -70,14 +71,20 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
 
 def _print_days(console: Console, lines: list[DayLine], unit: str, tz: ZoneInfo,
                 all_days: bool) -> None:
-    monthly = len(lines) > LONG and not all_days
-    table = RichTable(title=f"Energy dashboard per {'month' if monthly else 'day'} "
-                      f"({tz.key}, {unit})", title_justify="left")
-    for col in ("month" if monthly else "date", "now", "after", "new", "updated", "shifted"):
-        table.add_column(col, justify="left" if col in ("date", "month") else "right")
-    rows = _by_month(lines) if monthly else [
-        (line.day.isoformat(), line.energy_now, line.energy_after, line.new, line.updated,
-         line.shifted) for line in lines]
+    period = "day"
+    if not all_days and len(lines) > LONG:
+        period = "month" if len(lines) <= 36 * 31 else "year"
+    table = RichTable(title=f"Energy dashboard per {period} ({tz.key}, {unit})"
+                      + ("" if period == "day" else "; --days lists every day"),
+                      title_justify="left")
+    for col in (period, "now", "after", "new", "updated", "shifted"):
+        table.add_column(col, justify="right" if col in ("now", "after", "new", "updated",
+                                                         "shifted") else "left")
+    if period == "day":
+        rows = [(line.day.isoformat(), line.energy_now, line.energy_after, line.new,
+                 line.updated, line.shifted) for line in lines]
+    else:
+        rows = _grouped(lines, "%Y-%m" if period == "month" else "%Y")
     for label, now, after, new, updated, shifted in rows:
         table.add_row(label, _num(now), _num(after), f"{new:,}", f"{updated:,}", f"{shifted:,}")
     total_now = sum(line.energy_now or 0.0 for line in lines)
@@ -104,7 +111,7 @@ def _print_seams(console: Console, item: StatisticImport, unit: str, tz: ZoneInf
 
 
 def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> None:
-    sums = [i for i in imports if i.plan.meta.has_sum and i.plan.hourly.upserts]
+    sums = [i for i in imports if i.plan.meta.has_sum and i.plan.hourly.count]
     if sums:
         draw_chart(sums, tz, path)
 
@@ -112,7 +119,7 @@ def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> None:
 def print_done(console: Console, imports: list[StatisticImport], done: list[str]) -> None:
     for item in imports:
         if item.statistic_id in done:
-            rows = sum(len(tp.upserts) for tp in item.plan.tables)
+            rows = sum(tp.count for tp in item.plan.tables)
             console.print(f"[green]written and verified[/]: {item.statistic_id} "
                           f"({rows:,} rows)", highlight=False)
 

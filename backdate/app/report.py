@@ -6,13 +6,14 @@ report computes exactly that, from the rows before and after the plan.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from backdate.app.importing import StatisticImport
-from backdate.models import HOUR, StatRow, TablePlan
+from backdate.models import StatRow, TablePlan
 
 
 @dataclass(slots=True)
@@ -43,46 +44,73 @@ class Seam:
             1.0, abs(self.change_before))
 
 
-def _changes(rows: dict[float, float], base: float) -> dict[float, float]:
-    out: dict[float, float] = {}
-    prev = base
-    for start in sorted(rows):
-        out[start] = rows[start] - prev
-        prev = rows[start]
-    return out
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def local_days(starts: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """Local calendar day (days since 1970-01-01) of each UTC timestamp, DST-correct.
+
+    Offsets are looked up once per UTC day, and per timestamp only on days whose offset
+    changes (the two DST days a year), so ten years of hours take milliseconds.
+    """
+    if starts.size == 0:
+        return np.empty(0, dtype=np.int64)
+    utc_days = np.floor(starts / 86400).astype(np.int64)
+    days, which = np.unique(utc_days, return_inverse=True)
+    day_offsets = np.empty(days.size)
+    changing = []
+    for k, day in enumerate(days.tolist()):
+        first = datetime.fromtimestamp(day * 86400, tz).utcoffset().total_seconds()
+        last = datetime.fromtimestamp(day * 86400 + 86399, tz).utcoffset().total_seconds()
+        day_offsets[k] = first
+        if first != last:
+            changing.append(k)
+    offsets = day_offsets[which]
+    for k in changing:  # the offset changes during this UTC day: look each time up
+        mask = which == k
+        offsets[mask] = [datetime.fromtimestamp(t, tz).utcoffset().total_seconds()
+                         for t in starts[mask].tolist()]
+    return np.floor((starts + offsets) / 86400).astype(np.int64)
 
 
 def day_table(item: StatisticImport, tz: ZoneInfo) -> list[DayLine]:
     """Per local day in the written window: energy now, energy after, rows touched."""
     plan = item.plan.hourly
     nb = item.hourly_before
-    if not plan.upserts or nb is None:
+    if not plan.count or nb is None:
         return []
     base = nb.before.sum if nb.before is not None and nb.before.sum is not None else 0.0
-    old = {r.start_ts: r.sum for r in nb.inside if r.sum is not None}
-    new = dict(old)
-    for r in plan.upserts:
-        new[r.start_ts] = r.sum if r.sum is not None else 0.0
-    old_changes = _changes(old, base)
-    new_changes = _changes(new, base)
-    planned = set(item.prepared.hours.starts.tolist()) if item.prepared.hours is not None else set()
-    days: dict[date, list] = defaultdict(lambda: [None, 0.0, 0, 0, 0])
-    for start, change in new_changes.items():
-        day = datetime.fromtimestamp(start, tz).date()
-        line = days[day]
-        line[1] += change
-        if start in planned:
-            if start in old:
-                line[3] += 1
-            else:
-                line[2] += 1
-        elif start in old and old[start] != new[start]:
-            line[4] += 1
-    for start, change in old_changes.items():
-        day = datetime.fromtimestamp(start, tz).date()
-        if day in days:
-            days[day][0] = (days[day][0] or 0.0) + change
-    return [DayLine(d, *v) for d, v in sorted(days.items())]
+    inside = [r for r in nb.inside if r.sum is not None]
+    old_starts = np.array([r.start_ts for r in inside], dtype=np.float64)
+    old_sums = np.array([r.sum for r in inside], dtype=np.float64)
+    rows = plan.rows
+    new_starts = np.union1d(old_starts, rows.start_ts)
+    new_sums = np.empty(new_starts.size)
+    new_sums[np.searchsorted(new_starts, old_starts)] = old_sums
+    new_sums[np.searchsorted(new_starts, rows.start_ts)] = rows.sum
+    new_changes = np.diff(np.concatenate([[base], new_sums]))
+    old_changes = np.diff(np.concatenate([[base], old_sums]))
+    planned_starts = item.prepared.hours.starts if item.prepared.hours is not None else np.empty(0)
+    is_planned = np.isin(new_starts, planned_starts)
+    in_old = np.isin(new_starts, old_starts)
+    moved = np.isin(new_starts, rows.start_ts) & ~is_planned
+    days = local_days(new_starts, tz)
+    uniq, where = np.unique(days, return_inverse=True)
+    n = uniq.size
+    after = np.bincount(where, weights=new_changes, minlength=n)
+    new = np.bincount(where, weights=is_planned & ~in_old, minlength=n)
+    updated = np.bincount(where, weights=is_planned & in_old, minlength=n)
+    shifted = np.bincount(where, weights=moved, minlength=n)
+    now: dict[int, float] = {}
+    if old_starts.size:
+        old_days = local_days(old_starts, tz)
+        ou, ow = np.unique(old_days, return_inverse=True)
+        now = dict(zip(ou.tolist(), np.bincount(ow, weights=old_changes).tolist(), strict=True))
+    return [
+        DayLine(date.fromordinal(EPOCH_ORDINAL + d), now.get(d), float(after[k]), int(new[k]),
+                int(updated[k]), int(shifted[k]))
+        for k, d in enumerate(uniq.tolist())
+    ]
 
 
 def seams(item: StatisticImport) -> list[Seam]:
@@ -95,16 +123,21 @@ def seams(item: StatisticImport) -> list[Seam]:
 
 def _table_seams(plan: TablePlan) -> list[Seam]:
     result: list[Seam] = []
-    if plan.upserts:
-        first = plan.upserts[0]
-        base = plan.seam_before.sum if plan.seam_before and plan.seam_before.sum is not None else 0.0
-        if first.sum is not None:
-            result.append(Seam(plan.table.value, "start", first.start_ts, None, first.sum - base))
+    rows = plan.rows
+    sums = rows.sum
+    if len(rows) and sums is not None:
+        before = plan.seam_before
+        base = before.sum if before is not None and before.sum is not None else 0.0
+        result.append(Seam(plan.table.value, "start", float(rows.start_ts[0]), None,
+                           float(sums[0]) - base))
     after: StatRow | None = plan.seam_after_old
     if after is not None and after.sum is not None and plan.seam_after_prev_old_sum is not None:
         before_change = after.sum - plan.seam_after_prev_old_sum
-        new_prev = plan.upserts[-1].sum if plan.upserts else plan.seam_after_prev_old_sum + plan.shift
-        new_change = after.sum + plan.shift - (new_prev if new_prev is not None else 0.0)
+        if len(rows) and sums is not None:
+            new_prev = float(sums[-1])
+        else:
+            new_prev = plan.seam_after_prev_old_sum + plan.shift
+        new_change = after.sum + plan.shift - new_prev
         result.append(Seam(plan.table.value, "end", after.start_ts, before_change, new_change))
     return result
 
@@ -140,5 +173,3 @@ def draw_chart(items: list[StatisticImport], tz: ZoneInfo, path: str) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
-
-_ = HOUR

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backdate.models import StatRow, Table, TablePlan
+from backdate.models import RowBlock, StatRow, Table, TablePlan
 from backdate.targets.base import Neighbourhood
 
 
@@ -57,7 +57,7 @@ def plan_sum_table(
     if base_new is None:
         base_new = base_old
     plan = TablePlan(table=table, seam_before=nb.before)
-    if slots.starts.size == 0:
+    if slots.starts.size == 0 and not nb.inside:
         return plan, SumWalk(np.empty(0), np.empty(0), base_new, base_old)
 
     inside = [r for r in nb.inside if r.sum is not None]
@@ -75,32 +75,32 @@ def plan_sum_table(
     increments[planned_pos] = slots.amounts
     new_sums = base_new + np.cumsum(increments)
 
-    ex_by_start = {r.start_ts: r for r in inside}
-    states = slots.states
-    upserts: list[StatRow] = []
-    inserted = updated = kept = 0
-    planned_iter = 0
-    for k in range(union.size):
-        start = float(union[k])
-        new_sum = float(new_sums[k])
-        if is_planned[k]:
-            state = float(states[planned_iter]) if states is not None else new_sum
-            planned_iter += 1
-            upserts.append(StatRow(start_ts=start, state=state, sum=new_sum))
-            if start in ex_by_start:
-                updated += 1
-            else:
-                inserted += 1
-        else:
-            old = ex_by_start[start]
-            if old.sum != new_sum:
-                kept += 1
-                upserts.append(
-                    StatRow(start, old.state, new_sum, old.mean, old.min, old.max,
-                            old.last_reset_ts)
-                )
-    plan.upserts = upserts
-    plan.inserted, plan.updated = inserted, updated
+    # Rows to write: every planned slot, and every kept row whose sum moves.
+    ex_mask = np.zeros(union.size, dtype=bool)
+    ex_mask[existing_pos] = True
+    old_sum = np.full(union.size, np.nan)
+    old_sum[existing_pos] = ex_sums
+    kept = ex_mask & ~is_planned & (old_sum != new_sums)
+    write = is_planned | kept
+    state = new_sums.copy()
+    if slots.states is not None:
+        state[planned_pos] = slots.states
+    last_reset = None
+    if inside:
+        ex_state = np.array([np.nan if r.state is None else r.state for r in inside])
+        ex_reset = np.array([np.nan if r.last_reset_ts is None else r.last_reset_ts
+                             for r in inside])
+        keep_pos = existing_pos[~is_planned[existing_pos]]
+        state[keep_pos] = ex_state[~is_planned[existing_pos]]
+        if not np.isnan(ex_reset).all():
+            last_reset = np.full(union.size, np.nan)
+            last_reset[keep_pos] = ex_reset[~is_planned[existing_pos]]
+            last_reset = last_reset[write]
+    plan.rows = RowBlock(union[write], state=state[write], sum=new_sums[write],
+                         last_reset_ts=last_reset)
+    updated = int((is_planned & ex_mask).sum())
+    plan.inserted, plan.updated = slots.starts.size - updated, updated
+    kept_count = int(kept.sum())
 
     old_at_end = float(ex_sums[-1]) if inside else base_old
     window_end = float(union[-1]) + period
@@ -109,9 +109,9 @@ def plan_sum_table(
         plan.shift = float(new_sums[-1]) - old_at_end
         plan.seam_after_old = nb.after
         plan.seam_after_prev_old_sum = old_at_end
-        plan.shifted = kept + (after_count if plan.shift != 0 else 0)
+        plan.shifted = kept_count + (after_count if plan.shift != 0 else 0)
     else:
-        plan.shifted = kept
+        plan.shifted = kept_count
     return plan, SumWalk(union, new_sums, base_new, old_at_end)
 
 
@@ -137,11 +137,9 @@ def sum_at(walk: SumWalk, t: float, period: int) -> float:
 def plan_mean_table(table: Table, starts: np.ndarray, mean: np.ndarray, low: np.ndarray,
                     high: np.ndarray, nb: Neighbourhood) -> TablePlan:
     """A measurement: rows are independent, so the plan is the rows themselves."""
-    existing = {r.start_ts for r in nb.inside}
-    upserts = [
-        StatRow(start_ts=float(s), mean=float(m), min=float(lo), max=float(hi))
-        for s, m, lo, hi in zip(starts, mean, low, high, strict=True)
-    ]
-    updated = sum(1 for r in upserts if r.start_ts in existing)
-    return TablePlan(table=table, upserts=upserts, inserted=len(upserts) - updated,
-                     updated=updated, seam_before=nb.before)
+    existing = np.array([r.start_ts for r in nb.inside], dtype=np.float64)
+    updated = int(np.isin(starts, existing).sum())
+    rows = RowBlock(np.asarray(starts, dtype=np.float64), mean=np.asarray(mean, np.float64),
+                    min=np.asarray(low, np.float64), max=np.asarray(high, np.float64))
+    return TablePlan(table=table, rows=rows, inserted=len(rows) - updated, updated=updated,
+                     seam_before=nb.before)

@@ -105,11 +105,12 @@ class Prepared:
     def total(self) -> float:
         return float(self.hours.amounts.sum()) if self.hours is not None else 0.0
 
-    def five_minute(self, start: float, end: float) -> SumSlots:
-        """5-minute amounts for covered slots in [start, end)."""
+    def five_minute(self, hours: np.ndarray) -> SumSlots:
+        """5-minute amounts for every window of the given hours (0 where the input is silent),
+        so that the 5-minute table adds up to the hourly one at every hour's end."""
         assert self.curve is not None
-        slots = covered_slots(self.curve.spans, FIVE_MINUTES)
-        slots = slots[(slots >= start) & (slots < end)]
+        per_hour = np.arange(0, HOUR, FIVE_MINUTES, dtype=np.float64)
+        slots = (hours[:, None] + per_hour[None, :]).ravel()
         amounts = slot_amounts(self.curve, slots, FIVE_MINUTES)
         states = self.curve.meter_at(slots + FIVE_MINUTES)
         return SumSlots(slots, amounts, states)
@@ -244,24 +245,24 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     if nb_probe.inside:
         st_from = min(st_from, nb_probe.inside[0].start_ts)
     st_from = max(h_start, math.floor(st_from / HOUR) * HOUR)
-    five = prepared.five_minute(st_from, h_end) if st_from < h_end else SumSlots(
-        np.empty(0), np.empty(0))
-    keep5 = _cut(five.starts, FIVE_MINUTES, cutoff, policy, notes, "5-minute windows")
-    five = SumSlots(five.starts[keep5], five.amounts[keep5],
-                    five.states[keep5] if five.states is not None else None)
-    if five.starts.size == 0:
+    if st_from >= h_end:
         short = shift_only(Table.SHORT_TERM, h_end, hourly_shift, nb_probe.after, old_end,
                            nb_probe.after_count)
         return WritePlan(meta, metadata_exists, hourly, short, notes)
-    s_start, s_end = float(five.starts[0]), float(five.starts[-1]) + FIVE_MINUTES
-    nb_s = fetch(Table.SHORT_TERM, s_start, s_end)
-    hour_of_start = math.floor(s_start / HOUR) * HOUR
-    base_new = sum_at(walk, hour_of_start, HOUR) + float(
-        prepared.curve.at(np.array([s_start]))[0] - prepared.curve.at(np.array([hour_of_start]))[0]
-    )
+    five = prepared.five_minute(hours.starts[hours.starts >= st_from])
+    keep5 = _cut(five.starts, FIVE_MINUTES, cutoff, policy, notes, "5-minute windows")
+    five = SumSlots(five.starts[keep5], five.amounts[keep5],
+                    five.states[keep5] if five.states is not None else None)
+    # Walk the 5-minute table from st_from, so rows the input does not cover move with the sum.
+    nb_s = fetch(Table.SHORT_TERM, st_from, h_end)
+    if five.starts.size == 0 and not nb_s.inside:
+        short = shift_only(Table.SHORT_TERM, h_end, hourly_shift, nb_s.after, old_end,
+                           nb_s.after_count)
+        return WritePlan(meta, metadata_exists, hourly, short, notes)
+    base_new = sum_at(walk, st_from, HOUR)
     base_old = None
     if nb_s.before is None or nb_s.before.sum is None:
-        base_old = _old_sum_at(nb_h, hour_of_start)
+        base_old = _old_sum_at(nb_h, st_from)
     short, _ = plan_sum_table(Table.SHORT_TERM, five, nb_s, base_old=base_old, base_new=base_new,
                               after_count=nb_s.after_count)
     return WritePlan(meta, metadata_exists, hourly, short, notes)
