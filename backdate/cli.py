@@ -105,12 +105,33 @@ def _plan(sources, target_url, opts):
     from backdate.app.importing import plan_imports, read_sources
     from backdate.app.targets import open_target
 
-    with _status("reading input"):
-        series = read_sources(sources, opts)
+    with _progress() as report:
+        series = read_sources(sources, opts, report)
     target = open_target(target_url)
     with _status("planning"):
         imports = plan_imports(target, series, opts)
     return target, imports
+
+
+@contextmanager
+def _progress():
+    """A Rich progress bar on a terminal (yields the callback), nothing when output is piped."""
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tasks: dict[str, int] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+
+        def report(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total or None)
+            bar.update(tasks[what], completed=done)
+
+        yield report
 
 
 @contextmanager
@@ -205,8 +226,8 @@ def import_cmd(
                     path = backup_target(to, target)
                 if path:
                     console.print(f"backup: {path}")
-            with _status("writing and verifying"):
-                done = apply_imports(target, imports)
+            with _progress() as report:
+                done = apply_imports(target, imports, report)
             render.print_done(console, imports, done)
         finally:
             target.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -41,9 +42,9 @@ def run_demo(directory: Path, console: Console) -> None:
     for leftover in directory.glob("home-assistant_v2.db*"):
         leftover.unlink()
     create_recorder_sqlite(db)
-    now = time.time()
-    last_midnight = now - now % 86400
-    starts, values = synthetic_year(last_midnight)
+    zone = ZoneInfo(DEMO_ZONE)
+    today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    starts, values = synthetic_year(today.timestamp())
     csv_path = directory / "demo_house.csv"
     with csv_path.open("w", encoding="utf-8") as out:
         out.write("start,kwh\n")
@@ -60,7 +61,6 @@ def run_demo(directory: Path, console: Console) -> None:
     try:
         started = time.perf_counter()
         imports = plan_imports(target, read_sources([str(csv_path)], opts), opts)
-        zone = ZoneInfo(DEMO_ZONE)
         render.print_plans(console, imports, zone)
         apply_imports(target, imports)
         elapsed = time.perf_counter() - started

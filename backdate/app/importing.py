@@ -65,18 +65,29 @@ class ImportResult:
     verified: list[str] = field(default_factory=list)
 
 
-Reader = Callable[..., list[Series]]
+Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
-def read_sources(paths: list[str], opts: ImportOptions) -> list[Series]:
+def read_sources(paths: list[str], opts: ImportOptions,
+                 progress: Progress | None = None) -> list[Series]:
     """Read every source file; the first bad line anywhere stops everything."""
     from backdate.sources.files import read_file
 
     out: list[Series] = []
     for path in paths:
+        report = None
+        if progress is not None:
+            try:
+                total = Path(path).stat().st_size
+            except OSError:
+                total = 0
+
+            def report(done: int, _path: str = path, _total: int = total) -> None:
+                progress(f"reading {Path(_path).name}", done, _total)
+
         out.extend(
             read_file(path, kind=opts.kind, tz=opts.tz, time_column=opts.time_column,
-                      value_column=opts.value_column, unit=opts.unit)
+                      value_column=opts.value_column, unit=opts.unit, progress=report)
         )
     return out
 
@@ -186,12 +197,18 @@ def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,
         raise InputError(err.problem, path=series.source) from None
 
 
-def apply_imports(target: StatisticsTarget, imports: list[StatisticImport]) -> list[str]:
+def apply_imports(target: StatisticsTarget, imports: list[StatisticImport],
+                  progress: Progress | None = None) -> list[str]:
     """Write each plan (one transaction per statistic); the target verifies by reading back."""
     done: list[str] = []
     for item in imports:
         if item.plan.is_empty:
             continue
-        target.apply(item.plan)
+        if progress is None:
+            target.apply(item.plan)
+        else:
+            total = sum(tp.count for tp in item.plan.tables)
+            label = f"writing {item.statistic_id}"
+            target.apply(item.plan, progress=lambda n, _l=label, _t=total: progress(_l, n, _t))
         done.append(item.statistic_id)
     return done

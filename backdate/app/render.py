@@ -51,8 +51,9 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
         )
         for tp in plan.tables:
             if tp.count or tp.shifted:
+                label = "hourly" if tp.table.value == "statistics" else "5-minute"
                 console.print(
-                    f"  {tp.table.value}: {tp.inserted:,} new, {tp.updated:,} updated, "
+                    f"  {label} rows: {tp.inserted:,} new, {tp.updated:,} updated, "
                     f"{tp.shifted:,} shifted"
                     + (f" (sum {tp.shift:+,.6g} {unit} from "
                        f"{datetime.fromtimestamp(tp.shift_from, tz):%Y-%m-%d %H:%M})"
@@ -74,9 +75,10 @@ def _print_days(console: Console, lines: list[DayLine], unit: str, tz: ZoneInfo,
     period = "day"
     if not all_days and len(lines) > LONG:
         period = "month" if len(lines) <= 36 * 31 else "year"
-    table = RichTable(title=f"Energy dashboard per {period} ({tz.key}, {unit})"
-                      + ("" if period == "day" else "; --days lists every day"),
-                      title_justify="left")
+    table = RichTable(title=f"Energy dashboard per {period} ({tz.key}, {unit})",
+                      title_justify="left",
+                      caption=None if period == "day" else "--days lists every day",
+                      caption_justify="left")
     for col in (period, "now", "after", "new", "updated", "shifted"):
         table.add_column(col, justify="right" if col in ("now", "after", "new", "updated",
                                                          "shifted") else "left")
@@ -103,7 +105,7 @@ def _print_seams(console: Console, item: StatisticImport, unit: str, tz: ZoneInf
         table.add_column(col)
     for seam in found:
         mark = "ok" if seam.closed else "STEP"
-        table.add_row(seam.table, seam.edge,
+        table.add_row("hourly" if seam.table == "statistics" else "5-minute", seam.edge,
                       f"{datetime.fromtimestamp(seam.start_ts, tz):%Y-%m-%d %H:%M}",
                       _num(seam.change_before, 6), _num(seam.change_after, 6), mark)
     console.print(table)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from backdate.app.importing import StatisticImport
-from backdate.models import StatRow, TablePlan
+from backdate.models import StatRow, Table, TablePlan
 
 
 @dataclass(slots=True)
@@ -125,8 +125,10 @@ def _table_seams(plan: TablePlan) -> list[Seam]:
     result: list[Seam] = []
     rows = plan.rows
     sums = rows.sum
-    if len(rows) and sums is not None:
-        before = plan.seam_before
+    before = plan.seam_before
+    # The hourly table starts from 0 (HA's rule for a first row). The 5-minute table is purged
+    # by HA, so with no row before the range there is no edge to show there.
+    if len(rows) and sums is not None and (before is not None or plan.table is Table.HOURLY):
         base = before.sum if before is not None and before.sum is not None else 0.0
         result.append(Seam(plan.table.value, "start", float(rows.start_ts[0]), None,
                            float(sums[0]) - base))

@@ -94,8 +94,11 @@ def read_file(
     time_column: str | None = None,
     value_column: str | None = None,
     unit: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Series]:
     """Read one CSV, TSV or JSON file into series sorted by time.
+
+    `progress`, when given, is called with the number of bytes read so far (for a progress bar).
 
     `kind`, `unit`, `tz`, `time_column` and `value_column` are the CLI flags. A kind or unit the
     file states itself must agree with the flag; one merely implied by a column name or the
@@ -114,11 +117,21 @@ def read_file(
     with fh:
         try:
             table = _open_table(fh, opts)
+            if progress is not None:
+                table.chunks = _reporting(table.chunks, fh, progress)
             return _dispatch(table, opts)
         except UnicodeDecodeError as e:
             raise InputError(f"not UTF-8 text ({e.reason}); save it as UTF-8", path=src) from None
         except OSError as e:
             raise InputError(f"cannot read the file: {e.strerror or e}", path=src) from None
+
+
+def _reporting(chunks: Iterator[Chunk], fh: IO[str], progress: Callable[[int], None]
+               ) -> Iterator[Chunk]:
+    """Pass chunks through, telling `progress` how far into the file the reader is."""
+    for chunk in chunks:
+        yield chunk
+        progress(fh.buffer.tell())  # type: ignore[attr-defined]
 
 
 # -- opening: CSV or JSON --------------------------------------------------------------------

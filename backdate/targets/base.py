@@ -7,6 +7,7 @@ per statistic and reads it back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,9 +21,9 @@ class TargetInfo:
     url: str  # with any password masked
     kind: str  # "sqlite", "mysql", "postgresql", "websocket"
     schema_version: int | None
-    # Start (UTC epoch) of the newest 5-minute window HA has compiled, from statistics_runs;
-    # None when HA never compiled here. Rows of statistics HA compiles are only written for
-    # windows that end at or before `last_compiled_end`.
+    # End (UTC epoch) of the newest 5-minute window HA has compiled (statistics_runs' newest
+    # start + 300 s); None when HA never compiled here. Rows of statistics HA compiles are
+    # only written for windows that end at or before `last_compiled_end`.
     last_compiled_end: float | None = None
     supports_short_term: bool = True
     notes: list[str] = field(default_factory=list)
@@ -71,8 +72,9 @@ class StatisticsTarget(Protocol):
 
     def list_statistics(self) -> list[StatisticSummary]: ...
 
-    def apply(self, plan: WritePlan) -> None:
-        """Write the plan in one transaction (all or nothing) and verify it by reading back."""
+    def apply(self, plan: WritePlan, *, progress: Callable[[int], None] | None = None) -> None:
+        """Write the plan in one transaction (all or nothing) and verify it by reading back;
+        `progress` is told how many rows are written so far."""
         ...
 
     def close(self) -> None: ...

@@ -48,6 +48,7 @@ BUSY_TIMEOUT = 60.0  # seconds SQLite waits for HA's write lock per attempt
 RETRY_FOR = 120.0  # total seconds we keep retrying a locked database
 REL_TOL = 1e-9  # read-back tolerance (relative)
 UPSERT_ROWS = 100  # rows per upsert statement: <= 7 x 100 parameters, under SQLite's 999
+PROGRESS_STATEMENTS = 50  # multi-row statements between progress reports
 
 STAT_TABLES = (Table.HOURLY.value, Table.SHORT_TERM.value)
 META = "statistics_meta"
@@ -277,6 +278,10 @@ def _sqlite_engine(path: Path, busy_timeout: float) -> Engine:
     def connect() -> sqlite3.Connection:
         con = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
         con.execute("PRAGMA foreign_keys=ON")
+        # HA's own setting in WAL mode: commits stay atomic and the file cannot be corrupted;
+        # only the last commits may be lost on power failure. Not in rollback-journal mode.
+        if con.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            con.execute("PRAGMA synchronous=NORMAL")
         return con
 
     engine = sa.create_engine("sqlite://", creator=connect, poolclass=NullPool)
@@ -725,7 +730,8 @@ class RecorderDatabase:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def apply(self, plan: WritePlan, *, allow_unit_change: bool = False) -> None:
+    def apply(self, plan: WritePlan, *, allow_unit_change: bool = False,
+              progress: Callable[[int], None] | None = None) -> None:
         """Write the plan in one transaction (metadata, both tables, shifts), then verify it.
 
         Raises RefusedError before writing when the plan breaks a rule of §8 or the database
@@ -738,7 +744,7 @@ class RecorderDatabase:
         if not any(p.batches or _has_shift(p.plan) for p in prepared):
             return
         written = self._write(
-            lambda conn: self._write_plan(conn, plan, prepared, allow_unit_change)
+            lambda conn: self._write_plan(conn, plan, prepared, allow_unit_change, progress)
         )
         plan.meta.id = written.metadata_id
         self._verify(plan, written)
@@ -850,7 +856,12 @@ class RecorderDatabase:
         return out
 
     def _write_plan(
-        self, conn: Connection, plan: WritePlan, prepared: list[_Prepared], allow_unit_change: bool
+        self,
+        conn: Connection,
+        plan: WritePlan,
+        prepared: list[_Prepared],
+        allow_unit_change: bool,
+        progress: Callable[[int], None] | None = None,
     ) -> _Written:
         """Everything one plan writes; runs inside the write transaction."""
         version = conn.execute(
@@ -865,6 +876,7 @@ class RecorderDatabase:
             self._check_compiled_window(conn, plan)
         metadata_id = self._write_meta(conn, plan, allow_unit_change)
         written = _Written(metadata_id=metadata_id)
+        done = 0
         for p in prepared:
             if plan.metadata_exists:
                 self._check_seams(conn, metadata_id, p.plan, plan.meta.statistic_id)
@@ -879,7 +891,13 @@ class RecorderDatabase:
                     legacy=legacy,
                     rows=rows,
                 )
-                conn.exec_driver_sql(sql, params)  # a list: the DBAPI's executemany
+                # A list: the DBAPI's executemany; in slices when someone watches progress.
+                step = len(params) if progress is None else PROGRESS_STATEMENTS
+                for i in range(0, len(params), step):
+                    conn.exec_driver_sql(sql, params[i : i + step])
+                    done += rows * len(params[i : i + step])
+                    if progress is not None:
+                        progress(done)
             if _has_shift(p.plan):
                 first = _shift_sums(conn, self._t[p.name], metadata_id, p.plan)
                 if first is not None:
