@@ -94,11 +94,10 @@ def _options(statistic_id, name, kind, unit, tz, time_column, value_column, shor
              backup=True, short_term_days=10.0):
     from backdate.app.importing import ImportOptions
 
-    if tz:
-        _zone(tz)
     return ImportOptions(statistic_id=statistic_id, name=name, kind=kind, unit=unit, tz=tz,
                          time_column=time_column, value_column=value_column,
-                         short_term=short_term, backup=backup, short_term_days=short_term_days)
+                         short_term=short_term, backup=backup, short_term_days=short_term_days,
+                         report_tz=_zone(tz).key)
 
 
 def _plan(sources, target_url, opts):

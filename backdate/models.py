@@ -64,9 +64,60 @@ class Series:
     unit: str | None = None  # unit of the values, when the file says it
     statistic_id: str | None = None  # when the file names it (klausj1 format)
     name: str | None = None
+    # klausj1 `sum` rows: each value is the total at the end of its hour, and the file's first
+    # row carries the growth of its own hour relative to what came before it.
+    hourly_sums: bool = False
+    # When several files were merged: the index into `file_names` of each reading.
+    files: np.ndarray | None = None
+    file_names: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
+
+    def where(self, i: int) -> tuple[str, int]:
+        """File and line of reading i (merged series remember each reading's file)."""
+        path = self.source
+        if self.files is not None and self.file_names is not None:
+            path = self.file_names[int(self.files[i])]
+        return path, int(self.lines[i])
+
+    def error(self, i: int, message: str) -> Exception:
+        """An InputError naming the file and line of reading i."""
+        from backdate.errors import InputError
+
+        path, line = self.where(i)
+        return InputError(message, path=path, line=line)
+
+    @classmethod
+    def merge(cls, parts: list[Series]) -> Series:
+        """Several files of one statistic as one series, sorted by time (stable)."""
+        if len(parts) == 1:
+            return parts[0]
+        names = [p.source for p in parts]
+        files = np.concatenate([np.full(len(p), k, dtype=np.int32) for k, p in enumerate(parts)])
+
+        def cat(attr: str) -> np.ndarray | None:
+            cols = [getattr(p, attr) for p in parts]
+            if all(c is None for c in cols):
+                return None
+            return np.concatenate([np.full(len(p), np.nan) if c is None else c
+                                   for p, c in zip(parts, cols, strict=True)])
+
+        times = np.concatenate([p.times for p in parts])
+        order = np.argsort(times, kind="stable")
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[order]
+
+        first = parts[0]
+        return cls(
+            source=", ".join(names), times=times[order],
+            values=np.concatenate([p.values for p in parts])[order],
+            lines=np.concatenate([p.lines for p in parts])[order],
+            ends=pick(cat("ends")), mins=pick(cat("mins")), maxs=pick(cat("maxs")),
+            kind=first.kind, unit=first.unit, statistic_id=first.statistic_id, name=first.name,
+            hourly_sums=first.hourly_sums, files=files[order], file_names=names,
+        )
 
 
 @dataclass(slots=True)
@@ -163,7 +214,7 @@ class TablePlan:
     """
 
     __slots__ = ("table", "rows", "inserted", "updated", "shift_from", "shift", "shifted",
-                 "seam_before", "seam_after_old", "seam_after_prev_old_sum", "_list")
+                 "seam_before", "seam_after_old", "seam_after_prev_old_sum", "unchanged", "_list")
 
     def __init__(
         self,
@@ -190,6 +241,7 @@ class TablePlan:
         self.seam_before = seam_before
         self.seam_after_old = seam_after_old
         self.seam_after_prev_old_sum = seam_after_prev_old_sum
+        self.unchanged = 0  # planned rows the target already holds exactly (not rewritten)
         self._list: list[StatRow] | None = None
 
     @property

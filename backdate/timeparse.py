@@ -8,7 +8,9 @@ local hour; only the changing hour itself takes the exact per-instant path:
 - a local time the clocks skip (spring forward) is an error that names the line;
 - a local time that occurs twice (fall back) is resolved by order: the earlier instant (fold=0)
   if that is later than the instant parsed just before, else the later one (fold=1). In-order
-  input therefore keeps both 02:xx hours apart instead of merging them.
+  input therefore keeps both 02:xx hours apart instead of merging them. The parser remembers
+  the first such time (`repeated`), so a reader can refuse a file that is not in order: there
+  the order says nothing and the two hours would be mixed up or merged.
 
 `TimeParser.parse` handles one string; `TimeParser.parse_many` handles a column and, when all its
 strings share one fixed-width layout (the normal case for machine-written files), parses them all
@@ -42,6 +44,8 @@ _fromiso = datetime.fromisoformat
 # The wall times datetime can hold (probes past them, at the ends of years 1 and 9999, clamp).
 _MIN_WALL = (datetime.min - _EPOCH).total_seconds()
 _MAX_WALL = (datetime.max - _EPOCH).total_seconds() - 1
+# The last epoch second datetime can show (9999-12-31T23:59:59Z); later epoch values are errors.
+_MAX_EPOCH = (datetime(9999, 12, 31, 23, 59, 59) - _EPOCH).total_seconds()
 
 
 def _wall(dt: datetime) -> float:
@@ -72,6 +76,8 @@ class TimeParser:
         self._days: dict[int, float] = {}  # local day -> offset seconds, NaN if it changes
         self._hours: dict[int, float] = {}  # local hour -> offset seconds, NaN if it changes
         self._midnights: dict[int, tuple[float, float]] = {}  # local day -> offsets at 00:00
+        # (wall, offset fold=0, offset fold=1) of the first repeated local time resolved by order
+        self.repeated: tuple[float, float, float] | None = None
 
     def _error(self, message: str, line: int) -> InputError:
         if self.path:
@@ -87,8 +93,8 @@ class TimeParser:
             raise self._error("blank time", line)
         if self.fmt is not None:
             t = self._parse_fmt(s, line)
-        elif s.isdigit() and len(s) >= 9:
-            t = _epoch(float(s))
+        elif s.isdecimal() and len(s) >= 9:
+            t = self._epoch(s, line)
         else:
             try:
                 dt = _fromiso(s)
@@ -119,8 +125,8 @@ class TimeParser:
     def _parse_other(self, s: str, line: int) -> datetime | float:
         """The forms `fromisoformat` does not take: DD.MM.YYYY and fractional epoch numbers."""
         head, dot, tail = s.partition(".")
-        if dot and head.isdigit() and len(head) >= 9 and (tail.isdigit() or not tail):
-            return _epoch(float(s))
+        if dot and head.isdecimal() and len(head) >= 9 and (tail.isdecimal() or not tail):
+            return self._epoch(s, line)
         if len(s) >= 10 and s[2] == "." and s[5] == ".":
             try:
                 return _fromiso(f"{s[6:10]}-{s[3:5]}-{s[0:2]}{s[10:]}")
@@ -133,6 +139,12 @@ class TimeParser:
                 except ValueError:
                     continue
         raise self._error(f"cannot read time {s!r}: expected {_ACCEPTED}", line)
+
+    def _epoch(self, s: str, line: int) -> float:
+        t = _epoch(float(s))
+        if not t <= _MAX_EPOCH:
+            raise self._error(f"time {s!r} is beyond the year 9999 as epoch seconds", line)
+        return t
 
     # -- naive local time ---------------------------------------------------------------------
 
@@ -205,8 +217,27 @@ class TimeParser:
                 "(daylight saving time starts); give the time with its UTC offset",
                 line,
             )
+        if self.repeated is None:
+            self.repeated = (wall, o0, o1)
         earlier, later = wall - o0, wall - o1
         return earlier if prev is None or earlier > prev else later
+
+    def repeated_hour(self) -> str:
+        """The span `repeated` lies in, e.g. '02:00-03:00 of 2026-10-25 (Europe/Vienna)'."""
+        assert self.repeated is not None and self._zone is not None
+        wall, o0, o1 = self.repeated
+        # The clock change is an instant in (wall - o0, wall - o1]: find it to the second.
+        lo, hi = math.floor(wall - o0), math.ceil(wall - o1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            offset = datetime.fromtimestamp(mid, self._zone).utcoffset()
+            if offset is not None and offset.total_seconds() == o0:
+                lo = mid
+            else:
+                hi = mid
+        first = _EPOCH + timedelta(seconds=hi + o1)
+        last = _EPOCH + timedelta(seconds=hi + o0)
+        return f"{first:%H:%M}-{last:%H:%M} of {first:%Y-%m-%d} ({self.tz})"
 
     # -- a whole column -----------------------------------------------------------------------
 
@@ -274,7 +305,7 @@ class _Layout:
 def _layout(s: str) -> _Layout | None:
     """The layout of `s` if it is one `TimeParser.parse` reads the same way; else None."""
     n = len(s)
-    if n >= 9 and s.isdigit():
+    if n >= 9 and s.isdecimal():
         return _Layout(n, 0, 0, 0, tz="epoch")
     if n < 10:
         return None
@@ -291,6 +322,8 @@ def _layout(s: str) -> _Layout | None:
     seps += [(10, b"T "), (13, b":")]
     hour, minute, second, frac, pos = 11, 14, None, None, 16
     if n > 16 and s[16] == ":":
+        if n < 19:
+            return None
         seps.append((16, b":"))
         second, pos = 17, 19
         if n > 19 and s[19] == ".":
@@ -353,7 +386,10 @@ def _fixed_width(texts: Sequence[str]) -> tuple[np.ndarray, bool] | None:
         return None
     if lay.tz == "epoch":
         values = np.array(texts, dtype=np.float64)
-        return np.where(values >= _MS_THRESHOLD, values / 1000.0, values), True
+        seconds = np.where(values >= _MS_THRESHOLD, values / 1000.0, values)
+        if not (seconds <= _MAX_EPOCH).all():
+            return None  # line by line names the first one too far out
+        return seconds, True
 
     def num(pos: int, width: int) -> np.ndarray:
         v = a[:, pos].astype(np.int64) - 48

@@ -44,7 +44,7 @@ def test_delta_without_end_uses_the_common_spacing_and_keeps_gaps_empty():
 
 def test_overlapping_intervals_name_the_line():
     s = series([T0, T0 + 600], [1, 1], ends=[T0 + 900, T0 + 1500])
-    with pytest.raises(InputError, match=r"in.csv:3: interval overlaps the one on line 2"):
+    with pytest.raises(InputError, match=r"in.csv:3: interval overlaps the one at in.csv:2"):
         prepare(s, kind=Kind.DELTA, input_unit="kWh", statistic_unit="kWh")
 
 
@@ -145,3 +145,68 @@ def test_plan_keeps_existing_rows_the_input_does_not_cover():
     sums = {r.start_ts: r.sum for r in plan.upserts}
     # Hours 1 and 2 keep their change of 2 but move down by 1.
     assert sums == {T0: 1.0, T0 + 3600: 3.0, T0 + 7200: 5.0, T0 + 10800: 6.0}
+
+
+def _empty_fetch(table, start, end):
+    return Neighbourhood(None, [], None, 0)
+
+
+def test_entity_statistics_skip_windows_ha_has_not_compiled():
+    from backdate.engine.prepare import PlanPolicy, build_plan, new_meta
+
+    times = T0 + np.arange(48) * 900.0  # 12 hours of 15-minute data
+    p = prepare(series(times, np.ones(48)), kind=Kind.DELTA, input_unit="kWh",
+                statistic_unit="kWh")
+    meta = new_meta("sensor.grid_energy", kind=Kind.DELTA, unit="kWh", name=None)
+    assert meta.source == "recorder"
+    compiled_end = T0 + 6 * 3600 + 1200  # HA compiled up to 06:20
+    policy = PlanPolicy(now=T0 + 12 * 3600 + 60, compiled_by_ha=True,
+                        last_compiled_end=compiled_end)
+    plan = build_plan(meta, False, p, _empty_fetch, policy)
+    assert plan.hourly.rows.start_ts[-1] == T0 + 5 * 3600  # 06:00 is not closed in HA yet
+    assert plan.short_term.rows.start_ts[-1] + 300 <= compiled_end
+    assert any("not compiled" in note for note in plan.notes)
+
+
+def test_external_statistics_are_not_cut():
+    from backdate.engine.prepare import PlanPolicy, build_plan, new_meta
+
+    times = T0 + np.arange(48) * 900.0
+    p = prepare(series(times, np.ones(48)), kind=Kind.DELTA, input_unit="kWh",
+                statistic_unit="kWh")
+    meta = new_meta("backdate:grid", kind=Kind.DELTA, unit="kWh", name=None)
+    policy = PlanPolicy(now=T0 + 12 * 3600, compiled_by_ha=False, last_compiled_end=T0)
+    plan = build_plan(meta, False, p, _empty_fetch, policy)
+    assert plan.hourly.count == 12 and plan.short_term.count == 144
+
+
+def test_cumulative_glitch_that_comes_straight_back_is_ignored_and_reported():
+    times = T0 + np.arange(5) * 3600
+    p = prepare(series(times, [5000.0, 5001.0, 0.0, 5002.0, 5003.0]), kind=Kind.CUMULATIVE,
+                input_unit="kWh", statistic_unit="kWh")
+    assert p.hours.amounts == pytest.approx([1.0, 0.0, 1.0, 1.0])
+    assert any("in.csv:4" in n and "glitch" in n for n in p.notes)
+
+
+def test_cumulative_reset_is_reported_with_its_line():
+    times = T0 + np.arange(4) * 3600
+    p = prepare(series(times, [5000.0, 5001.0, 0.5, 1.5]), kind=Kind.CUMULATIVE,
+                input_unit="kWh", statistic_unit="kWh")
+    assert p.hours.amounts == pytest.approx([1.0, 0.5, 1.0])
+    assert any("in.csv:4" in n and "reset" in n for n in p.notes)
+
+
+def test_entity_statistics_keep_has_meter_state_so_the_next_compile_adds_no_step():
+    # HA wrote rows for sensor.x with state = meter (5000 + sum); we correct two hours and
+    # prepend one. Every row must keep state - sum equal to HA's meter offset afterwards.
+    ha_rows = [StatRow(T0 + i * 3600, state=5000.0 + i + 1, sum=float(i + 1)) for i in range(6)]
+    nb = Neighbourhood(ha_rows[1], ha_rows[2:4], ha_rows[4], 2)
+    slots = SumSlots(T0 + np.array([2.0, 3.0]) * 3600, np.array([3.0, 3.0]))
+    plan, _ = plan_sum_table(Table.HOURLY, slots, nb, after_count=2, keep_meter=True)
+    assert [r.state for r in plan.upserts] == [5003.0, 5004.0]  # HA's meter readings stay
+    # A new hour before everything: its state continues HA's meter backwards.
+    nb = Neighbourhood(None, [], ha_rows[0], 6)
+    slots = SumSlots(np.array([T0 - 3600.0]), np.array([2.0]))
+    plan, _ = plan_sum_table(Table.HOURLY, slots, nb, after_count=6, keep_meter=True)
+    new_first_sum = ha_rows[0].sum + plan.shift
+    assert plan.upserts[0].state == pytest.approx(ha_rows[0].state - (new_first_sum - 2.0))

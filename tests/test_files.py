@@ -714,3 +714,248 @@ def test_klausj1_json(tmp_path: Path) -> None:
     error(broken, 9)
     no_zone = write(tmp_path, "n.json", path.read_text().replace("timezone_identifier", "tz"))
     assert "--tz" in str(error(no_zone, 8))
+
+
+# -- the repeated hour in files out of order ---------------------------------------------------
+
+
+def vienna_fall_back_2026(naive: bool) -> list[str]:
+    """The 100 quarter-hour lines of 2026-10-25 in Vienna, in order (02:00-02:45 twice)."""
+    stamps = [
+        q.strftime("%Y-%m-%d %H:%M") if naive else q.isoformat()
+        for q in quarter_hours(datetime(2026, 10, 25), VIENNA)
+    ]
+    return [f"{s},250\n" for s in stamps]
+
+
+def test_fall_back_day_in_order_keeps_100_quarter_hours(tmp_path: Path) -> None:
+    lines = vienna_fall_back_2026(naive=True)
+    assert len(lines) == 100 and sum(x.startswith("2026-10-25 02:00,") for x in lines) == 2
+    path = write(tmp_path, "sorted.csv", "start,delta\n" + "".join(lines))
+    [s] = read_file(path, kind=None, tz=VIENNA)
+    assert len(s) == 100
+    assert np.all(np.diff(s.times) == 900)
+    assert s.values.sum() == 25_000
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_unsorted_file_with_repeated_hour_is_refused(tmp_path: Path, order: str) -> None:
+    lines = vienna_fall_back_2026(naive=True)
+    if order == "reversed":
+        lines.reverse()
+    else:
+        np.random.default_rng(7).shuffle(lines)
+    path = write(tmp_path, f"{order}.csv", "start,delta\n" + "".join(lines))
+    err = error(path, tz=VIENNA)
+    assert err.exit_code == 1
+    assert "times are not in order" in str(err)
+    assert "repeated hour 02:00-03:00 of 2026-10-25 (Europe/Vienna)" in str(err)
+    assert "sort the file, or give times with offsets" in str(err)
+    assert err.line is not None and 3 <= err.line <= 101
+    if order == "reversed":
+        assert err.line == 3  # the second data line already goes back in time
+        assert f"{path}:3:" in str(err)
+
+
+def test_unsorted_file_with_offsets_on_the_fall_back_day_is_sorted(tmp_path: Path) -> None:
+    lines = vienna_fall_back_2026(naive=False)
+    np.random.default_rng(7).shuffle(lines)
+    path = write(tmp_path, "aware.csv", "start,delta\n" + "".join(lines))
+    [s] = read_file(path, tz=VIENNA)
+    assert len(s) == 100
+    assert np.all(np.diff(s.times) == 900)
+
+
+@pytest.mark.parametrize("day", [datetime(2026, 3, 29), datetime(2026, 6, 1)])
+def test_unsorted_naive_file_without_repeated_hour_is_sorted(tmp_path: Path, day: datetime) -> None:
+    stamps = [q.strftime("%Y-%m-%d %H:%M") for q in quarter_hours(day, VIENNA)]
+    body = [f"{s},{i}\n" for i, s in enumerate(stamps)]
+    body.reverse()
+    path = write(tmp_path, "naive.csv", "start,delta\n" + "".join(body))
+    [s] = read_file(path, tz=VIENNA)
+    assert len(s) == len(stamps)  # 92 on the spring-forward day, 96 on a normal one
+    assert np.all(np.diff(s.times) == 900)
+    assert s.values.tolist() == list(range(len(stamps)))
+    assert s.lines.tolist() == list(range(len(stamps) + 1, 1, -1))
+
+
+def test_unsorted_klausj1_and_meterman_with_repeated_hour_are_refused(tmp_path: Path) -> None:
+    rows = ["03:00", "02:00", "02:00", "01:00"]
+    body = "".join(f"sensor:e;25.10.2026 {r};kWh;1\n" for r in rows)
+    path = write(tmp_path, "k.csv", "statistic_id;start;unit;delta\n" + body)
+    assert "repeated hour 02:00-03:00 of 2026-10-25" in str(error(path, 3, tz=VIENNA))
+    clock = ["02:55", "02:50", "02:55", "03:00", "02:50"]
+    body = "".join(f"2026-10-25,{c},{i + 1}.0,0.000,0.000\n" for i, c in enumerate(clock))
+    path = write(tmp_path, "mm.csv", "#date,time,IMP,EXP,GEN-T\n" + body)
+    # 02:50 after 02:55 reads as the second 02:50; only 02:50 after 03:00 goes back in time
+    assert "not in order" in str(error(path, 6, tz=VIENNA))
+
+
+def test_repeated_hour_names_the_span_of_other_zones() -> None:
+    for zone, text, span in [
+        ("America/New_York", "2024-11-03 01:30", "01:00-02:00 of 2024-11-03"),
+        ("Australia/Lord_Howe", "2024-04-07 01:45", "01:30-02:00 of 2024-04-07"),
+    ]:
+        p = TimeParser(zone)
+        p.parse(text, 1)
+        assert p.repeated_hour() == f"{span} ({zone})"
+    p = TimeParser(VIENNA)
+    p.parse("2026-10-25 01:45", 1)
+    assert p.repeated is None
+
+
+# -- JSON shapes that are not readings ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "item", "line"),
+    [
+        ("[[1,2],[3,4]]", 1, 1),
+        ("[1]", 1, 1),
+        ('["a"]', 1, 1),
+        ("[null]", 1, 1),
+        ('{"readings": [1]}', 1, 1),
+        ('{"readings": [\n  {"start": "2024-01-01T00:00:00Z", "value": 1},\n  [2]\n]}', 2, 3),
+        ('[\n {"start": "2024-01-01T00:00:00Z", "value": 1},\n "x",\n true\n]', 2, 3),
+        ('{"entities": [{"id": "s:e", "unit": "kWh", "values": [[1]]}]}', 1, 1),
+        ('{"entities": [\n {"id": "s:e", "unit": "kWh", "values": [1, 2]}]}', 1, 2),
+        (
+            '{"entities": [{"id": "s:e", "unit": "kWh", "values": [\n'
+            '  {"datetime": "01.01.2024 00:00", "delta": 1},\n  7]}]}',
+            2,
+            3,
+        ),
+    ],
+)
+def test_json_rows_that_are_not_objects(tmp_path: Path, text: str, item: int, line: int) -> None:
+    path = write(tmp_path, "nested.json", text)
+    err = error(path, line, tz="UTC")
+    assert f"item {item} is not an object with named fields" in str(err)
+    assert err.exit_code == 1
+
+
+def test_json_rows_that_are_not_objects_exit_1_at_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from backdate.cli import app
+
+    path = write(tmp_path, "nested.json", "[[1,2],[3,4]]")
+    target = f"sqlite:///{tmp_path / 'none.db'}"
+    result = CliRunner().invoke(app, ["plan", str(path), "--to", target])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{}", "'readings' list"),
+        ('{"readings": 5}', "'readings' list"),
+        ('{"readings": []}', "no readings"),
+        ("[]", "no readings"),
+        ('"start,value"', "list of readings"),
+        ("5", "list of readings"),
+        ("null", "list of readings"),
+        ('{"entities": "x"}', "'entities'"),
+        ('{"entities": []}', "'entities'"),
+        ('{"entities": [5]}', "'values' list"),
+        ('{"entities": [{"id": "s:e", "values": 5}]}', "'values' list"),
+        ('{"entities": [{"id": 5, "values": [{"datetime": "x", "delta": 1}]}]}', "'id'"),
+        ('[{"statistic_id": 5, "start": "2024-01-01T00:00:00Z", "delta": 1}]', "not text"),
+        ('[{"start": "2024-01-01T00:00:00Z", "value": 1}] x', "extra data"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ('[{"start": "2024-01-01T00:00:00Z",\n "value": ' + "9" * 5000 + "}]", "too many digits"),
+    ],
+)
+def test_json_shapes_that_hold_no_readings(tmp_path: Path, text: str, words: str) -> None:
+    path = write(tmp_path, "shape.json", text)
+    err = error(path, tz="UTC")
+    assert words in str(err), str(err)
+
+
+# -- malformed files never raise anything but InputError -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a.csv", "time,reading\n1704067200²²²²²²²²²²7200,1\n"),  # digits float() refuses
+        ("b.csv", "time,reading\n1704067200²²²²²²²²²²7200.5,1\n"),
+        ("c.csv", "time,reading\n" + "9" * 40 + ",1\n"),  # epoch beyond the year 9999
+        ("d.csv", "start,value\n2024-01-01T00:00:0,0.5\n"),  # seconds cut short
+        ("e.csv", '"' + "x" * 200_000 + '",value\n'),  # header field beyond the csv limit
+        ("f.csv", "start,value\n0001-01-01T00:00:00+05:00,1\n0001-01-01T00:00:00+05:00,2\n"),
+        ("g.json", '[{"#date": 1, "time": 2, "IMP": 3}]'),  # MeterMan columns in JSON
+    ],
+)
+def test_malformed_cases_found_by_fuzzing(tmp_path: Path, name: str, text: str) -> None:
+    error(write(tmp_path, name, text), tz=VIENNA)
+
+
+_FUZZ_SEEDS = [
+    ("a.csv", "start,value\n2024-01-01T00:00:00+01:00,0.5\n2024-01-01T00:15:00+01:00,0.25\n"),
+    (
+        "b.csv",
+        "start,end,min,max,mean,unit\n2024-01-01 00:00,2024-01-01 01:00,1,2,1.5,W\n"
+        "2024-01-01 01:00,2024-01-01 02:00,1,3,2,W\n",
+    ),
+    (
+        "c.tsv",
+        "statistic_id\tstart\tunit\tdelta\nsensor:e\t27.10.2024 01:00\tkWh\t1,5\n"
+        "sensor:e\t27.10.2024 02:00\tkWh\t2\n",
+    ),
+    (
+        "d.csv",
+        "statistic_id,start,unit,sum,state\nsensor:a,2024-01-01 00:00,kWh,1,1\n"
+        "sensor:b,2024-01-01 01:00,kWh,2,2\n",
+    ),
+    ("e.csv", "#date,time,IMP,EXP,GEN-T\n2024-01-01,00:05,1.0,0,0\n2024-01-01,00:10,1.5,0,0\n"),
+    (
+        "f.json",
+        '[{"start": "2024-01-01T00:00:00Z", "value": 1}, {"start": 1704067200, "value": 2}]',
+    ),
+    (
+        "g.json",
+        '{"statistic_id": "x:y", "unit": "kWh", "kind": "delta", '
+        '"readings": [{"start": "2024-01-01T00:00:00Z", "kwh": 1}]}',
+    ),
+    (
+        "h.json",
+        '{"timezone_identifier": "Europe/Vienna", "entities": [{"id": "sensor:e", "unit": "kWh", '
+        '"values": [{"datetime": "27.10.2024 02:00", "delta": 1}, '
+        '{"datetime": "27.10.2024 02:00", "delta": 2}]}]}',
+    ),
+    ("i.csv", 'start;value\n"2024-01-01 00:00";"1,5"\n2024-01-01 00:15;2\n'),
+    ("j.csv", "time,reading\n1704067200,1\n1704067200000,2\n1704067200.5,3\n"),
+    ("k.csv", "start,delta\n2024-10-27 02:00,1\n2024-10-27 02:00,1\n2024-10-27 01:00,1\n"),
+]
+_FUZZ_TOKENS = [
+    '"', ",", ";", "\t", "\n", "\r\n", "[", "]", "{", "}", ":", "null", "true", "1e999", "-", ".",
+    "9" * 30, "²" * 3, "0", "nan", " ", "\x00", "é", "2024-10-27 02:00", "2024-13-45", "[1,2]",
+    '{"a":1}', '"start"', '"value"', "9" * 4400, "[" * 2000, "0001-01-01T00:00:00+05:00", "Z",
+    "+01:00", "#date", "statistic_id", "entities", "values", "readings", "\ufeff",
+]  # fmt: skip
+
+
+def test_fuzzed_files_raise_only_input_errors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(20261025)
+    for k in range(300):
+        name, text = _FUZZ_SEEDS[k % len(_FUZZ_SEEDS)]
+        for _ in range(int(rng.integers(1, 5))):
+            i = int(rng.integers(0, len(text) + 1))
+            j = min(len(text), i + int(rng.integers(0, 12)))
+            token = _FUZZ_TOKENS[int(rng.integers(len(_FUZZ_TOKENS)))]
+            op = int(rng.integers(4))
+            text = [
+                text[:i] + token + text[i:],
+                text[:i] + text[j:],
+                text[:i] + token + text[j:],
+                text[:i] + text[i:j] * 2 + text[j:],
+            ][op]
+        path = write(tmp_path, f"{k}-{name}", text)
+        try:
+            read_file(path, tz=VIENNA if k % 2 else None)
+        except InputError as e:
+            assert path.name in str(e), (text, str(e))
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"{type(e).__name__}: {e} reading {text!r}")

@@ -587,6 +587,27 @@ def test_sql_error_from_database_is_rolled_back(db53: Path) -> None:
     assert sha256(db53) == digest
 
 
+def test_several_statistics_are_written_all_or_none(db53: Path) -> None:
+    """A failure on the second statistic of one import leaves the first unwritten too."""
+    con = raw(db53)
+    con.execute(
+        "CREATE TRIGGER no_second BEFORE INSERT ON statistics WHEN NEW.metadata_id = "
+        "(SELECT id FROM statistics_meta WHERE statistic_id = 'backdate:second') "
+        "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+    )
+    con.commit()
+    con.close()
+    digest = sha256(db53)
+    plans = [sum_plan(), sum_plan(sum_meta("backdate:second"))]
+    with open_recorder(url(db53)) as db, pytest.raises(TargetError, match="refused by trigger"):
+        db.apply_all(plans)
+    assert sha256(db53) == digest
+    with open_recorder(url(db53)) as db:
+        db.apply_all([sum_plan(), sum_plan(sum_meta("backdate:third"))])
+        assert len(db.read_rows(Table.HOURLY, SID)) == len(sum_plan().hourly.upserts)
+        assert len(db.read_rows(Table.HOURLY, "backdate:third")) == len(sum_plan().hourly.upserts)
+
+
 def test_read_back_mismatch_names_the_hour(db53: Path) -> None:
     bad = T0 + 7 * H
     con = raw(db53)

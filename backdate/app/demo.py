@@ -56,7 +56,8 @@ def run_demo(directory: Path, console: Console) -> None:
     from backdate.app.targets import open_target
 
     url = f"sqlite:///{db}"
-    opts = ImportOptions(statistic_id=STATISTIC, name="Demo house", tz=DEMO_ZONE)
+    opts = ImportOptions(statistic_id=STATISTIC, name="Demo house", tz=DEMO_ZONE,
+                         report_tz=DEMO_ZONE)
     target = open_target(url)
     try:
         started = time.perf_counter()

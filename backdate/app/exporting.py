@@ -82,12 +82,12 @@ def _canonical(rows: list[StatRow], has_sum: bool, previous: StatRow | None, per
         if has_sum:
             if row.sum is None:
                 continue
-            item["delta"] = repr(row.sum - prev_sum)
+            item["delta"] = row.sum - prev_sum
             prev_sum = row.sum
         else:
             if row.mean is None:
                 continue
-            item.update(mean=repr(row.mean), min=repr(row.min), max=repr(row.max))
+            item.update(mean=row.mean, min=row.min, max=row.max)
         records.append(item)
     return records
 

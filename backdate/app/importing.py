@@ -9,7 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
 
 from backdate.engine import units
 from backdate.engine.prepare import (
@@ -22,7 +26,7 @@ from backdate.engine.prepare import (
     validate_statistic_id,
 )
 from backdate.errors import InputError, RefusedError
-from backdate.models import Kind, Series, StatisticMeta, Table, WritePlan
+from backdate.models import Kind, Series, StatisticMeta, StatRow, Table, WritePlan
 from backdate.targets.base import Neighbourhood, StatisticsTarget
 
 
@@ -41,6 +45,7 @@ class ImportOptions:
     backup: bool = True
     max_gap: float = 3600.0
     short_term_days: float = 10.0
+    report_tz: str | None = None  # zone of the per-day table (default: --tz, else UTC)
 
 
 @dataclass(slots=True)
@@ -52,6 +57,10 @@ class StatisticImport:
     plan: WritePlan
     hourly_before: Neighbourhood | None = None  # what the hourly table held in the window
     input_unit: str | None = None
+    # Hourly rows of the whole local days the window touches, and the sum before them: the
+    # per-day table shows what the Energy dashboard shows for those days, before and after.
+    day_rows: list[StatRow] = field(default_factory=list)
+    day_base: float = 0.0
 
     @property
     def statistic_id(self) -> str:
@@ -103,6 +112,49 @@ def statistic_id_for(series: Series, opts: ImportOptions, several: bool) -> str:
     return f"backdate:{slugify(stem)}{suffix}"
 
 
+def _by_statistic(series_list: list[Series], opts: ImportOptions,
+                  several: bool) -> list[tuple[str, Series]]:
+    """Group inputs by the statistic they go into; several files of one statistic (monthly
+    exports, say) become one series. Identical readings in two files count once; different
+    values for one time are an error naming both files."""
+    groups: dict[str, list[Series]] = {}
+    for series in series_list:
+        if len(series) == 0:
+            raise InputError("no readings", path=series.source)
+        groups.setdefault(statistic_id_for(series, opts, several), []).append(series)
+    out = []
+    for statistic_id, parts in groups.items():
+        kinds = {p.kind for p in parts}
+        units_seen = {units.normalize_unit(p.unit) for p in parts}
+        if len(kinds) > 1 or len(units_seen) > 1:
+            raise InputError(
+                f"the files for {statistic_id} disagree on kind or unit "
+                f"({', '.join(sorted(str(k) for k in kinds))}; "
+                f"{', '.join(sorted(str(u) for u in units_seen))})",
+                path=parts[-1].source,
+            )
+        out.append((statistic_id, _drop_repeats(Series.merge(parts))))
+    return out
+
+
+def _drop_repeats(series: Series) -> Series:
+    """Readings that two merged files both hold with the same value count once."""
+    if series.files is None or len(series) < 2:
+        return series
+    t, v = series.times, series.values
+    ends = series.ends if series.ends is not None else np.full(len(series), np.nan)
+    same = (t[1:] == t[:-1]) & (v[1:] == v[:-1]) & (
+        (ends[1:] == ends[:-1]) | (np.isnan(ends[1:]) & np.isnan(ends[:-1])))
+    if not same.any():
+        return series
+    keep = np.concatenate([[True], ~same])
+    for attr in ("times", "values", "lines", "ends", "mins", "maxs", "files"):
+        col = getattr(series, attr)
+        if col is not None:
+            setattr(series, attr, col[keep])
+    return series
+
+
 def resolve_kind(series: Series, opts: ImportOptions) -> Kind:
     if opts.kind and series.kind and opts.kind is not series.kind:
         raise InputError(
@@ -120,22 +172,11 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
     several = len({(s.source, s.name) for s in series_list}) > 1 and any(
         s.name for s in series_list)
     planned: list[StatisticImport] = []
-    seen: set[str] = set()
-    for series in series_list:
-        if len(series) == 0:
-            raise InputError("no readings", path=series.source)
-        statistic_id = statistic_id_for(series, opts, several)
+    for statistic_id, series in _by_statistic(series_list, opts, several):
         try:
             _source, external = validate_statistic_id(statistic_id)
         except InputError as err:
             raise InputError(err.problem, path=series.source) from None
-        if statistic_id in seen:
-            raise InputError(
-                f"two inputs go into {statistic_id}: import them one after the other, or give "
-                "each its own --statistic-id",
-                path=series.source,
-            )
-        seen.add(statistic_id)
         kind = resolve_kind(series, opts)
         input_unit = units.normalize_unit(opts.unit or series.unit) or (
             "W" if kind is Kind.POWER else ("kWh" if kind is not Kind.MEAN else None)
@@ -149,7 +190,7 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
         def fetch(table: Table, start: float, end: float, _id: str = statistic_id,
                   _cap: dict[Table, Neighbourhood] = captured) -> Neighbourhood:
             nb = target.neighbourhood(table, _id, start, end)
-            _cap.setdefault(table, nb)
+            _cap[table] = nb  # the last fetch is the window the plan was built on
             return nb
 
         policy = PlanPolicy(
@@ -161,9 +202,25 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
             supports_short_term=info.supports_short_term,
         )
         plan = build_plan(meta, existing is not None, prepared, fetch, policy)
-        planned.append(StatisticImport(series, prepared, plan, captured.get(Table.HOURLY),
-                                       input_unit))
+        item = StatisticImport(series, prepared, plan, captured.get(Table.HOURLY), input_unit)
+        if existing is not None and plan.hourly.count:
+            _load_days(target, item, ZoneInfo(opts.report_tz or opts.tz or "UTC"))
+        planned.append(item)
     return planned
+
+
+def _load_days(target: StatisticsTarget, item: StatisticImport, tz: ZoneInfo) -> None:
+    """Read the hourly rows of every whole local day the plan touches (for the day table)."""
+    rows = item.plan.hourly.rows
+    first = datetime.fromtimestamp(float(rows.start_ts[0]), tz)
+    last = datetime.fromtimestamp(float(rows.start_ts[-1]), tz)
+    start = first.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    end = (last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1))
+    end_ts = end.replace(tzinfo=None).replace(tzinfo=tz).timestamp()  # local midnight, DST-safe
+    sid = item.statistic_id
+    before = target.neighbourhood(Table.HOURLY, sid, start, start + 1).before
+    item.day_base = before.sum if before is not None and before.sum is not None else 0.0
+    item.day_rows = target.read_rows(Table.HOURLY, sid, start, end_ts)
 
 
 def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,
@@ -174,8 +231,8 @@ def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,
         if existing.has_sum != is_sum:
             what = "a sum (meter)" if existing.has_sum else "a mean (measurement)"
             raise RefusedError(
-                f"{statistic_id} is {what} statistic in the target, but the input is kind "
-                f"{kind.value}"
+                f"{series.source}: {statistic_id} is {what} statistic in the target, but the "
+                f"input is kind {kind.value}"
             )
         if kind is not Kind.POWER:
             try:
@@ -190,6 +247,12 @@ def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,
             existing.name = opts.name
         return existing
     unit = units.default_statistic_unit(input_unit, is_power=kind is Kind.POWER)
+    if is_sum and units.unit_class(unit) in ("temperature", "power"):
+        raise InputError(
+            f"{unit} is not an amount that adds up: a sum statistic (kind {kind.value}) needs an "
+            "energy or volume unit; for a measurement use --kind mean",
+            path=series.source,
+        )
     name = opts.name or series.name or Path(series.source).stem
     try:
         return new_meta(statistic_id, kind=kind, unit=unit, name=name)
@@ -199,16 +262,18 @@ def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,
 
 def apply_imports(target: StatisticsTarget, imports: list[StatisticImport],
                   progress: Progress | None = None) -> list[str]:
-    """Write each plan (one transaction per statistic); the target verifies by reading back."""
-    done: list[str] = []
-    for item in imports:
-        if item.plan.is_empty:
-            continue
-        if progress is None:
-            target.apply(item.plan)
-        else:
-            total = sum(tp.count for tp in item.plan.tables)
-            label = f"writing {item.statistic_id}"
-            target.apply(item.plan, progress=lambda n, _l=label, _t=total: progress(_l, n, _t))
-        done.append(item.statistic_id)
-    return done
+    """Write every plan in one transaction (all statistics or none); the target then reads
+    every written row back and checks it."""
+    todo = [item for item in imports if not item.plan.is_empty]
+    if not todo:
+        return []
+    report = None
+    if progress is not None:
+        total = sum(tp.count for item in todo for tp in item.plan.tables)
+        label = "writing " + ", ".join(item.statistic_id for item in todo)
+
+        def report(n: int) -> None:
+            progress(label, n, total)
+
+    target.apply_all([item.plan for item in todo], progress=report)
+    return [item.statistic_id for item in todo]

@@ -50,11 +50,12 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
             highlight=False,
         )
         for tp in plan.tables:
-            if tp.count or tp.shifted:
+            if tp.count or tp.shifted or tp.unchanged:
                 label = "hourly" if tp.table.value == "statistics" else "5-minute"
                 console.print(
                     f"  {label} rows: {tp.inserted:,} new, {tp.updated:,} updated, "
                     f"{tp.shifted:,} shifted"
+                    + (f", {tp.unchanged:,} already as planned" if tp.unchanged else "")
                     + (f" (sum {tp.shift:+,.6g} {unit} from "
                        f"{datetime.fromtimestamp(tp.shift_from, tz):%Y-%m-%d %H:%M})"
                        if tp.shift_from is not None and tp.shift else ""),
@@ -101,13 +102,14 @@ def _print_seams(console: Console, item: StatisticImport, unit: str, tz: ZoneInf
         return
     table = RichTable(title="Seams (change at each edge of the written range)",
                       title_justify="left")
-    for col in ("table", "edge", "period", "change now", "change after", ""):
+    for col in ("table", "edge", "period", "change now", "change after", "must be", ""):
         table.add_column(col)
     for seam in found:
         mark = "ok" if seam.closed else "STEP"
         table.add_row("hourly" if seam.table == "statistics" else "5-minute", seam.edge,
                       f"{datetime.fromtimestamp(seam.start_ts, tz):%Y-%m-%d %H:%M}",
-                      _num(seam.change_before, 6), _num(seam.change_after, 6), mark)
+                      _num(seam.change_before, 6), _num(seam.change_after, 6),
+                      _num(seam.expected, 6), mark)
     console.print(table)
     _ = unit
 

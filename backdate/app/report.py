@@ -35,13 +35,13 @@ class Seam:
     start_ts: float
     change_before: float | None
     change_after: float | None
+    expected: float | None = None  # what change_after must be (input energy, or unchanged)
 
     @property
     def closed(self) -> bool:
-        if self.change_before is None or self.change_after is None:
+        if self.expected is None or self.change_after is None:
             return True
-        return abs(self.change_before - self.change_after) <= 1e-9 * max(
-            1.0, abs(self.change_before))
+        return abs(self.expected - self.change_after) <= 1e-9 * max(1.0, abs(self.expected))
 
 
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -74,33 +74,40 @@ def local_days(starts: np.ndarray, tz: ZoneInfo) -> np.ndarray:
 
 
 def day_table(item: StatisticImport, tz: ZoneInfo) -> list[DayLine]:
-    """Per local day in the written window: energy now, energy after, rows touched."""
+    """Per local day the import touches: what the Energy dashboard shows now and after, and
+    the rows written. Whole days, including hours the import leaves alone."""
     plan = item.plan.hourly
-    nb = item.hourly_before
-    if not plan.count or nb is None:
+    if not plan.count:
         return []
-    base = nb.before.sum if nb.before is not None and nb.before.sum is not None else 0.0
-    inside = [r for r in nb.inside if r.sum is not None]
-    old_starts = np.array([r.start_ts for r in inside], dtype=np.float64)
-    old_sums = np.array([r.sum for r in inside], dtype=np.float64)
+    old_rows = [r for r in item.day_rows if r.sum is not None]
+    old_starts = np.array([r.start_ts for r in old_rows], dtype=np.float64)
+    old_sums = np.array([r.sum for r in old_rows], dtype=np.float64)
+    base = item.day_base
     rows = plan.rows
     new_starts = np.union1d(old_starts, rows.start_ts)
     new_sums = np.empty(new_starts.size)
-    new_sums[np.searchsorted(new_starts, old_starts)] = old_sums
+    old_pos = np.searchsorted(new_starts, old_starts)
+    new_sums[old_pos] = old_sums
+    if plan.shift_from is not None and plan.shift:
+        moved = old_starts >= plan.shift_from
+        new_sums[old_pos[moved]] += plan.shift
     new_sums[np.searchsorted(new_starts, rows.start_ts)] = rows.sum
     new_changes = np.diff(np.concatenate([[base], new_sums]))
     old_changes = np.diff(np.concatenate([[base], old_sums]))
     planned_starts = item.prepared.hours.starts if item.prepared.hours is not None else np.empty(0)
     is_planned = np.isin(new_starts, planned_starts)
     in_old = np.isin(new_starts, old_starts)
-    moved = np.isin(new_starts, rows.start_ts) & ~is_planned
+    rewritten = np.isin(new_starts, rows.start_ts) & ~is_planned
+    if plan.shift_from is not None and plan.shift:
+        rewritten |= in_old & (new_starts >= plan.shift_from)
     days = local_days(new_starts, tz)
     uniq, where = np.unique(days, return_inverse=True)
     n = uniq.size
     after = np.bincount(where, weights=new_changes, minlength=n)
     new = np.bincount(where, weights=is_planned & ~in_old, minlength=n)
-    updated = np.bincount(where, weights=is_planned & in_old, minlength=n)
-    shifted = np.bincount(where, weights=moved, minlength=n)
+    written = np.isin(new_starts, rows.start_ts)
+    updated = np.bincount(where, weights=is_planned & in_old & written, minlength=n)
+    shifted = np.bincount(where, weights=rewritten, minlength=n)
     now: dict[int, float] = {}
     if old_starts.size:
         old_days = local_days(old_starts, tz)
@@ -114,33 +121,65 @@ def day_table(item: StatisticImport, tz: ZoneInfo) -> list[DayLine]:
 
 
 def seams(item: StatisticImport) -> list[Seam]:
-    """The change at both edges of the written range, in both tables, before and after."""
+    """Both edges of the written range in both tables.
+
+    Start: the first written period's change after the import must equal the input's energy
+    there (the sum joins the row before it). End: the first row after the range must keep its
+    change (the shift closes the seam).
+    """
     out: list[Seam] = []
+    old_first: dict[float, float] = {}
+    nb = item.hourly_before
+    if nb is not None:
+        prev = nb.before.sum if nb.before is not None and nb.before.sum is not None else 0.0
+        for row in nb.inside:
+            if row.sum is not None:
+                old_first[row.start_ts] = row.sum - prev
+                prev = row.sum
     for plan in item.plan.tables:
-        out.extend(_table_seams(plan))
+        out.extend(_table_seams(item, plan, old_first if plan.table is Table.HOURLY else {}))
     return out
 
 
-def _table_seams(plan: TablePlan) -> list[Seam]:
+def _input_energy(item: StatisticImport, start: float, period: int) -> float | None:
+    curve = item.prepared.curve
+    if curve is None or item.prepared.first_hour == start:
+        return None
+    edges = np.array([start, start + period], dtype=np.float64)
+    values = curve.at(edges)
+    return float(values[1] - values[0])
+
+
+def _table_seams(item: StatisticImport, plan: TablePlan, old: dict[float, float]) -> list[Seam]:
     result: list[Seam] = []
     rows = plan.rows
     sums = rows.sum
     before = plan.seam_before
-    # The hourly table starts from 0 (HA's rule for a first row). The 5-minute table is purged
-    # by HA, so with no row before the range there is no edge to show there.
-    if len(rows) and sums is not None and (before is not None or plan.table is Table.HOURLY):
+    # The 5-minute table is purged by HA: with no row before the range there is no edge there.
+    # Rows the target already held exactly are not rewritten: the first written row then need
+    # not follow `before`, and this edge says nothing.
+    joined = plan.unchanged == 0
+    if len(rows) and sums is not None and joined and (
+            before is not None or plan.table is Table.HOURLY):
         base = before.sum if before is not None and before.sum is not None else 0.0
-        result.append(Seam(plan.table.value, "start", float(rows.start_ts[0]), None,
-                           float(sums[0]) - base))
-    after: StatRow | None = plan.seam_after_old
-    if after is not None and after.sum is not None and plan.seam_after_prev_old_sum is not None:
-        before_change = after.sum - plan.seam_after_prev_old_sum
+        start = float(rows.start_ts[0])
+        after = float(sums[0]) - base
+        expected = _input_energy(item, start, plan.table.period)
+        seam = Seam(plan.table.value, "start", start, old.get(start), after)
+        seam.expected = expected
+        result.append(seam)
+    after_row: StatRow | None = plan.seam_after_old
+    if (after_row is not None and after_row.sum is not None
+            and plan.seam_after_prev_old_sum is not None):
+        before_change = after_row.sum - plan.seam_after_prev_old_sum
         if len(rows) and sums is not None:
             new_prev = float(sums[-1])
         else:
             new_prev = plan.seam_after_prev_old_sum + plan.shift
-        new_change = after.sum + plan.shift - new_prev
-        result.append(Seam(plan.table.value, "end", after.start_ts, before_change, new_change))
+        new_change = after_row.sum + plan.shift - new_prev
+        seam = Seam(plan.table.value, "end", after_row.start_ts, before_change, new_change)
+        seam.expected = before_change
+        result.append(seam)
     return result
 
 

@@ -9,7 +9,7 @@ sample, averaged over time per slot like HA does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class EnergyCurve:
     rate: np.ndarray | None = None  # power: rate per hour at xs (trapezoid segments)
     gap_after: np.ndarray | None = None  # power: True where the segment after xs[i] is a gap
     meter: np.ndarray | None = None  # cumulative: the raw meter values at xs (for `state`)
+    notes: list[str] = field(default_factory=list)  # resets and glitches found, with lines
 
     @property
     def first(self) -> float:
@@ -115,16 +116,12 @@ def delta_curve(series: Series, values: np.ndarray, step: float | None = None) -
     bad = np.flatnonzero(ends <= starts)
     if bad.size:
         i = int(bad[0])
-        raise InputError("interval ends before it starts", path=series.source,
-                         line=int(series.lines[i]))
+        raise series.error(i, "interval ends before it starts")
     overlap = np.flatnonzero(starts[1:] < ends[:-1] - 1e-9)
     if overlap.size:
         i = int(overlap[0]) + 1
-        raise InputError(
-            f"interval overlaps the one on line {int(series.lines[i - 1])}",
-            path=series.source,
-            line=int(series.lines[i]),
-        )
+        prev_path, prev_line = series.where(i - 1)
+        raise series.error(i, f"interval overlaps the one at {prev_path}:{prev_line}")
     total = np.cumsum(values)
     before = total - values
     # Points: start of each interval (E = before) and its end (E = after). Drop a start that
@@ -149,28 +146,48 @@ def cumulative_curve(series: Series, values: np.ndarray) -> EnergyCurve:
         )
     # Jitter (a small drop) adds nothing and is not counted twice when the meter recovers:
     # growth is measured against the highest value seen since the last reset.
-    growth = _growth_with_resets(values)
+    growth, resets, glitches = _growth_with_resets(values)
+    notes = []
+    for i in resets:
+        path, line = series.where(i)
+        notes.append(f"{path}:{line}: meter reset or new meter "
+                     f"({values[i - 1]:g} -> {values[i]:g}): counted from 0")
+    for i in glitches:
+        path, line = series.where(i)
+        notes.append(f"{path}:{line}: reading {values[i]:g} ignored: "
+                     "the meter drops and comes straight back (a glitch, not a reset)")
     cs = np.concatenate([[0.0], np.cumsum(growth)])
     spans = np.array([[times[0], times[-1]]])
-    return EnergyCurve(times.copy(), cs, spans, meter=values.copy())
+    return EnergyCurve(times.copy(), cs, spans, meter=values.copy(), notes=notes)
 
 
-def _growth_with_resets(values: np.ndarray) -> np.ndarray:
-    """Per-step growth against the running high; a reset (new meter) counts from 0."""
+def _growth_with_resets(values: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
+    """Per-step growth against the running high, with the indexes of resets and glitches.
+
+    A drop below RESET_RATIO of the high is a reset (a new meter, counted from 0) unless the
+    next reading is back near the old high: then the low reading was a glitch and is skipped.
+    """
     steps = np.diff(values)
     if not (steps < 0).any():
-        return steps
+        return steps, [], []
     growth = np.empty(values.size - 1)
+    resets: list[int] = []
+    glitches: list[int] = []
     high = float(values[0])
     for i in range(1, values.size):
         v = float(values[i])
         if v < RESET_RATIO * high:
+            if i + 1 < values.size and float(values[i + 1]) >= RESET_RATIO * high:
+                growth[i - 1] = 0.0
+                glitches.append(i)
+                continue
             growth[i - 1] = max(v, 0.0)
             high = v
+            resets.append(i)
         else:
             growth[i - 1] = max(v - high, 0.0)
             high = max(high, v)
-    return growth
+    return growth, resets, glitches
 
 
 def power_curve(series: Series, rates: np.ndarray, max_gap: float) -> EnergyCurve:
@@ -280,11 +297,11 @@ def check_values(series: Series, kind: Kind) -> None:
     """Reject what no kind can mean: NaN/inf (readers catch most) and falling times."""
     bad = np.flatnonzero(~np.isfinite(series.values))
     if bad.size:
-        raise InputError("value is not a finite number", path=series.source,
-                         line=int(series.lines[bad[0]]))
+        raise series.error(int(bad[0]), "value is not a finite number")
     back = np.flatnonzero(np.diff(series.times) <= 0)
     if back.size:
         i = int(back[0]) + 1
-        raise InputError("time does not advance (duplicate or unsorted time)",
-                         path=series.source, line=int(series.lines[i]))
+        prev_path, prev_line = series.where(i - 1)
+        raise series.error(i, f"the same time as {prev_path}:{prev_line} (two readings for "
+                              "one time)")
     _ = kind

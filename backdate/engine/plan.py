@@ -49,8 +49,14 @@ def plan_sum_table(
     base_old: float | None = None,
     base_new: float | None = None,
     after_count: int = 0,
+    keep_meter: bool = False,
 ) -> tuple[TablePlan, SumWalk]:
-    """Plan one table of a sum statistic. `base_*` override the sum before the window."""
+    """Plan one table of a sum statistic. `base_*` override the sum before the window.
+
+    `keep_meter` (statistics HA compiles): `state` is HA's meter reading, from which HA
+    continues the sum at its next compile; rows that exist keep their state, and new rows get
+    the meter value that fits their neighbours, so the next compile adds no step.
+    """
     period = table.period
     if base_old is None:
         base_old = nb.before.sum if nb.before is not None and nb.before.sum is not None else 0.0
@@ -75,31 +81,42 @@ def plan_sum_table(
     increments[planned_pos] = slots.amounts
     new_sums = base_new + np.cumsum(increments)
 
-    # Rows to write: every planned slot, and every kept row whose sum moves.
+    # Rows to write: every planned slot that changes, and every kept row whose sum moves.
     ex_mask = np.zeros(union.size, dtype=bool)
     ex_mask[existing_pos] = True
     old_sum = np.full(union.size, np.nan)
     old_sum[existing_pos] = ex_sums
     kept = ex_mask & ~is_planned & (old_sum != new_sums)
-    write = is_planned | kept
     state = new_sums.copy()
-    if slots.states is not None:
+    if slots.states is not None and not keep_meter:
         state[planned_pos] = slots.states
-    last_reset = None
+    if keep_meter:
+        state += _meter_offset(nb, float(new_sums[-1]), inside)
+    old_state = np.full(union.size, np.nan)
+    old_reset = np.full(union.size, np.nan)
     if inside:
-        ex_state = np.array([np.nan if r.state is None else r.state for r in inside])
-        ex_reset = np.array([np.nan if r.last_reset_ts is None else r.last_reset_ts
-                             for r in inside])
-        keep_pos = existing_pos[~is_planned[existing_pos]]
-        state[keep_pos] = ex_state[~is_planned[existing_pos]]
-        if not np.isnan(ex_reset).all():
-            last_reset = np.full(union.size, np.nan)
-            last_reset[keep_pos] = ex_reset[~is_planned[existing_pos]]
-            last_reset = last_reset[write]
+        old_state[existing_pos] = [np.nan if r.state is None else r.state for r in inside]
+        old_reset[existing_pos] = [np.nan if r.last_reset_ts is None else r.last_reset_ts
+                                   for r in inside]
+        restore = ex_mask & ~is_planned
+        if keep_meter:  # HA's meter readings stay where HA wrote them
+            restore = ex_mask & ~np.isnan(old_state)
+        state[restore] = old_state[restore]
+    # A re-import of the same data rewrites nothing (idempotent).
+    same_state = (old_state == state) | (np.isnan(old_state) & np.isnan(state))
+    unchanged = is_planned & ex_mask & same_state & np.isclose(old_sum, new_sums, rtol=1e-12,
+                                                                atol=1e-12)
+    write = (is_planned & ~unchanged) | kept
+    last_reset = None
+    keep_reset = ex_mask & ~is_planned & ~np.isnan(old_reset)
+    if keep_reset.any():
+        last_reset = np.where(keep_reset, old_reset, np.nan)[write]
     plan.rows = RowBlock(union[write], state=state[write], sum=new_sums[write],
                          last_reset_ts=last_reset)
-    updated = int((is_planned & ex_mask).sum())
-    plan.inserted, plan.updated = slots.starts.size - updated, updated
+    updated = int((is_planned & ex_mask & ~unchanged).sum())
+    plan.unchanged = int(unchanged.sum())
+    plan.inserted = int((is_planned & ~ex_mask).sum())
+    plan.updated = updated
     kept_count = int(kept.sum())
 
     old_at_end = float(ex_sums[-1]) if inside else base_old
@@ -113,6 +130,20 @@ def plan_sum_table(
     else:
         plan.shifted = kept_count
     return plan, SumWalk(union, new_sums, base_new, old_at_end)
+
+
+def _meter_offset(nb: Neighbourhood, new_end: float, inside: list[StatRow]) -> float:
+    """meter - sum for rows the window adds, taken from the nearest row HA wrote."""
+    after = nb.after
+    if after is not None and after.state is not None and after.sum is not None:
+        old_end = inside[-1].sum if inside else (
+            nb.before.sum if nb.before is not None and nb.before.sum is not None else 0.0)
+        # After the write that row's sum is after.sum + (new_end - old_end).
+        return after.state - (after.sum + new_end - old_end)
+    before = nb.before
+    if before is not None and before.state is not None and before.sum is not None:
+        return before.state - before.sum
+    return 0.0
 
 
 def shift_only(table: Table, shift_from: float, shift: float, after: StatRow | None,

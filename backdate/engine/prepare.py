@@ -88,6 +88,10 @@ class Prepared:
     values: np.ndarray | None = None
     max_gap: float = 3600.0
     notes: list[str] = field(default_factory=list)
+    # klausj1 `sum` rows: the first row's total, whose hour's growth is measured against the
+    # sum the target holds before it (the file says nothing more about that hour).
+    first_sum: float | None = None
+    first_hour: float | None = None
 
     @property
     def is_sum(self) -> bool:
@@ -156,7 +160,11 @@ def prepare(
         curve = delta_curve(series, values) if kind is Kind.DELTA else cumulative_curve(
             series, values
         )
+        if series.hourly_sums and kind is Kind.CUMULATIVE:
+            prepared.first_sum = float(values[0])
+            prepared.first_hour = float(series.times[0]) - HOUR
     prepared.curve = curve
+    prepared.notes.extend(curve.notes)
     hours = covered_slots(curve.spans, HOUR)
     amounts = slot_amounts(curve, hours, HOUR)
     prepared.hours = SumSlots(hours, amounts, curve.meter_at(hours + HOUR))
@@ -222,35 +230,39 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     if hours.starts.size == 0:
         notes.append("nothing to write")
         return empty
+    hours = _first_sum_hour(prepared, hours, fetch, policy, cutoff, notes)
     h_start, h_end = float(hours.starts[0]), float(hours.starts[-1]) + HOUR
     nb_h = fetch(Table.HOURLY, h_start, h_end)
-    hourly, walk = plan_sum_table(Table.HOURLY, hours, nb_h, after_count=nb_h.after_count)
+    keep_meter = policy.compiled_by_ha
+    hourly, walk = plan_sum_table(Table.HOURLY, hours, nb_h, after_count=nb_h.after_count,
+                                  keep_meter=keep_meter)
     hourly_shift, old_end = walk.shift, walk.old_end
 
-    if not (policy.short_term and policy.supports_short_term):
+    if not policy.supports_short_term:
         nb_s = fetch(Table.SHORT_TERM, h_start, h_end)
-        if nb_s.inside:
-            notes.append(
-                f"{len(nb_s.inside)} existing 5-minute rows inside the window were left as they "
-                "are (--no-short-term)"
-            )
-        if not policy.supports_short_term:
-            notes.append("this target writes hourly rows only: no 5-minute rows")
+        notes.append("this target writes hourly rows only: no 5-minute rows")
         short = shift_only(Table.SHORT_TERM, h_end, hourly_shift, nb_s.after, old_end,
                            nb_s.after_count)
         return WritePlan(meta, metadata_exists, hourly, short, notes)
 
+    # The 5-minute table: new rows inside HA's short-term retention (unless --no-short-term),
+    # and always every row that already exists inside the window, so both tables stay on one
+    # sum scale (HA continues a sensor's sum from the 5-minute table).
     nb_probe = fetch(Table.SHORT_TERM, h_start, h_end)
-    st_from = policy.now - policy.short_term_days * 86400
+    st_from = policy.now - policy.short_term_days * 86400 if policy.short_term else math.inf
     if nb_probe.inside:
         st_from = min(st_from, nb_probe.inside[0].start_ts)
-    st_from = max(h_start, math.floor(st_from / HOUR) * HOUR)
+    st_from = max(h_start, math.floor(st_from / HOUR) * HOUR) if math.isfinite(st_from) else h_end
     if st_from >= h_end:
         short = shift_only(Table.SHORT_TERM, h_end, hourly_shift, nb_probe.after, old_end,
                            nb_probe.after_count)
         return WritePlan(meta, metadata_exists, hourly, short, notes)
     five = prepared.five_minute(hours.starts[hours.starts >= st_from])
     keep5 = _cut(five.starts, FIVE_MINUTES, cutoff, policy, notes, "5-minute windows")
+    if not policy.short_term:
+        existing = np.array([r.start_ts for r in nb_probe.inside], dtype=np.float64)
+        keep5 &= np.isin(five.starts, existing)
+        notes.append("--no-short-term: only 5-minute rows that already exist are rewritten")
     five = SumSlots(five.starts[keep5], five.amounts[keep5],
                     five.states[keep5] if five.states is not None else None)
     # Walk the 5-minute table from st_from, so rows the input does not cover move with the sum.
@@ -264,8 +276,32 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     if nb_s.before is None or nb_s.before.sum is None:
         base_old = _old_sum_at(nb_h, st_from)
     short, _ = plan_sum_table(Table.SHORT_TERM, five, nb_s, base_old=base_old, base_new=base_new,
-                              after_count=nb_s.after_count)
+                              after_count=nb_s.after_count, keep_meter=keep_meter)
     return WritePlan(meta, metadata_exists, hourly, short, notes)
+
+
+def _first_sum_hour(prepared: Prepared, hours: SumSlots, fetch: Fetch, policy: PlanPolicy,
+                    cutoff: float, notes: list[str]) -> SumSlots:
+    """klausj1 `sum` rows: the first row's hour grows by its sum minus the target's sum before
+    it (what importing those sums verbatim would show), unless that would be negative."""
+    if prepared.first_sum is None or prepared.first_hour is None:
+        return hours
+    t0 = prepared.first_hour
+    if not _cut(np.array([t0]), HOUR, cutoff, policy, [], "hours")[0]:
+        return hours
+    nb0 = fetch(Table.HOURLY, t0, t0 + HOUR)
+    base = nb0.before.sum if nb0.before is not None and nb0.before.sum is not None else 0.0
+    amount = prepared.first_sum - base
+    if amount < 0:
+        notes.append(
+            f"the first row's sum ({prepared.first_sum:g}) is below the sum before it in the "
+            f"target ({base:g}): its hour is not written, it only anchors the rows after it"
+        )
+        return hours
+    states = None if hours.states is None else np.concatenate([[prepared.first_sum],
+                                                                hours.states])
+    return SumSlots(np.concatenate([[t0], hours.starts]),
+                    np.concatenate([[amount], hours.amounts]), states)
 
 
 def _old_sum_at(nb: Neighbourhood, t: float) -> float:

@@ -112,8 +112,10 @@ def read_file(
         raise InputError("file not found", path=src) from None
     except IsADirectoryError:
         raise InputError("is a directory, not a file", path=src) from None
-    except OSError as e:
-        raise InputError(f"cannot read the file: {e.strerror or e}", path=src) from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise InputError(
+            f"cannot read the file: {getattr(e, 'strerror', None) or e}", path=src
+        ) from None
     with fh:
         try:
             table = _open_table(fh, opts)
@@ -124,6 +126,8 @@ def read_file(
             raise InputError(f"not UTF-8 text ({e.reason}); save it as UTF-8", path=src) from None
         except OSError as e:
             raise InputError(f"cannot read the file: {e.strerror or e}", path=src) from None
+        except RecursionError:  # JSON nested thousands deep, met while showing a value
+            raise InputError("JSON nested too deeply", path=src) from None
 
 
 def _reporting(chunks: Iterator[Chunk], fh: IO[str], progress: Callable[[int], None]
@@ -150,7 +154,10 @@ def _open_table(fh: IO[str], opts: _Options) -> _Table:
         # JSON cannot be parsed in pieces with the standard library; keep line numbers right.
         return _json_table("\n" * (line - 1) + raw + fh.read(), opts)
     delim = max(_DELIMITERS, key=raw.count) if any(d in raw for d in _DELIMITERS) else ","
-    names = [n.strip() for n in next(csv.reader([raw], delimiter=delim))]
+    try:
+        names = [n.strip() for n in next(csv.reader([raw], delimiter=delim))]
+    except csv.Error as e:
+        raise InputError(f"unreadable CSV header: {e}", path=opts.path, line=line) from None
     return _Table(
         names=names,
         chunks=_csv_chunks(fh, delim, len(names), line, opts.path),
@@ -277,6 +284,15 @@ def _dispatch(table: _Table, opts: _Options) -> list[Series]:
 # -- column conversion -----------------------------------------------------------------------
 
 
+def _shown(x: Any) -> str:
+    """A JSON value for a message: short, and safe for any nesting."""
+    try:
+        text = json.dumps(x)
+    except (ValueError, TypeError, RecursionError):
+        return "an object" if isinstance(x, dict) else "a list"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _blank(x: Any) -> bool:
     return x is None or (isinstance(x, str) and not x.strip())
 
@@ -287,7 +303,7 @@ def _one_float(x: Any, column: str, line: int, opts: _Options, comma: bool) -> f
     if _blank(x):
         raise InputError(f"blank value {where}", path=opts.path, line=line)
     if isinstance(x, bool) or not isinstance(x, (str, int, float)):
-        raise InputError(f"{json.dumps(x)} {where} is not a number", path=opts.path, line=line)
+        raise InputError(f"{_shown(x)} {where} is not a number", path=opts.path, line=line)
     s = x.strip() if isinstance(x, str) else x
     try:
         v = float(s)
@@ -366,7 +382,7 @@ def _time_texts(col: Sequence[Any], json_cells: bool) -> Sequence[str]:
         elif isinstance(x, float):
             out.append(repr(x))
         else:
-            out.append(json.dumps(x))
+            out.append(_shown(x))
     return out
 
 
@@ -524,6 +540,42 @@ def _sorted(rows: _Rows) -> _Rows:
     return rows
 
 
+def _check_order(
+    times: np.ndarray, lines: np.ndarray, parser: TimeParser | None, opts: _Options
+) -> None:
+    """Refuse a file out of time order whose repeated local hour was told apart by order.
+
+    `times` and `lines` are in file order. The fold rule (see timeparse) takes the order of the
+    lines for the order in time; in a file that is not sorted the two copies of the repeated
+    hour would be mixed up or merged as duplicates, so sorting it here would hide the damage.
+    NaN times (blank ends) are skipped.
+    """
+    if parser is None or parser.repeated is None or times.size < 2:
+        return
+    given = ~np.isnan(times)
+    idx = None if given.all() else np.flatnonzero(given)
+    t = times if idx is None else times[idx]
+    back = np.flatnonzero(t[1:] < t[:-1])
+    if not back.size:
+        return
+    k = int(back[0])
+    i, j = (k, k + 1) if idx is None else (int(idx[k]), int(idx[k + 1]))
+    raise InputError(
+        f"times are not in order (this line is before line {int(lines[i])}), and the repeated "
+        f"hour {parser.repeated_hour()} can only be told apart by order: sort the file, or give "
+        "times with offsets",
+        path=opts.path,
+        line=int(lines[j]),
+    )
+
+
+def _when(t: float) -> str:
+    try:
+        return datetime.fromtimestamp(t, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return f"{t:g} (epoch seconds)"
+
+
 def _sorted_unique(rows: _Rows, opts: _Options) -> _Rows:
     """Sort by time and drop repeats of identical rows; a time with two values is an error."""
     rows = _sorted(rows)
@@ -540,7 +592,7 @@ def _sorted_unique(rows: _Rows, opts: _Options) -> _Rows:
     if not same.all():
         k = int(np.argmin(same))
         i, j = int(first[k]), int(second[k])
-        when = datetime.fromtimestamp(float(t[j]), UTC).isoformat()
+        when = _when(float(t[j]))
         what = (
             f"values: {rows.values[i]:g} (line {rows.lines[i]}) and {rows.values[j]:g}"
             if rows.values[i] != rows.values[j]
@@ -656,6 +708,9 @@ def _canonical(table: _Table, opts: _Options) -> list[Series]:
         buf.get("min") if mi >= 0 else None,
         buf.get("max") if xi >= 0 else None,
     )
+    _check_order(rows.times, rows.lines, start_parser, opts)
+    if rows.ends is not None:
+        _check_order(rows.ends, rows.lines, end_parser, opts)
     rows = _sorted_unique(rows, opts)
 
     implied = IMPLIED_KIND.get(lower[vi]) if not opts.value_column else None
@@ -705,7 +760,8 @@ def _meterman(table: _Table, opts: _Options) -> list[Series]:
     parser = TimeParser(opts.tz, path=opts.path)
     buf = _Buffers("t", *(k for _, k in metrics))
     for cols, lines in table.chunks:
-        texts = list(map(" ".join, zip(cols[di], cols[ti], strict=True)))
+        days, clocks = _time_texts(cols[di], table.json), _time_texts(cols[ti], table.json)
+        texts = list(map(" ".join, zip(days, clocks, strict=True)))
         t, *values = _first_error(
             (parser.parse_many, texts, lines),
             *((_floats, cols[i], lines, table.names[i], opts, False) for i, _ in metrics),
@@ -714,6 +770,7 @@ def _meterman(table: _Table, opts: _Options) -> list[Series]:
     if not buf.lines:
         raise _no_rows(table, opts)
     times, lines_arr = buf.get("t"), buf.line_array()
+    _check_order(times, lines_arr, parser, opts)
     unit = _resolve_unit(None, 0, "kWh", opts)
     # A column of zeros is one the meter lacks (MeterMan writes 0.000); if all are, keep IMP.
     keys = [k for _, k in metrics if buf.get(k).any()] or [metrics[0][1]]
@@ -796,7 +853,7 @@ def _statistic_codes(
         distinct = set()
     if len(distinct) == 1:  # the usual case: a whole chunk of one statistic
         only = next(iter(distinct))
-        key = "" if only is None else str(only).strip()
+        key = only.strip() if isinstance(only, str) else ""
         if key:
             if key not in ids:
                 ids[key] = len(ids)
@@ -804,7 +861,9 @@ def _statistic_codes(
             return [ids[key]] * len(lines)
     codes: list[int] = []
     for sid, line in zip(col, lines, strict=True):
-        key = "" if sid is None else str(sid).strip()
+        if sid is not None and not isinstance(sid, str):
+            raise InputError(f"statistic_id {_shown(sid)} is not text", path=opts.path, line=line)
+        key = "" if sid is None else sid.strip()
         if not key:
             raise InputError("blank statistic_id", path=opts.path, line=line)
         code = ids.get(key)
@@ -877,6 +936,7 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
     for sid, code in ids.items():
         idx = np.flatnonzero(all_codes == code)
         s = start[idx]
+        _check_order(s, lines_arr[idx], parsers.get(code), opts)
         if kind is Kind.CUMULATIVE:
             rows = _Rows(s + HOUR, values[idx], lines_arr[idx])
         else:
@@ -951,10 +1011,24 @@ class _JsonScan:
         return m.end()
 
     def document(self) -> Any:
-        obj, i = self.value(self.ws(0))
+        try:
+            obj, i = self.value(self.ws(0))
+        except RecursionError:
+            raise InputError("not valid JSON: nested too deeply", path=self.path) from None
+        except json.JSONDecodeError as e:  # normally reported where it occurs
+            raise InputError(f"not valid JSON: {e.msg}", path=self.path, line=e.lineno) from None
+        except ValueError as e:
+            raise self._too_long(e) from None
         if self.ws(i) != len(self.text):
             raise self.fail("extra data after the end of the document", self.ws(i))
         return obj
+
+    def _too_long(self, e: ValueError) -> InputError:
+        """The decoder's other complaint: an integer of more than 4300 digits."""
+        m = re.search(r"[0-9]{4301}", self.text)
+        line = self.text.count("\n", 0, m.start()) + 1 if m else None
+        what = "a number with too many digits" if m else str(e)
+        return InputError(f"not valid JSON: {what}", path=self.path, line=line)
 
     def value(self, i: int) -> tuple[Any, int]:
         c = self.text[i : i + 1]
@@ -1068,18 +1142,22 @@ def _no_bools(col: Sequence[Any]) -> Sequence[Any]:
 def _records_slowly(records: _Lined, keys: list[str], opts: _Options) -> dict[str, Sequence[Any]]:
     """Field by field, matching names without regard to case; a missing field is blank."""
     cols: dict[str, list[Any]] = {k: [] for k in keys}
-    for rec, line in zip(records, records.lines, strict=True):
+    for n, (rec, line) in enumerate(zip(records, records.lines, strict=True), start=1):
         if not isinstance(rec, dict):
-            raise InputError(
-                f'expected an object like {{"start": ..., "value": ...}}, '
-                f"found {json.dumps(rec)[:40]}",
-                path=opts.path,
-                line=line,
-            )
+            raise _not_an_object(n, rec, line, opts)
         low = {k.lower(): v for k, v in rec.items()}
         for key in keys:
             cols[key].append(low.get(key))
     return cols
+
+
+def _not_an_object(n: int, rec: Any, line: int, opts: _Options) -> InputError:
+    return InputError(
+        f'item {n} is not an object with named fields like {{"start": ..., "value": ...}}: '
+        f"found {_shown(rec)}",
+        path=opts.path,
+        line=line,
+    )
 
 
 def _str_field(doc: dict[str, Any], key: str, opts: _Options) -> str | None:
@@ -1111,7 +1189,7 @@ def _json_table(text: str, opts: _Options) -> _Table:
         raise InputError("no readings in the JSON document", path=opts.path)
     first = records[0]
     if not isinstance(first, dict):
-        _records_chunk(records, [], opts)  # raises with the line
+        raise _not_an_object(1, first, records.lines[0], opts)
     names = list(dict.fromkeys(k.lower() for k in first))
     kind = None
     if meta.get("kind") is not None:
@@ -1147,7 +1225,10 @@ def _klausj1_json(doc: dict[str, Any], opts: _Options) -> _Table:
             raise InputError(
                 "each entity needs 'id', 'unit' and a 'values' list", path=opts.path, line=line
             )
-        if values and isinstance(values[0], dict) and not value_names:
+        if values and not isinstance(values[0], dict):
+            first_line = values.lines[0] if isinstance(values, _Lined) else line
+            raise _not_an_object(1, values[0], first_line, opts)
+        if values and not value_names:
             value_names = [k.lower() for k in values[0] if k.lower() not in ("datetime", "start")]
     names = ["statistic_id", "unit", "start", *value_names]
 
@@ -1164,7 +1245,8 @@ def _klausj1_json(doc: dict[str, Any], opts: _Options) -> _Table:
                 {**v, "start": v.get("datetime", v.get("start"))} if isinstance(v, dict) else v
                 for v in values
             )
-            rows.lines = values.lines
+            # Only lists of objects were walked for their lines; any other has no objects.
+            rows.lines = values.lines if isinstance(values, _Lined) else [line] * len(values)
             yield _records_chunk(rows, names, opts, {"statistic_id": sid, "unit": ent.get("unit")})
 
     tz = doc.get("timezone_identifier")

@@ -7,7 +7,7 @@ per statistic and reads it back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,6 +75,11 @@ class StatisticsTarget(Protocol):
     def apply(self, plan: WritePlan, *, progress: Callable[[int], None] | None = None) -> None:
         """Write the plan in one transaction (all or nothing) and verify it by reading back;
         `progress` is told how many rows are written so far."""
+        ...
+
+    def apply_all(self, plans: Sequence[WritePlan], *,
+                  progress: Callable[[int], None] | None = None) -> None:
+        """Like `apply` for several statistics at once: all written, or none."""
         ...
 
     def close(self) -> None: ...

@@ -687,9 +687,12 @@ class RecorderDatabase:
                 n_rows[name] = int(c.rows) if c is not None else 0
                 if c is None:
                     continue
-                if c.first is not None:
+                # The hour range comes from the hourly table; the 5-minute table only when a
+                # statistic has no hourly rows yet.
+                if c.first is not None and (name == Table.HOURLY.value or not firsts):
                     firsts.append(float(c.first))
-                    lasts.append(float(c.last))
+                    lasts.append(float(c.last) if name == Table.HOURLY.value
+                                 else math.floor(float(c.last) / 3600) * 3600)
                 if c.off_grid:
                     problems.append(
                         f"{c.off_grid} {name} rows off the {Table(name).period}-second grid"
@@ -748,6 +751,35 @@ class RecorderDatabase:
         )
         plan.meta.id = written.metadata_id
         self._verify(plan, written)
+
+    def apply_all(self, plans: Sequence[WritePlan], *,
+                  progress: Callable[[int], None] | None = None) -> None:
+        """Write several statistics in ONE transaction: an import of a file with import,
+        export and generation columns lands whole or not at all. Then verify each."""
+        for plan in plans:
+            self._check_plan(plan)
+        work = [(plan, self._prepare(plan)) for plan in plans]
+        work = [(plan, prep) for plan, prep in work
+                if any(p.batches or _has_shift(p.plan) for p in prep)]
+        if not work:
+            return
+        offset = 0
+        totals = [sum(tp.count for tp in plan.tables) for plan, _ in work]
+
+        def write_all(conn: Connection) -> list[_Written]:
+            nonlocal offset
+            out = []
+            for (plan, prep), total in zip(work, totals, strict=True):
+                base = offset
+                report = None if progress is None else (lambda n, _b=base: progress(_b + n))
+                out.append(self._write_plan(conn, plan, prep, False, report))
+                offset += total
+            return out
+
+        written = self._write(write_all)
+        for (plan, _), done in zip(work, written, strict=True):
+            plan.meta.id = done.metadata_id
+            self._verify(plan, done)
 
     def _check_plan(self, plan: WritePlan) -> None:
         """The plan's own consistency and §3.6/§8 rules, checked before anything is written."""
