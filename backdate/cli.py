@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from backdate.errors import BackdateError, UsageError
 from backdate.models import Kind
@@ -26,8 +27,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """Rich consoles that never read user data as markup or emoji codes; wide when piped."""
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else 120
+    return Console(stderr=stderr, emoji=False, highlight=False, width=width)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 TargetArg = Annotated[str, typer.Option("--to", help="Target: sqlite:///path/home-assistant_v2.db, "
                                         "mysql://..., postgresql://...")]
@@ -54,7 +62,7 @@ Days = Annotated[bool, typer.Option("--days", help="List every day even for long
 
 
 def _fail(err: BackdateError) -> None:
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    err_console.print(Text.assemble(("error: ", "bold red"), str(err)))
     raise typer.Exit(err.exit_code)
 
 
@@ -171,7 +179,7 @@ def plan_cmd(
             render.print_plans(console, imports, _zone(tz), all_days=days)
             if chart:
                 render.chart(imports, _zone(tz), str(chart))
-                console.print(f"chart written to {chart}")
+                console.print(f"chart written to {chart}", markup=False)
         finally:
             target.close()
 
@@ -224,7 +232,7 @@ def import_cmd(
                 with _status("backing up"):
                     path = backup_target(to, target)
                 if path:
-                    console.print(f"backup: {path}")
+                    console.print(f"backup: {path}", markup=False)
             with _progress() as report:
                 done = apply_imports(target, imports, report)
             render.print_done(console, imports, done)
@@ -305,7 +313,7 @@ def restore_cmd(
 
     with _errors():
         restore_target(str(backup), to)
-        console.print(f"restored {to} from {backup}")
+        console.print(f"restored {to} from {backup}", markup=False)
 
 
 @app.command("demo")

@@ -38,6 +38,43 @@ def reference_energy(starts, ends, values, period) -> dict[float, float]:
     return out
 
 
+def old_curve(before: dict[Table, dict[float, float]]):
+    """The target's cumulative sum before the import, as points at row ends (5-minute rows
+    where they exist, hourly elsewhere; the hourly table starts from 0)."""
+    points: dict[float, float] = {}
+    for table in (Table.HOURLY, Table.SHORT_TERM):
+        sums = before[table]
+        if not sums:
+            continue
+        first = min(sums)
+        points.setdefault(first, 0.0 if table is Table.HOURLY else sums[first])
+        for start, total in sums.items():
+            points[start + table.period] = total
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
+
+
+def kept_energy(slot, period, intervals, xs, es) -> float:
+    """Old energy of the part of [slot, slot+period) that no input interval covers."""
+    if len(xs) < 2:
+        return 0.0
+    def e(t):
+        return float(np.interp(t, xs, es))
+    covered = []
+    for s, end in zip(intervals[0], intervals[1], strict=True):
+        lo, hi = max(s, slot), min(end, slot + period)
+        if hi > lo:
+            covered.append((lo, hi))
+    covered.sort()
+    merged = []
+    for lo, hi in covered:
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return (e(slot + period) - e(slot)) - sum(e(hi) - e(lo) for lo, hi in merged)
+
+
 @st.composite
 def readings(draw, base: float):
     step = draw(st.sampled_from([60, 300, 600, 900, 1800, 3600, 420]))
@@ -104,6 +141,7 @@ def test_import_over_random_existing_data_keeps_every_seam_closed(tmp_path_facto
     _import(db, *first)
     before = {t: _changes(db, t) for t in Table}
     existed = {t: set(_sums(db, t)) for t in Table}
+    xs, es = old_curve({t: _sums(db, t) for t in Table})
     _import(db, *second)
     after = {t: _changes(db, t) for t in Table}
 
@@ -116,6 +154,10 @@ def test_import_over_random_existing_data_keeps_every_seam_closed(tmp_path_facto
             # silent), so that both tables add up to the same sum at each hour's end.
             expected = {h + k * 300.0: expected.get(h + k * 300.0, 0.0)
                         for h in touched_hours for k in range(12)}
+        # A slot the input covers only in part keeps the old energy of the rest of it.
+        expected = {slot: energy + (kept_energy(slot, table.period, second, xs, es)
+                                    if slot in existed[table] else 0.0)
+                    for slot, energy in expected.items()}
         for slot, change in after[table].items():
             if slot in expected:
                 assert abs(change - expected[slot]) < 1e-6, (table, slot, "input energy")

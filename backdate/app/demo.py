@@ -50,9 +50,9 @@ def run_demo(directory: Path, console: Console) -> None:
         out.write("start,kwh\n")
         for t, v in zip(starts.tolist(), values.tolist(), strict=True):
             out.write(f"{int(t)},{v}\n")
-    console.print(f"[bold]demo[/]: made-up readings ({starts.size:,} quarter-hours, one year) "
+    console.print(f"demo: made-up readings ({starts.size:,} quarter-hours, one year) "
                   f"in {csv_path}; a fresh HA recorder database (schema 53) in {db}",
-                  highlight=False)
+                  markup=False)
     from backdate.app.targets import open_target
 
     url = f"sqlite:///{db}"
@@ -70,5 +70,5 @@ def run_demo(directory: Path, console: Console) -> None:
         render.chart(imports, zone, str(chart))
     finally:
         target.close()
-    console.print(f"imported in {elapsed:.2f} s; chart: {chart}")
-    console.print(f"look inside: backdate inspect {url}")
+    console.print(f"imported in {elapsed:.2f} s; chart: {chart}", markup=False)
+    console.print(f"look inside: backdate inspect {url}", markup=False)

@@ -40,7 +40,13 @@ def export_statistic(url: str, statistic_id: str, *, start: str | None, end: str
     """Read one statistic's rows from the target and render them."""
     from backdate.app.targets import open_target
 
-    zone = ZoneInfo(tz) if tz else None
+    if fmt == "klausj1" and not tz:
+        raise UsageError("--format klausj1 writes local times without an offset: give --tz "
+                         "(Home Assistant's time zone, e.g. Europe/Vienna)")
+    try:
+        zone = ZoneInfo(tz) if tz else None
+    except (ValueError, KeyError, OSError):
+        raise UsageError(f"unknown time zone {tz!r}") from None
     target = open_target(url)
     try:
         meta = target.get_metadata(statistic_id)

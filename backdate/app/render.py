@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from backdate.app.importing import StatisticImport
 from backdate.app.report import DayLine, day_table, draw_chart, seams
@@ -43,11 +45,11 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
         unit = meta.unit_of_measurement or ""
         state = "exists" if plan.metadata_exists else "new"
         console.print(
-            f"[bold]{meta.statistic_id}[/] ({state}, source {meta.source}, {unit or 'no unit'}, "
-            f"{'sum' if meta.has_sum else 'mean'}) from {item.series.source}: "
+            f"[bold]{escape(meta.statistic_id)}[/] ({state}, source {escape(meta.source)}, "
+            f"{escape(unit) or 'no unit'}, "
+            f"{'sum' if meta.has_sum else 'mean'}) from {escape(item.series.source)}: "
             f"{len(item.series):,} readings, kind {item.prepared.kind.value}"
-            + (f", input unit {item.input_unit}" if item.input_unit else ""),
-            highlight=False,
+            + (f", input unit {escape(item.input_unit)}" if item.input_unit else ""),
         )
         for tp in plan.tables:
             if tp.count or tp.shifted or tp.unchanged:
@@ -62,7 +64,7 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
                     highlight=False,
                 )
         for note in plan.notes:
-            console.print(f"  note: {note}", highlight=False)
+            console.print(f"  note: {note}", markup=False)
         if not plan.hourly.count:
             continue
         lines = day_table(item, tz)
@@ -124,7 +126,7 @@ def print_done(console: Console, imports: list[StatisticImport], done: list[str]
     for item in imports:
         if item.statistic_id in done:
             rows = sum(tp.count for tp in item.plan.tables)
-            console.print(f"[green]written and verified[/]: {item.statistic_id} "
+            console.print(f"[green]written and verified[/]: {escape(item.statistic_id)} "
                           f"({rows:,} rows)", highlight=False)
 
 
@@ -157,16 +159,24 @@ def print_inspect(console: Console, info: TargetInfo, summaries: list[StatisticS
         console.print_json(json.dumps(doc))
         return
     console.print(f"{info.url}: {info.kind}, schema {info.schema_version}, "
-                  f"{len(summaries)} statistics", highlight=False)
+                  f"{len(summaries)} statistics", markup=False)
+    header = ("id", "statistic_id", "source", "unit", "type", "hourly", "5-minute",
+              "first hour", "last hour", "problems")
+    rows = [
+        (str(s.meta.id), s.meta.statistic_id, s.meta.source, s.meta.unit_of_measurement or "",
+         "sum" if s.meta.has_sum else "mean", f"{s.hourly_rows:,}", f"{s.short_term_rows:,}",
+         _iso(s.first_start) or "", _iso(s.last_start) or "", "; ".join(s.problems) or "none")
+        for s in summaries
+    ]
+    if not console.is_terminal:  # piped: one tab-separated line per statistic, for grep/cut
+        for line in (header, *rows):
+            console.print("\t".join(line), markup=False, soft_wrap=True)
+        return
     table = RichTable()
-    for col in ("id", "statistic_id", "source", "unit", "type", "hourly", "5-minute",
-                "first hour", "last hour", "problems"):
-        table.add_column(col)
-    for s in summaries:
-        table.add_row(str(s.meta.id), s.meta.statistic_id, s.meta.source,
-                      s.meta.unit_of_measurement or "", "sum" if s.meta.has_sum else "mean",
-                      f"{s.hourly_rows:,}", f"{s.short_term_rows:,}", _iso(s.first_start) or "",
-                      _iso(s.last_start) or "", "; ".join(s.problems) or "none")
+    for col in header:
+        table.add_column(col, overflow="fold")
+    for cells in rows:
+        table.add_row(*(Text(c) for c in cells))
     console.print(table)
 
 

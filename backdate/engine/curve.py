@@ -305,3 +305,43 @@ def check_values(series: Series, kind: Kind) -> None:
         raise series.error(i, f"the same time as {prev_path}:{prev_line} (two readings for "
                               "one time)")
     _ = kind
+
+
+def covered_length(spans: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Seconds of [-inf, t) that the spans cover (piecewise linear in t)."""
+    if spans.shape[0] == 0:
+        return np.zeros_like(t)
+    lengths = spans[:, 1] - spans[:, 0]
+    before = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    xs = spans.ravel()
+    ys = np.column_stack([before, before + lengths]).ravel()
+    return np.interp(t, xs, ys, left=0.0)
+
+
+def kept_old_energy(slots: np.ndarray, period: int, spans: np.ndarray, old_x: np.ndarray,
+                    old_e: np.ndarray) -> np.ndarray:
+    """The old energy of each slot's part that the input does not cover.
+
+    `old_x`/`old_e` are the target's cumulative sum as points (row ends, on one scale across
+    both tables); between points it is taken as linear, the finest the target knows.
+    """
+    extra = np.zeros(slots.size)
+    if slots.size == 0 or old_x.size < 2:
+        return extra
+    ends = slots + period
+    covered = covered_length(spans, ends) - covered_length(spans, slots)
+    whole = np.interp(ends, old_x, old_e) - np.interp(slots, old_x, old_e)
+    none = covered <= 0
+    extra[none] = whole[none]
+    part = np.flatnonzero((covered > 0) & (covered < period))
+    for k in part.tolist():
+        a, b = float(slots[k]), float(ends[k])
+        lo = int(np.searchsorted(spans[:, 1], a, side="right"))
+        hi = int(np.searchsorted(spans[:, 0], b, side="left"))
+        inside = 0.0
+        for ss, se in spans[lo:hi].tolist():
+            x0, x1 = max(a, ss), min(b, se)
+            if x1 > x0:
+                inside += float(np.interp(x1, old_x, old_e) - np.interp(x0, old_x, old_e))
+        extra[k] = whole[k] - inside
+    return extra

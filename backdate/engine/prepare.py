@@ -21,6 +21,7 @@ from backdate.engine.curve import (
     covered_slots,
     cumulative_curve,
     delta_curve,
+    kept_old_energy,
     mean_slots,
     power_curve,
     slot_amounts,
@@ -233,6 +234,9 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     hours = _first_sum_hour(prepared, hours, fetch, policy, cutoff, notes)
     h_start, h_end = float(hours.starts[0]), float(hours.starts[-1]) + HOUR
     nb_h = fetch(Table.HOURLY, h_start, h_end)
+    nb_probe = fetch(Table.SHORT_TERM, h_start, h_end) if policy.supports_short_term else None
+    old_x, old_e = _old_curve(nb_h, nb_probe)
+    hours = _keep_uncovered(prepared, hours, HOUR, nb_h, old_x, old_e)
     keep_meter = policy.compiled_by_ha
     hourly, walk = plan_sum_table(Table.HOURLY, hours, nb_h, after_count=nb_h.after_count,
                                   keep_meter=keep_meter)
@@ -248,7 +252,7 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     # The 5-minute table: new rows inside HA's short-term retention (unless --no-short-term),
     # and always every row that already exists inside the window, so both tables stay on one
     # sum scale (HA continues a sensor's sum from the 5-minute table).
-    nb_probe = fetch(Table.SHORT_TERM, h_start, h_end)
+    assert nb_probe is not None
     st_from = policy.now - policy.short_term_days * 86400 if policy.short_term else math.inf
     if nb_probe.inside:
         st_from = min(st_from, nb_probe.inside[0].start_ts)
@@ -265,6 +269,7 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
         notes.append("--no-short-term: only 5-minute rows that already exist are rewritten")
     five = SumSlots(five.starts[keep5], five.amounts[keep5],
                     five.states[keep5] if five.states is not None else None)
+    five = _keep_uncovered(prepared, five, FIVE_MINUTES, nb_probe, old_x, old_e)
     # Walk the 5-minute table from st_from, so rows the input does not cover move with the sum.
     nb_s = fetch(Table.SHORT_TERM, st_from, h_end)
     if five.starts.size == 0 and not nb_s.inside:
@@ -302,6 +307,43 @@ def _first_sum_hour(prepared: Prepared, hours: SumSlots, fetch: Fetch, policy: P
                                                                 hours.states])
     return SumSlots(np.concatenate([[t0], hours.starts]),
                     np.concatenate([[amount], hours.amounts]), states)
+
+
+def _old_curve(nb_h: Neighbourhood, nb_s: Neighbourhood | None) -> tuple[np.ndarray, np.ndarray]:
+    """The target's cumulative sum as points at row ends, 5-minute rows where they exist
+    (finer), hourly rows elsewhere; both tables share one sum scale."""
+    points: dict[float, float] = {}
+    for nb, period in ((nb_h, HOUR), (nb_s, FIVE_MINUTES)):
+        if nb is None:
+            continue
+        rows = [r for r in ([nb.before] if nb.before else []) + nb.inside if r.sum is not None]
+        if not rows:
+            continue
+        if nb.before is None or nb.before.sum is None:
+            points.setdefault(rows[0].start_ts, 0.0 if period == HOUR else rows[0].sum)
+        for r in rows:
+            points[r.start_ts + period] = r.sum
+    if len(points) < 2:
+        return np.empty(0), np.empty(0)
+    xs = np.array(sorted(points), dtype=np.float64)
+    return xs, np.array([points[x] for x in xs.tolist()], dtype=np.float64)
+
+
+def _keep_uncovered(prepared: Prepared, slots: SumSlots, period: int, nb: Neighbourhood,
+                    old_x: np.ndarray, old_e: np.ndarray) -> SumSlots:
+    """Slots the input covers only in part keep the target's energy for the rest of them."""
+    if prepared.curve is None or not nb.inside or old_x.size < 2:
+        return slots
+    existing = np.array([r.start_ts for r in nb.inside], dtype=np.float64)
+    has_row = np.isin(slots.starts, existing)
+    if not has_row.any():
+        return slots
+    extra = np.zeros(slots.starts.size)
+    extra[has_row] = kept_old_energy(slots.starts[has_row], period, prepared.curve.spans,
+                                     old_x, old_e)
+    if prepared.first_hour is not None:
+        extra[slots.starts == prepared.first_hour] = 0.0
+    return SumSlots(slots.starts, slots.amounts + extra, slots.states)
 
 
 def _old_sum_at(nb: Neighbourhood, t: float) -> float:

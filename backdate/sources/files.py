@@ -963,6 +963,7 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
                 kind=kind,
                 unit=_resolve_unit(file_unit, first_line[code], None, opts),
                 statistic_id=sid,
+                hourly_sums=kind is Kind.CUMULATIVE,
             )
         )
     return out
