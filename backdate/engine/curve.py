@@ -94,6 +94,7 @@ def delta_curve(series: Series, values: np.ndarray, step: float | None = None) -
     """Amounts over [start, end): E rises linearly inside each interval, flat in gaps."""
     starts = series.times
     n = starts.size
+    notes: list[str] = []
     if n == 0:
         raise InputError("no readings", path=series.source)
     if series.ends is not None and not np.isnan(series.ends).all():
@@ -113,6 +114,14 @@ def delta_curve(series: Series, values: np.ndarray, step: float | None = None) -
             )
         following = np.append(starts[1:], np.inf)
         ends[missing] = np.minimum(starts[missing] + step, following[missing])
+        longer = np.flatnonzero(missing[:-1] & (np.diff(starts) > step))
+        if longer.size:
+            path, line = series.where(int(longer[0]))
+            notes.append(
+                f"{path}:{line}: {longer.size} readings are followed by a gap longer than the "
+                f"usual spacing ({step:g} s); each counts as one {step:g}-second interval "
+                "(add an `end` column if they cover more)"
+            )
     bad = np.flatnonzero(ends <= starts)
     if bad.size:
         i = int(bad[0])
@@ -132,7 +141,7 @@ def delta_curve(series: Series, values: np.ndarray, step: float | None = None) -
     cs[0::2], cs[1::2] = before, total
     keep = np.ones(2 * n, dtype=bool)
     keep[2::2] = starts[1:] > ends[:-1]
-    return EnergyCurve(xs[keep], cs[keep], _merge_spans(starts, ends))
+    return EnergyCurve(xs[keep], cs[keep], _merge_spans(starts, ends), notes=notes)
 
 
 def cumulative_curve(series: Series, values: np.ndarray) -> EnergyCurve:

@@ -518,6 +518,11 @@ class _Rows:
     mins: np.ndarray | None = None
     maxs: np.ndarray | None = None
 
+    def series(self, path: str, **described: Any) -> Series:
+        """These rows as the `Series` every reader returns; `described` says what they are."""
+        return Series(source=path, times=self.times, values=self.values, lines=self.lines,
+                      ends=self.ends, mins=self.mins, maxs=self.maxs, **described)
+
     def take(self, idx: np.ndarray) -> _Rows:
         def t(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[idx]
@@ -725,19 +730,8 @@ def _canonical(table: _Table, opts: _Options) -> list[Series]:
     file_unit = unit_col.value if unit_col.value is not None else table.unit
     unit = _resolve_unit(file_unit, unit_col.line, "kWh" if lower[vi] == "kwh" else None, opts)
     return [
-        Series(
-            source=opts.path,
-            times=rows.times,
-            values=rows.values,
-            lines=rows.lines,
-            ends=rows.ends,
-            mins=rows.mins,
-            maxs=rows.maxs,
-            kind=kind,
-            unit=unit,
-            statistic_id=table.statistic_id,
-            name=table.name,
-        )
+        rows.series(opts.path, kind=kind, unit=unit, statistic_id=table.statistic_id,
+                    name=table.name)
     ]
 
 
@@ -785,17 +779,7 @@ def _meterman(table: _Table, opts: _Options) -> list[Series]:
         if gap.any():
             rows = rows.take(np.flatnonzero(~gap))
         rows = _sorted_unique(rows, opts)
-        out.append(
-            Series(
-                source=opts.path,
-                times=rows.times,
-                values=rows.values,
-                lines=rows.lines,
-                kind=kind,
-                unit=unit,
-                name=_METERMAN[key],
-            )
-        )
+        out.append(rows.series(opts.path, kind=kind, unit=unit, name=_METERMAN[key]))
     return out
 
 
@@ -952,19 +936,9 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
         unit_col = units.get(code)
         file_unit = unit_col.value if unit_col is not None else None
         out.append(
-            Series(
-                source=opts.path,
-                times=rows.times,
-                values=rows.values,
-                lines=rows.lines,
-                ends=rows.ends,
-                mins=rows.mins,
-                maxs=rows.maxs,
-                kind=kind,
-                unit=_resolve_unit(file_unit, first_line[code], None, opts),
-                statistic_id=sid,
-                hourly_sums=kind is Kind.CUMULATIVE,
-            )
+            rows.series(opts.path, kind=kind,
+                        unit=_resolve_unit(file_unit, first_line[code], None, opts),
+                        statistic_id=sid, hourly_sums=kind is Kind.CUMULATIVE)
         )
     return out
 
