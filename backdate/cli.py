@@ -59,6 +59,15 @@ ShortTerm = Annotated[bool, typer.Option("--short-term/--no-short-term",
 Chart = Annotated[Path | None, typer.Option("--chart", help="Draw the days before and after "
                                             "into this PNG file.")]
 Days = Annotated[bool, typer.Option("--days", help="List every day even for long imports.")]
+Token = Annotated[str | None, typer.Option("--token", help="Long-lived access token for an "
+                                           "http(s):// target (default: $HA_TOKEN).",
+                                           show_default=False)]
+
+
+def _use_token(token: str | None) -> None:
+    """The token reaches the WebSocket target through HA_TOKEN, never through logs."""
+    if token:
+        os.environ["HA_TOKEN"] = token
 
 
 def _fail(err: BackdateError) -> None:
@@ -165,6 +174,7 @@ def plan_cmd(
     short_term: ShortTerm = True,
     chart: Chart = None,
     days: Days = False,
+    token: Token = None,
 ) -> None:
     """Show what an import would write, and the days and seams it changes. Writes nothing.
 
@@ -173,6 +183,7 @@ def plan_cmd(
     from backdate.app import render
 
     with _errors():
+        _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term)
         target, imports = _plan(sources, to, opts)
         try:
@@ -202,6 +213,7 @@ def import_cmd(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
     chart: Chart = None,
     days: Days = False,
+    token: Token = None,
 ) -> None:
     """Import readings into Home Assistant's statistics: plan, back up, write, verify.
 
@@ -212,6 +224,7 @@ def import_cmd(
     from backdate.app.targets import backup_target
 
     with _errors():
+        _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
                         backup)
         target, imports = _plan(sources, to, opts)
@@ -246,6 +259,7 @@ def inspect_cmd(
     energy: Annotated[bool, typer.Option("--energy", help="Only statistics the Energy dashboard "
                                          "can use (sums in energy or volume units).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    token: Token = None,
 ) -> None:
     """List every statistic a database holds, with row counts, ranges and problems.
 
@@ -255,6 +269,7 @@ def inspect_cmd(
     from backdate.app.targets import open_target
 
     with _errors():
+        _use_token(token)
         tgt = open_target(target)
         try:
             info = tgt.info()
@@ -282,6 +297,7 @@ def export_cmd(
     tz: Tz = None,
     short_term: Annotated[bool, typer.Option("--short-term", help="Export 5-minute rows.")
                           ] = False,
+    token: Token = None,
 ) -> None:
     """Read a statistic back out, in a form `backdate import` reads losslessly.
 
@@ -290,6 +306,7 @@ def export_cmd(
     from backdate.app.exporting import export_statistic
 
     with _errors():
+        _use_token(token)
         if fmt not in ("csv", "json", "klausj1"):
             raise UsageError("--format is one of csv, json, klausj1")
         text = export_statistic(target, statistic_id, start=start, end=end, fmt=fmt, tz=tz,
