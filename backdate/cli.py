@@ -38,7 +38,8 @@ console = _console()
 err_console = _console(stderr=True)
 
 TargetArg = Annotated[str, typer.Option("--to", help="Target: sqlite:///path/home-assistant_v2.db, "
-                                        "mysql://..., postgresql://...")]
+                                        "mysql://..., postgresql://..., or http(s)://host:8123 "
+                                        "(HA's API; --token or HA_TOKEN)")]
 Sources = Annotated[list[str], typer.Argument(help="Input files (CSV, TSV, JSON).")]
 StatId = Annotated[str | None, typer.Option("--statistic-id", help="Statistic to write, e.g. "
                                             "backdate:house or sensor.energy (default: "
@@ -124,6 +125,10 @@ def _plan(sources, target_url, opts):
     with _progress() as report:
         series = read_sources(sources, opts, report)
     target = open_target(target_url)
+    if opts.tz is None:  # the day table in HA's own zone where the target knows it
+        zone = target.info().time_zone
+        if zone:
+            opts.report_tz = zone
     with _status("planning"):
         imports = plan_imports(target, series, opts)
     return target, imports
@@ -187,9 +192,10 @@ def plan_cmd(
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term)
         target, imports = _plan(sources, to, opts)
         try:
-            render.print_plans(console, imports, _zone(tz), all_days=days)
+            zone = _zone(opts.report_tz)
+            render.print_plans(console, imports, zone, all_days=days)
             if chart:
-                render.chart(imports, _zone(tz), str(chart))
+                render.chart(imports, zone, str(chart))
                 console.print(f"chart written to {chart}", markup=False)
         finally:
             target.close()
@@ -208,8 +214,9 @@ def import_cmd(
     value_column: ValueCol = None,
     short_term: ShortTerm = True,
     backup: Annotated[bool, typer.Option("--backup/--no-backup",
-                                         help="Copy the database first (SQLite backup API).")
-                      ] = True,
+                                         help="Back up first: SQLite, the whole file (backup "
+                                         "API); MariaDB/PostgreSQL, the affected statistics' "
+                                         "rows to backdate-backup-<time>.jsonl.")] = True,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
     chart: Chart = None,
     days: Days = False,
@@ -229,7 +236,7 @@ def import_cmd(
                         backup)
         target, imports = _plan(sources, to, opts)
         try:
-            zone = _zone(tz)
+            zone = _zone(opts.report_tz)
             render.print_plans(console, imports, zone, all_days=days)
             if chart:
                 render.chart(imports, zone, str(chart))
@@ -243,9 +250,15 @@ def import_cmd(
                     raise typer.Exit(1)
             if backup:
                 with _status("backing up"):
-                    path = backup_target(to, target)
+                    path = backup_target(to, target,
+                                         [item.statistic_id for item in imports
+                                          if not item.plan.is_empty])
                 if path:
                     console.print(f"backup: {path}", markup=False)
+                else:
+                    console.print("no backup on this path (Home Assistant's API): HA's own "
+                                  "backups hold its database; `backdate export` saves a "
+                                  "statistic first", markup=False)
             with _progress() as report:
                 done = apply_imports(target, imports, report)
             render.print_done(console, imports, done)
@@ -322,9 +335,10 @@ def restore_cmd(
     backup: Annotated[Path, typer.Argument(help="A backup file that `import` wrote.")],
     to: TargetArg,
 ) -> None:
-    """Undo an import from its backup.
+    """Undo an import from its backup (SQLite .bak file, or a server's .jsonl file).
 
     Example: backdate restore home-assistant_v2.db.backdate-20261123T010203Z.bak --to sqlite:///...
+    Example: backdate restore backdate-backup-20261123T010203Z.jsonl --to postgresql://...
     """
     from backdate.app.targets import restore_target
 

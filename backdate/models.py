@@ -67,6 +67,9 @@ class Series:
     # klausj1 `sum` rows: each value is the total at the end of its hour, and the file's first
     # row carries the growth of its own hour relative to what came before it.
     hourly_sums: bool = False
+    # Meter readings at `times` where the file has them apart from the values (klausj1 `state`
+    # beside `sum`): what HA keeps in `state`.
+    states: np.ndarray | None = None
     # When several files were merged: the index into `file_names` of each reading.
     files: np.ndarray | None = None
     file_names: list[str] | None = None
@@ -115,6 +118,7 @@ class Series:
             values=np.concatenate([p.values for p in parts])[order],
             lines=np.concatenate([p.lines for p in parts])[order],
             ends=pick(cat("ends")), mins=pick(cat("mins")), maxs=pick(cat("maxs")),
+            states=pick(cat("states")),
             kind=first.kind, unit=first.unit, statistic_id=first.statistic_id, name=first.name,
             hourly_sums=first.hourly_sums, files=files[order], file_names=names,
         )

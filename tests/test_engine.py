@@ -210,3 +210,28 @@ def test_entity_statistics_keep_has_meter_state_so_the_next_compile_adds_no_step
     plan, _ = plan_sum_table(Table.HOURLY, slots, nb, after_count=6, keep_meter=True)
     new_first_sum = ha_rows[0].sum + plan.shift
     assert plan.upserts[0].state == pytest.approx(ha_rows[0].state - (new_first_sum - 2.0))
+
+
+def test_a_short_run_of_bad_readings_is_a_glitch_not_a_reset():
+    times = T0 + np.arange(6) * 3600
+    p = prepare(series(times, [5000.0, 5001.0, 0.0, 0.0, 5003.0, 5004.0]),
+                kind=Kind.CUMULATIVE, input_unit="kWh", statistic_unit="kWh")
+    # 5001 -> 5003 happened over the glitch hours; nothing is counted twice, nothing spikes.
+    assert p.total == pytest.approx(4.0)
+    assert max(p.hours.amounts) < 5
+    assert sum("glitch" in n for n in p.notes) == 2
+
+
+def test_mean_slot_covered_in_part_keeps_the_old_mean_for_the_rest():
+    from backdate.engine.plan import plan_mean_table
+
+    old = [StatRow(T0, mean=22.5, min=20.0, max=25.0)]
+    nb = Neighbourhood(None, old, None, 0)
+    plan = plan_mean_table(Table.HOURLY, np.array([T0]), np.array([10.0]), np.array([10.0]),
+                           np.array([10.0]), nb, covered=np.array([900.0]))
+    row = plan.upserts[0]
+    assert row.mean == pytest.approx(10.0 * 0.25 + 22.5 * 0.75)
+    assert (row.min, row.max) == (10.0, 25.0)
+    again = plan_mean_table(Table.HOURLY, np.array([T0]), np.array([22.5]), np.array([20.0]),
+                            np.array([25.0]), nb)
+    assert again.count == 0 and again.unchanged == 1  # a re-import writes nothing

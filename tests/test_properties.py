@@ -39,17 +39,17 @@ def reference_energy(starts, ends, values, period) -> dict[float, float]:
 
 
 def old_curve(before: dict[Table, dict[float, float]]):
-    """The target's cumulative sum before the import, as points at row ends (5-minute rows
-    where they exist, hourly elsewhere; the hourly table starts from 0)."""
+    """The target's cumulative sum before the import, as points: each row's start carries the
+    sum before it and its end its own sum (5-minute rows override hourly ones; the hourly
+    table starts from 0, the 5-minute table's first row has no known start)."""
     points: dict[float, float] = {}
     for table in (Table.HOURLY, Table.SHORT_TERM):
-        sums = before[table]
-        if not sums:
-            continue
-        first = min(sums)
-        points.setdefault(first, 0.0 if table is Table.HOURLY else sums[first])
-        for start, total in sums.items():
-            points[start + table.period] = total
+        prev = 0.0 if table is Table.HOURLY else None
+        for start in sorted(before[table]):
+            if prev is not None:
+                points[start] = prev
+            points[start + table.period] = before[table][start]
+            prev = before[table][start]
     xs = sorted(points)
     return xs, [points[x] for x in xs]
 

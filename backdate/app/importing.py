@@ -124,8 +124,8 @@ def _by_statistic(series_list: list[Series], opts: ImportOptions,
         groups.setdefault(statistic_id_for(series, opts, several), []).append(series)
     out = []
     for statistic_id, parts in groups.items():
-        kinds = {p.kind for p in parts}
-        units_seen = {units.normalize_unit(p.unit) for p in parts}
+        kinds = {resolve_kind(p, opts) for p in parts}
+        units_seen = {_input_unit(p, opts, resolve_kind(p, opts)) for p in parts}
         if len(kinds) > 1 or len(units_seen) > 1:
             raise InputError(
                 f"the files for {statistic_id} disagree on kind or unit "
@@ -155,6 +155,12 @@ def _drop_repeats(series: Series) -> Series:
     return series
 
 
+def _input_unit(series: Series, opts: ImportOptions, kind: Kind) -> str | None:
+    """--unit, else the file's, else kWh for energy (W for power)."""
+    return units.normalize_unit(opts.unit or series.unit) or (
+        "W" if kind is Kind.POWER else ("kWh" if kind is not Kind.MEAN else None))
+
+
 def resolve_kind(series: Series, opts: ImportOptions) -> Kind:
     if opts.kind and series.kind and opts.kind is not series.kind:
         raise InputError(
@@ -178,9 +184,7 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
         except InputError as err:
             raise InputError(err.problem, path=series.source) from None
         kind = resolve_kind(series, opts)
-        input_unit = units.normalize_unit(opts.unit or series.unit) or (
-            "W" if kind is Kind.POWER else ("kWh" if kind is not Kind.MEAN else None)
-        )
+        input_unit = _input_unit(series, opts, kind)
         existing = target.get_metadata(statistic_id)
         meta = _meta_for(statistic_id, existing, kind, input_unit, opts, series)
         prepared = prepare(series, kind=kind, input_unit=input_unit,

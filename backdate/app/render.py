@@ -164,7 +164,7 @@ def print_inspect(console: Console, info: TargetInfo, summaries: list[StatisticS
               "first hour", "last hour", "problems")
     rows = [
         (str(s.meta.id), s.meta.statistic_id, s.meta.source, s.meta.unit_of_measurement or "",
-         "sum" if s.meta.has_sum else "mean", f"{s.hourly_rows:,}", f"{s.short_term_rows:,}",
+         "sum" if s.meta.has_sum else "mean", _count(s.hourly_rows), _count(s.short_term_rows),
          _iso(s.first_start) or "", _iso(s.last_start) or "", "; ".join(s.problems) or "none")
         for s in summaries
     ]
@@ -178,6 +178,10 @@ def print_inspect(console: Console, info: TargetInfo, summaries: list[StatisticS
     for cells in rows:
         table.add_row(*(Text(c) for c in cells))
     console.print(table)
+
+
+def _count(n: int) -> str:
+    return "unknown" if n < 0 else f"{n:,}"
 
 
 def _iso(ts: float | None) -> str | None:

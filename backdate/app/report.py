@@ -7,7 +7,7 @@ report computes exactly that, from the rows before and after the plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -94,7 +94,8 @@ def day_table(item: StatisticImport, tz: ZoneInfo) -> list[DayLine]:
     new_sums[np.searchsorted(new_starts, rows.start_ts)] = rows.sum
     new_changes = np.diff(np.concatenate([[base], new_sums]))
     old_changes = np.diff(np.concatenate([[base], old_sums]))
-    planned_starts = item.prepared.hours.starts if item.prepared.hours is not None else np.empty(0)
+    planned = item.prepared.planned_hours or item.prepared.hours
+    planned_starts = planned.starts if planned is not None else np.empty(0)
     is_planned = np.isin(new_starts, planned_starts)
     in_old = np.isin(new_starts, old_starts)
     rewritten = np.isin(new_starts, rows.start_ts) & ~is_planned
@@ -142,12 +143,16 @@ def seams(item: StatisticImport) -> list[Seam]:
 
 
 def _input_energy(item: StatisticImport, start: float, period: int) -> float | None:
-    curve = item.prepared.curve
-    if curve is None or item.prepared.first_hour == start:
+    """What the plan gives the slot: the input's energy, plus the old energy it keeps where
+    the input covers the slot only in part."""
+    prepared = item.prepared
+    slots = prepared.planned_hours if period == 3600 else prepared.planned_five
+    if slots is None:
         return None
-    edges = np.array([start, start + period], dtype=np.float64)
-    values = curve.at(edges)
-    return float(values[1] - values[0])
+    k = int(np.searchsorted(slots.starts, start))
+    if k < slots.starts.size and slots.starts[k] == start:
+        return float(slots.amounts[k])
+    return None
 
 
 def _table_seams(item: StatisticImport, plan: TablePlan, old: dict[float, float]) -> list[Seam]:
@@ -181,14 +186,6 @@ def _table_seams(item: StatisticImport, plan: TablePlan, old: dict[float, float]
         seam.expected = before_change
         result.append(seam)
     return result
-
-
-def utc_text(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def hour_text(ts: float, tz: ZoneInfo) -> str:
-    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def draw_chart(items: list[StatisticImport], tz: ZoneInfo, path: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backdate.errors import TargetError, UsageError
+from backdate.errors import UsageError
 from backdate.targets.base import StatisticsTarget
 
 DATABASE_SCHEMES = ("sqlite:", "mysql:", "mysql+pymysql:", "mariadb:", "postgresql:",
@@ -18,10 +18,12 @@ def open_target(url: str) -> StatisticsTarget:
 
         return open_recorder(url)
     if url.startswith(("http://", "https://")):
-        raise TargetError(
-            f"{url}: the WebSocket target is not built yet; write the recorder database "
-            "directly (sqlite:///..., mysql://..., postgresql://...)"
-        )
+        import os
+
+        from backdate.targets.ha_ws import open_websocket
+
+        # The CLI's --token lands in HA_TOKEN (so it never needs to reach a log line).
+        return open_websocket(url, os.environ.get("HA_TOKEN"))
     raise UsageError(
         f"unknown target {url!r}: use sqlite:///path/home-assistant_v2.db, mysql://..., "
         "postgresql://..."
@@ -38,24 +40,34 @@ def sqlite_path(url: str) -> Path | None:
     raise UsageError(f"{url}: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
 
 
-def backup_target(url: str, target: StatisticsTarget) -> Path | None:
-    """Back up before writing. SQLite: the whole file through SQLite's backup API."""
+def backup_target(url: str, target: StatisticsTarget,
+                  statistic_ids: list[str] | None = None) -> Path | None:
+    """Back up before writing. SQLite: the whole file through SQLite's backup API.
+    MariaDB/MySQL and PostgreSQL: the rows (both tables) and metadata of every statistic the
+    plans touch, to `backdate-backup-<UTC time>.jsonl` in the current directory."""
     path = sqlite_path(url)
     if path is None:
-        raise TargetError(f"{url}: --backup is implemented for SQLite only so far; "
-                          "use --no-backup after your own database dump")
+        backup = getattr(target, "backup_statistics", None)
+        if backup is None:  # HA through its API: HA's own backups hold the database
+            return None
+        return backup(statistic_ids)
     from backdate.targets.recorder_db import backup_sqlite
 
-    _ = target
     return backup_sqlite(path)
 
 
 def restore_target(backup: str, url: str) -> None:
-    path = sqlite_path(url)
-    if path is None:
-        raise TargetError(f"{url}: restore is implemented for SQLite only so far")
+    """Undo an import: SQLite copies the backup file back; MariaDB/MySQL and PostgreSQL put
+    the saved statistics' rows and metadata back exactly (one transaction)."""
     if not Path(backup).exists():
         raise UsageError(f"no such backup file: {backup}")
+    path = sqlite_path(url)
+    if path is None:
+        from backdate.targets.recorder_db import open_recorder
+
+        with open_recorder(url) as target:
+            target.restore_statistics(backup)
+        return
     from backdate.targets.recorder_db import restore_sqlite
 
     restore_sqlite(Path(backup), path)

@@ -19,6 +19,8 @@ from backdate.models import Kind, Series
 # A drop of a cumulative meter to below this share of its highest value is a reset or a new
 # meter (HA uses the same rule for total_increasing sensors); smaller drops are read jitter.
 RESET_RATIO = 0.9
+# How many low readings in a row can still be glitches when the meter then comes back.
+GLITCH_RUN = 3
 
 
 @dataclass(slots=True)
@@ -167,7 +169,8 @@ def cumulative_curve(series: Series, values: np.ndarray) -> EnergyCurve:
                      "the meter drops and comes straight back (a glitch, not a reset)")
     cs = np.concatenate([[0.0], np.cumsum(growth)])
     spans = np.array([[times[0], times[-1]]])
-    return EnergyCurve(times.copy(), cs, spans, meter=values.copy(), notes=notes)
+    meter = series.states.copy() if series.states is not None else values.copy()
+    return EnergyCurve(times.copy(), cs, spans, meter=meter, notes=notes)
 
 
 def _growth_with_resets(values: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
@@ -183,12 +186,17 @@ def _growth_with_resets(values: np.ndarray) -> tuple[np.ndarray, list[int], list
     resets: list[int] = []
     glitches: list[int] = []
     high = float(values[0])
-    for i in range(1, values.size):
+    i = 1
+    while i < values.size:
         v = float(values[i])
         if v < RESET_RATIO * high:
-            if i + 1 < values.size and float(values[i + 1]) >= RESET_RATIO * high:
-                growth[i - 1] = 0.0
-                glitches.append(i)
+            # Back near the old high within a few readings: the low ones were glitches.
+            back = next((j for j in range(i + 1, min(i + 1 + GLITCH_RUN, values.size))
+                         if float(values[j]) >= RESET_RATIO * high), None)
+            if back is not None:
+                growth[i - 1 : back - 1] = 0.0
+                glitches.extend(range(i, back))
+                i = back
                 continue
             growth[i - 1] = max(v, 0.0)
             high = v
@@ -196,6 +204,7 @@ def _growth_with_resets(values: np.ndarray) -> tuple[np.ndarray, list[int], list
         else:
             growth[i - 1] = max(v - high, 0.0)
             high = max(high, v)
+        i += 1
     return growth, resets, glitches
 
 
@@ -257,6 +266,7 @@ class MeanRows:
     mean: np.ndarray
     min: np.ndarray
     max: np.ndarray
+    covered: np.ndarray | None = None  # seconds of each slot the samples cover (None: all)
 
 
 def mean_slots(series: Series, values: np.ndarray, period: int, max_gap: float) -> MeanRows:
@@ -299,7 +309,7 @@ def mean_slots(series: Series, values: np.ndarray, period: int, max_gap: float) 
         chunk = values[lo[k] : max(hi[k], lo[k] + 1)]
         mins[k] = chunk.min()
         maxs[k] = chunk.max()
-    return MeanRows(slots, a / c, mins, maxs)
+    return MeanRows(slots, a / c, mins, maxs, c)
 
 
 def check_values(series: Series, kind: Kind) -> None:

@@ -88,9 +88,9 @@ def plan_sum_table(
     old_sum[existing_pos] = ex_sums
     kept = ex_mask & ~is_planned & (old_sum != new_sums)
     state = new_sums.copy()
-    if slots.states is not None and not keep_meter:
+    if slots.states is not None:  # the input's own meter readings
         state[planned_pos] = slots.states
-    if keep_meter:
+    elif keep_meter:
         state += _meter_offset(nb, float(new_sums[-1]), inside)
     old_state = np.full(union.size, np.nan)
     old_reset = np.full(union.size, np.nan)
@@ -103,7 +103,8 @@ def plan_sum_table(
             restore = ex_mask & ~np.isnan(old_state)
         state[restore] = old_state[restore]
     # A re-import of the same data rewrites nothing (idempotent).
-    same_state = (old_state == state) | (np.isnan(old_state) & np.isnan(state))
+    same_state = np.isclose(old_state, state, rtol=1e-12, atol=1e-12) | (
+        np.isnan(old_state) & np.isnan(state))
     unchanged = is_planned & ex_mask & same_state & np.isclose(old_sum, new_sums, rtol=1e-12,
                                                                 atol=1e-12)
     write = (is_planned & ~unchanged) | kept
@@ -166,11 +167,29 @@ def sum_at(walk: SumWalk, t: float, period: int) -> float:
 
 
 def plan_mean_table(table: Table, starts: np.ndarray, mean: np.ndarray, low: np.ndarray,
-                    high: np.ndarray, nb: Neighbourhood) -> TablePlan:
-    """A measurement: rows are independent, so the plan is the rows themselves."""
-    existing = np.array([r.start_ts for r in nb.inside], dtype=np.float64)
-    updated = int(np.isin(starts, existing).sum())
-    rows = RowBlock(np.asarray(starts, dtype=np.float64), mean=np.asarray(mean, np.float64),
-                    min=np.asarray(low, np.float64), max=np.asarray(high, np.float64))
-    return TablePlan(table=table, rows=rows, inserted=len(rows) - updated, updated=updated,
-                     seam_before=nb.before)
+                    high: np.ndarray, nb: Neighbourhood,
+                    covered: np.ndarray | None = None) -> TablePlan:
+    """A measurement: rows are independent, so the plan is the rows themselves. A slot the
+    samples cover only in part, where the target has a row, keeps the old row's mean for the
+    rest of it (time-weighted) and its min/max."""
+    starts = np.asarray(starts, dtype=np.float64)
+    values = np.column_stack([mean, low, high]).astype(np.float64)
+    old = {r.start_ts: (r.mean, r.min, r.max) for r in nb.inside}
+    have = np.array([[np.nan if v is None else v for v in old.get(t, (None,) * 3)]
+                     for t in starts.tolist()], dtype=np.float64).reshape(starts.size, 3)
+    exists = np.isin(starts, np.array(list(old), dtype=np.float64))
+    if covered is not None:
+        part = exists & (covered < table.period) & ~np.isnan(have).any(axis=1)
+        if part.any():
+            w = covered[part] / table.period
+            values[part, 0] = values[part, 0] * w + have[part, 0] * (1 - w)
+            values[part, 1] = np.minimum(values[part, 1], have[part, 1])
+            values[part, 2] = np.maximum(values[part, 2], have[part, 2])
+    same = exists & np.isclose(have, values, rtol=1e-12, atol=1e-12).all(axis=1)
+    write = ~same  # a re-import of the same data rewrites nothing
+    rows = RowBlock(starts[write], mean=values[write, 0], min=values[write, 1],
+                    max=values[write, 2])
+    plan = TablePlan(table=table, rows=rows, inserted=int((~exists).sum()),
+                     updated=int((exists & write).sum()), seam_before=nb.before)
+    plan.unchanged = int(same.sum())
+    return plan

@@ -93,6 +93,12 @@ class Prepared:
     # sum the target holds before it (the file says nothing more about that hour).
     first_sum: float | None = None
     first_hour: float | None = None
+    first_amount: float | None = None  # that hour's growth, once measured against the target
+    first_state: float | None = None  # the meter reading at the end of that hour
+    # What the plan gives each slot in the end (input energy, plus kept old energy where a
+    # slot is only partly covered): for the report's day table and seam checks.
+    planned_hours: SumSlots | None = None
+    planned_five: SumSlots | None = None
 
     @property
     def is_sum(self) -> bool:
@@ -117,6 +123,10 @@ class Prepared:
         per_hour = np.arange(0, HOUR, FIVE_MINUTES, dtype=np.float64)
         slots = (hours[:, None] + per_hour[None, :]).ravel()
         amounts = slot_amounts(self.curve, slots, FIVE_MINUTES)
+        if self.first_amount is not None and self.first_hour is not None:
+            # The file says only how much the first hour grew: spread it over its windows.
+            first = (slots >= self.first_hour) & (slots < self.first_hour + HOUR)
+            amounts[first] = self.first_amount / 12
         states = self.curve.meter_at(slots + FIVE_MINUTES)
         return SumSlots(slots, amounts, states)
 
@@ -124,7 +134,9 @@ class Prepared:
         assert self.series is not None and self.values is not None
         rows = mean_slots(self.series, self.values, FIVE_MINUTES, self.max_gap)
         keep = (rows.starts >= start) & (rows.starts < end)
-        return MeanRows(rows.starts[keep], rows.mean[keep], rows.min[keep], rows.max[keep])
+        covered = None if rows.covered is None else rows.covered[keep]
+        return MeanRows(rows.starts[keep], rows.mean[keep], rows.min[keep], rows.max[keep],
+                        covered)
 
 
 def prepare(
@@ -164,6 +176,7 @@ def prepare(
         if series.hourly_sums and kind is Kind.CUMULATIVE:
             prepared.first_sum = float(values[0])
             prepared.first_hour = float(series.times[0]) - HOUR
+            prepared.first_state = float(curve.meter[0]) if curve.meter is not None else None
     prepared.curve = curve
     prepared.notes.extend(curve.notes)
     hours = covered_slots(curve.spans, HOUR)
@@ -237,6 +250,7 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     nb_probe = fetch(Table.SHORT_TERM, h_start, h_end) if policy.supports_short_term else None
     old_x, old_e = _old_curve(nb_h, nb_probe)
     hours = _keep_uncovered(prepared, hours, HOUR, nb_h, old_x, old_e)
+    prepared.planned_hours = hours
     keep_meter = policy.compiled_by_ha
     hourly, walk = plan_sum_table(Table.HOURLY, hours, nb_h, after_count=nb_h.after_count,
                                   keep_meter=keep_meter)
@@ -270,6 +284,7 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     five = SumSlots(five.starts[keep5], five.amounts[keep5],
                     five.states[keep5] if five.states is not None else None)
     five = _keep_uncovered(prepared, five, FIVE_MINUTES, nb_probe, old_x, old_e)
+    prepared.planned_five = five
     # Walk the 5-minute table from st_from, so rows the input does not cover move with the sum.
     nb_s = fetch(Table.SHORT_TERM, st_from, h_end)
     if five.starts.size == 0 and not nb_s.inside:
@@ -297,21 +312,26 @@ def _first_sum_hour(prepared: Prepared, hours: SumSlots, fetch: Fetch, policy: P
     nb0 = fetch(Table.HOURLY, t0, t0 + HOUR)
     base = nb0.before.sum if nb0.before is not None and nb0.before.sum is not None else 0.0
     amount = prepared.first_sum - base
-    if amount < 0:
+    typical = float(np.max(np.abs(hours.amounts))) if hours.amounts.size else 0.0
+    if amount < 0 or (typical > 0 and amount > 10 * typical):
         notes.append(
-            f"the first row's sum ({prepared.first_sum:g}) is below the sum before it in the "
-            f"target ({base:g}): its hour is not written, it only anchors the rows after it"
+            f"the first row's sum ({prepared.first_sum:g}) does not follow the sum before it "
+            f"in the target ({base:g}): the file's sums are on another scale, so its first hour "
+            "is not written (it only anchors the rows after it)"
         )
         return hours
-    states = None if hours.states is None else np.concatenate([[prepared.first_sum],
-                                                                hours.states])
+    prepared.first_amount = amount
+    first_state = prepared.first_state if prepared.first_state is not None else amount
+    states = None if hours.states is None else np.concatenate([[first_state], hours.states])
     return SumSlots(np.concatenate([[t0], hours.starts]),
                     np.concatenate([[amount], hours.amounts]), states)
 
 
 def _old_curve(nb_h: Neighbourhood, nb_s: Neighbourhood | None) -> tuple[np.ndarray, np.ndarray]:
-    """The target's cumulative sum as points at row ends, 5-minute rows where they exist
-    (finer), hourly rows elsewhere; both tables share one sum scale."""
+    """The target's cumulative sum as points, 5-minute rows where they exist (finer), hourly
+    rows elsewhere; both tables share one sum scale. Each row contributes its start (the sum
+    before it) and its end (its sum): a row after a gap holds its whole change in its own
+    period, as HA shows it, instead of spreading it over the gap."""
     points: dict[float, float] = {}
     for nb, period in ((nb_h, HOUR), (nb_s, FIVE_MINUTES)):
         if nb is None:
@@ -319,10 +339,14 @@ def _old_curve(nb_h: Neighbourhood, nb_s: Neighbourhood | None) -> tuple[np.ndar
         rows = [r for r in ([nb.before] if nb.before else []) + nb.inside if r.sum is not None]
         if not rows:
             continue
+        prev: float | None = None
         if nb.before is None or nb.before.sum is None:
-            points.setdefault(rows[0].start_ts, 0.0 if period == HOUR else rows[0].sum)
+            prev = 0.0 if period == HOUR else None  # HA counts an hourly series from 0
         for r in rows:
+            if prev is not None:
+                points[r.start_ts] = prev
             points[r.start_ts + period] = r.sum
+            prev = r.sum
     if len(points) < 2:
         return np.empty(0), np.empty(0)
     xs = np.array(sorted(points), dtype=np.float64)
@@ -365,7 +389,8 @@ def _plan_mean(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) ->
                          shift_only(Table.SHORT_TERM, 0, 0, None, 0), notes)
     h_start, h_end = float(starts[0]), float(starts[-1]) + HOUR
     hourly = plan_mean_table(Table.HOURLY, starts, rows.mean[keep], rows.min[keep],
-                             rows.max[keep], fetch(Table.HOURLY, h_start, h_end))
+                             rows.max[keep], fetch(Table.HOURLY, h_start, h_end),
+                             covered=None if rows.covered is None else rows.covered[keep])
     short = shift_only(Table.SHORT_TERM, 0, 0, None, 0)
     if policy.short_term and policy.supports_short_term:
         st_from = max(h_start, policy.now - policy.short_term_days * 86400)
@@ -375,7 +400,8 @@ def _plan_mean(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) ->
             s = five.starts[k5]
             short = plan_mean_table(Table.SHORT_TERM, s, five.mean[k5], five.min[k5],
                                     five.max[k5],
-                                    fetch(Table.SHORT_TERM, float(s[0]), float(s[-1]) + 300))
+                                    fetch(Table.SHORT_TERM, float(s[0]), float(s[-1]) + 300),
+                                    covered=None if five.covered is None else five.covered[k5])
     return WritePlan(meta, metadata_exists, hourly, short, notes)
 
 

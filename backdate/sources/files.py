@@ -693,7 +693,7 @@ def _canonical(table: _Table, opts: _Options) -> list[Series]:
             (_times, start_parser, cols[ti], lines, table),
             (_floats, cols[vi], lines, vname, opts, comma),
             (_optional_times, end_parser, cols[ei], lines, table) if ei >= 0 else None,
-            (_floats, cols[mi], lines, "min", opts, comma) if mi >= 0 else None,
+            (_floats, cols[mi], lines, table.names[mi], opts, comma) if mi >= 0 else None,
             (_floats, cols[xi], lines, "max", opts, comma) if xi >= 0 else None,
             (unit_col.check, cols[ui], lines) if ui >= 0 else None,
         )
@@ -889,6 +889,8 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
     ui = lower.index("unit") if "unit" in lower else -1
     mi = lower.index("min") if kind is Kind.MEAN else -1
     xi = lower.index("max") if kind is Kind.MEAN else -1
+    if kind is Kind.CUMULATIVE and "state" in lower:
+        mi = lower.index("state")  # the meter reading beside the sum, kept in the min buffer
     tz = opts.tz or table.tz
     ids: dict[str, int] = {}
     parsers: dict[int, TimeParser] = {}  # one per statistic: the fold rule works per series
@@ -904,7 +906,7 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
         t, v, mn, mx, _ = _first_error(
             (_times_per_series, parsers, tz, cols[ti], lines, chunk_codes, table, opts),
             (_floats, cols[vi], lines, table.names[vi], opts, comma),
-            (_floats, cols[mi], lines, "min", opts, comma) if mi >= 0 else None,
+            (_floats, cols[mi], lines, table.names[mi], opts, comma) if mi >= 0 else None,
             (_floats, cols[xi], lines, "max", opts, comma) if xi >= 0 else None,
             (_units_per_series, units, cols[ui], lines, chunk_codes, opts) if ui >= 0 else None,
         )
@@ -922,7 +924,8 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
         s = start[idx]
         _check_order(s, lines_arr[idx], parsers.get(code), opts)
         if kind is Kind.CUMULATIVE:
-            rows = _Rows(s + HOUR, values[idx], lines_arr[idx])
+            rows = _Rows(s + HOUR, values[idx], lines_arr[idx], None,
+                         None if mins is None else mins[idx])
         else:
             rows = _Rows(
                 s,
@@ -935,11 +938,12 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
         rows = _sorted_unique(rows, opts)
         unit_col = units.get(code)
         file_unit = unit_col.value if unit_col is not None else None
-        out.append(
-            rows.series(opts.path, kind=kind,
-                        unit=_resolve_unit(file_unit, first_line[code], None, opts),
-                        statistic_id=sid, hourly_sums=kind is Kind.CUMULATIVE)
-        )
+        series = rows.series(opts.path, kind=kind,
+                             unit=_resolve_unit(file_unit, first_line[code], None, opts),
+                             statistic_id=sid, hourly_sums=kind is Kind.CUMULATIVE)
+        if kind is Kind.CUMULATIVE:
+            series.states, series.mins = series.mins, None
+        out.append(series)
     return out
 
 

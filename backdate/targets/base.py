@@ -27,6 +27,7 @@ class TargetInfo:
     last_compiled_end: float | None = None
     supports_short_term: bool = True
     notes: list[str] = field(default_factory=list)
+    time_zone: str | None = None  # HA's own zone, where the target knows it (WebSocket)
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Home Assistant's recorder database as a statistics target (SQLite now; MariaDB/PostgreSQL next).
+"""Home Assistant's recorder database as a statistics target: SQLite, MariaDB/MySQL, PostgreSQL.
 
 Written against SQLAlchemy 2 Core so one class serves every dialect HA supports. Everything
 that differs per dialect lives in the small `_..._sql`/`_is_retryable` helpers and in
@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import decimal
+import json
 import math
+import os
 import re
 import sqlite3
 import time
@@ -324,11 +327,7 @@ def open_recorder(
     parsed = _driver_url(url)
     masked = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() != "sqlite":
-        # The dialect helpers above are written for MySQL/PostgreSQL, but not yet tested.
-        raise TargetError(
-            f"{masked}: {parsed.get_backend_name()} targets are not supported yet; "
-            "use the SQLite file or the WebSocket target"
-        )
+        return _open_server(parsed, masked, retry_for)
     database = parsed.database
     if not database or database == ":memory:":
         raise UsageError(f"{url!r} names no database file; use sqlite:////path/to/db")
@@ -342,6 +341,39 @@ def open_recorder(
     engine = _sqlite_engine(path, busy_timeout)
     try:
         return RecorderDatabase(engine, url=masked, kind="sqlite", path=path, retry_for=retry_for)
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def _server_engine(parsed: sa.URL) -> Engine:
+    """An engine on MariaDB/MySQL (pymysql) or PostgreSQL (psycopg 3), set up as HA does (§7).
+
+    MySQL: charset utf8mb4 and session time_zone '+00:00' (DATETIME values are UTC), InnoDB's
+    default REPEATABLE READ. PostgreSQL: READ COMMITTED (the default). A small pool: planning
+    makes a handful of short reads, each in its own transaction.
+    """
+    backend = parsed.get_backend_name()
+    if backend == "mysql":
+        query = dict(parsed.query)
+        query["charset"] = "utf8mb4"
+        parsed = parsed.set(query=query)
+        engine = sa.create_engine(parsed, poolclass=NullPool,
+                                  connect_args={"init_command": "SET time_zone = '+00:00'"})
+    elif backend == "postgresql":
+        engine = sa.create_engine(parsed, poolclass=NullPool)
+    else:  # pragma: no cover - _URL_DRIVERS only maps onto these
+        raise UsageError(f"unsupported database backend {backend!r}")
+    return engine
+
+
+def _open_server(parsed: sa.URL, masked: str, retry_for: float) -> RecorderDatabase:
+    if not parsed.database:
+        raise UsageError(f"{masked} names no database; add /DATABASE to the URL")
+    engine = _server_engine(parsed)
+    try:
+        return RecorderDatabase(engine, url=masked, kind=parsed.get_backend_name(),
+                                retry_for=retry_for)
     except BaseException:
         engine.dispose()
         raise
@@ -391,6 +423,9 @@ class RecorderDatabase:
         self.kind = kind
         self.path = path
         self._retry_for = retry_for
+        # Statistic ids planning asked about (get_metadata): what an import may write, and so
+        # what a row-level backup (`backup_statistics`) saves.
+        self.consulted: set[str] = set()
         self.schema = self._detect_schema()
         self._t = _build_tables(self.schema)
 
@@ -568,6 +603,7 @@ class RecorderDatabase:
 
     def get_metadata(self, statistic_id: str) -> StatisticMeta | None:
         """The metadata row, or None; `mean_type` derived from `has_mean` on schema < 49."""
+        self.consulted.add(statistic_id)
         with self._read() as conn:
             row = self._meta_row(conn, statistic_id)
         return None if row is None else self._meta_from_row(row)
@@ -1079,6 +1115,159 @@ class RecorderDatabase:
                             f"{sid}: {name} at {_iso(start)} reads back sum={now!r} after the "
                             f"shift, expected {old_sum + tp.shift!r}"
                         )
+
+
+    # -- row-level backup (MariaDB/MySQL, PostgreSQL) ---------------------------------------
+
+    def _reflect(self, conn: Connection) -> dict[str, sa.Table]:
+        md = sa.MetaData()
+        return {name: sa.Table(name, md, autoload_with=conn) for name in (META, *STAT_TABLES)}
+
+    def backup_statistics(self, statistic_ids: Sequence[str] | None = None,
+                          directory: Path | None = None) -> Path:
+        """Save the statistics' metadata rows and all their rows (both tables, every column,
+        ids included) to `backdate-backup-<UTC time>.jsonl` in `directory` (default: the
+        current directory), read in one transaction. A statistic without metadata is saved as
+        absent, so `restore_statistics` removes what an import created.
+
+        `statistic_ids` defaults to every id planning asked about (`consulted`).
+        """
+        ids = sorted(set(self.consulted if statistic_ids is None else statistic_ids))
+        folder = Path.cwd() if directory is None else Path(directory)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        dest = folder / f"backdate-backup-{stamp}.jsonl"
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self._read() as conn, tmp.open("w", encoding="utf-8") as out:
+                header = {"backdate_backup": 1, "engine": self.kind, "url": self.url,
+                          "schema_version": self.schema.version,
+                          "created": dt.datetime.now(dt.UTC).isoformat(),
+                          "statistic_ids": ids}
+                out.write(json.dumps(header) + "\n")
+                # The driver's own values (no SQLAlchemy types): a reflected MySQL DOUBLE
+                # would come back as a Decimal rounded to 10 digits.
+                q = conn.dialect.identifier_preparer.quote
+                ph = _placeholder(conn.dialect)
+                for sid in ids:
+                    result = conn.exec_driver_sql(
+                        f"SELECT * FROM {q(META)} WHERE {q('statistic_id')} = {ph}", (sid,))
+                    keys = list(result.keys())
+                    meta = result.first()
+                    out.write(json.dumps({"meta": sid, "row": None if meta is None else
+                                          _jsonable(dict(zip(keys, meta, strict=True)))})
+                              + "\n")
+                    if meta is None:
+                        continue
+                    meta_id = int(meta[keys.index("id")])
+                    for name in STAT_TABLES:
+                        result = conn.exec_driver_sql(
+                            f"SELECT * FROM {q(name)} WHERE {q('metadata_id')} = {ph} "
+                            f"ORDER BY {q('id')}", (meta_id,))
+                        keys = list(result.keys())
+                        for row in result:
+                            out.write(json.dumps({"table": name, "statistic_id": sid,
+                                                  "row": _jsonable(dict(zip(keys, row,
+                                                                            strict=True)))})
+                                      + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.replace(dest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TargetError(f"backup to {dest} failed: {exc}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return dest
+
+    def restore_statistics(self, backup: str | Path) -> list[str]:
+        """Put the statistics saved by `backup_statistics` back exactly, in one transaction:
+        their current rows (both tables) are deleted and the saved rows inserted with their
+        saved ids and values; metadata gets its saved values; statistics absent at backup
+        time are deleted. Returns the statistic ids restored."""
+        path = Path(backup)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"{path} is not a backdate backup: {exc}") from None
+        header = records[0] if records else {}
+        if not isinstance(header, dict) or header.get("backdate_backup") != 1:
+            raise UsageError(f"{path} is not a backdate row backup")
+        if header.get("schema_version") != self.schema.version:
+            raise RefusedError(
+                f"{path} was taken at schema {header.get('schema_version')}, the database is at "
+                f"{self.schema.version} now; not restoring")
+        ids: list[str] = header["statistic_ids"]
+        metas: dict[str, dict[str, Any] | None] = {}
+        rows: dict[str, dict[str, list[dict[str, Any]]]] = {sid: {n: [] for n in STAT_TABLES}
+                                                            for sid in ids}
+        for rec in records[1:]:
+            if "meta" in rec:
+                metas[rec["meta"]] = rec["row"]
+            else:
+                rows[rec["statistic_id"]][rec["table"]].append(rec["row"])
+        if set(metas) != set(ids):
+            raise UsageError(f"{path} is incomplete (metadata lines missing); not restoring")
+
+        def work(conn: Connection) -> None:
+            tables = self._reflect(conn)
+            m = tables[META]
+            for sid in ids:
+                saved = metas[sid]
+                current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
+                if current is not None and (saved is None or current.id != saved["id"]):
+                    self._delete_statistic(conn, tables, int(current.id))
+                    current = None
+                if saved is None:
+                    continue
+                meta_values = _from_jsonable(saved, m)
+                if current is None:
+                    conn.execute(m.insert().values(**meta_values))
+                else:
+                    conn.execute(m.update().where(m.c.id == saved["id"]).values(
+                        **{k: v for k, v in meta_values.items() if k != "id"}))
+                for name in STAT_TABLES:
+                    t = tables[name]
+                    conn.execute(t.delete().where(t.c.metadata_id == saved["id"]))
+                    saved_rows = [_from_jsonable(r, t) for r in rows[sid][name]]
+                    for i in range(0, len(saved_rows), 5000):
+                        conn.execute(t.insert(), saved_rows[i : i + 5000])
+
+        self._write(work)
+        return ids
+
+    @staticmethod
+    def _delete_statistic(conn: Connection, tables: dict[str, sa.Table], meta_id: int) -> None:
+        for name in STAT_TABLES:
+            t = tables[name]
+            conn.execute(t.delete().where(t.c.metadata_id == meta_id))
+        m = tables[META]
+        conn.execute(m.delete().where(m.c.id == meta_id))
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A database row as JSON values; datetimes tagged so they come back as datetimes.
+    Floats survive exactly (JSON writes Python's shortest round-trip repr)."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dt.datetime):
+            value = {"$datetime": value.isoformat()}
+        elif isinstance(value, decimal.Decimal):
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def _from_jsonable(row: dict[str, Any], table: sa.Table) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key not in table.c:
+            raise RefusedError(f"the backup has a column {table.name}.{key} the database lacks")
+        if isinstance(value, dict) and "$datetime" in value:
+            value = dt.datetime.fromisoformat(value["$datetime"])
+        out[key] = value
+    return out
 
 
 def _verify_block(sid: str, name: str, block: RowBlock, got: list[tuple[Any, ...]],

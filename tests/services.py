@@ -1,0 +1,185 @@
+"""MariaDB and PostgreSQL for the tests: make sure they run (install and start them if needed)
+and create throw-away databases loaded from Home Assistant's dumps.
+
+Why: the server-target tests must pass the same way in CI and on a fresh machine, so a service
+that is down is started (and installed with apt-get when missing), never a reason to skip.
+Servers: MariaDB at 127.0.0.1:3306 (root, empty password), PostgreSQL at 127.0.0.1:5432
+(trust authentication, user postgres).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pymysql
+
+HOST = "127.0.0.1"
+MYSQL_PORT = 3306
+PG_PORT = 5432
+WAIT = 60.0  # seconds a started server gets to accept connections
+
+
+def _run(cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, check=False, capture_output=True, text=True,
+                          timeout=900, **kw)  # type: ignore[call-overload]
+
+
+def _apt_install(*packages: str) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    proc = _run(f"apt-get update && apt-get install -y {' '.join(packages)}", env=env)
+    if proc.returncode:
+        raise RuntimeError(f"apt-get install {' '.join(packages)} failed:\n{proc.stderr[-3000:]}")
+
+
+def _mysql_up() -> bool:
+    try:
+        pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="",
+                        connect_timeout=3).close()
+        return True
+    except pymysql.Error:
+        return False
+
+
+def _pg_up() -> bool:
+    try:
+        psycopg.connect(host=HOST, port=PG_PORT, user="postgres", dbname="postgres",
+                        connect_timeout=3).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _wait(check: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not come up at {HOST} within {WAIT:.0f} s")
+
+
+def ensure_mariadb() -> None:
+    """MariaDB answering as root with an empty password on 127.0.0.1:3306."""
+    if _mysql_up():
+        return
+    fresh = not Path("/usr/sbin/mariadbd").exists()
+    if fresh:
+        _apt_install("mariadb-server", "mariadb-client")
+    Path("/run/mysqld").mkdir(parents=True, exist_ok=True)
+    shutil.chown("/run/mysqld", "mysql", "mysql")
+    proc = _run("start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd "
+                "-- --user=mysql --bind-address=127.0.0.1")
+    if proc.returncode:
+        raise RuntimeError(f"starting MariaDB failed: {proc.stderr}")
+    deadline = time.monotonic() + WAIT
+    while not _mysql_up() and time.monotonic() < deadline:
+        # Debian's root uses unix_socket authentication; allow an empty password over TCP.
+        _run("mysql -uroot -e \"ALTER USER root@localhost IDENTIFIED VIA unix_socket OR "
+             "mysql_native_password USING PASSWORD(''); CREATE DATABASE IF NOT EXISTS test\"")
+        time.sleep(0.5)
+    _wait(_mysql_up, "MariaDB")
+
+
+def ensure_postgresql() -> None:
+    """PostgreSQL accepting user postgres without a password on 127.0.0.1:5432."""
+    if _pg_up():
+        return
+    conf = Path("/etc/postgresql")
+    if not conf.exists() or not any(conf.iterdir()):
+        _apt_install("postgresql")
+    version = sorted(p.name for p in conf.iterdir())[-1]
+    hba = conf / version / "main" / "pg_hba.conf"
+    trust = "host all all 127.0.0.1/32 trust\n"
+    text = hba.read_text()
+    if trust not in text:
+        hba.write_text(trust + text)
+    proc = _run(f"pg_ctlcluster --skip-systemctl-redirect {version} main start")
+    if proc.returncode and "already running" not in proc.stderr:
+        raise RuntimeError(f"starting PostgreSQL failed: {proc.stderr}")
+    _run(f"pg_ctlcluster --skip-systemctl-redirect {version} main reload")
+    _wait(_pg_up, "PostgreSQL")
+
+
+def pytest_configure(config: object) -> None:
+    """Registers the `servers` marker (this module is loaded as a plugin by the tests)."""
+    config.addinivalue_line(  # type: ignore[attr-defined]
+        "markers", "servers: needs MariaDB and PostgreSQL (started by the test setup)")
+
+
+def pytest_itemcollected(item: object) -> None:
+    """Every test of test_recorder_servers.py carries the `servers` marker."""
+    if getattr(item, "module", None) is not None and item.module.__name__ == (  # type: ignore[attr-defined]
+            "test_recorder_servers"):
+        item.add_marker("servers")  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------- per-test databases
+
+
+def mysql_connect(database: str) -> pymysql.connections.Connection:
+    return pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="",
+                           database=database, charset="utf8mb4", autocommit=True,
+                           init_command="SET time_zone = '+00:00'")
+
+
+def pg_connect(database: str) -> psycopg.Connection:
+    return psycopg.connect(host=HOST, port=PG_PORT, user="postgres", dbname=database,
+                           autocommit=True)
+
+
+def create_mysql_database(name: str, dump: Path | None) -> str:
+    """A fresh database `name` loaded from a mysqldump file; returns backdate's URL for it."""
+    ensure_mariadb()
+    con = mysql_connect("mysql")
+    try:
+        with con.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    finally:
+        con.close()
+    if dump is not None:
+        with dump.open("rb") as f:
+            proc = subprocess.run(["mysql", "-h", HOST, "-P", str(MYSQL_PORT), "-uroot", name],
+                                  stdin=f, capture_output=True, check=False, timeout=300)
+        if proc.returncode:
+            raise RuntimeError(f"loading {dump} failed: {proc.stderr.decode()[-2000:]}")
+    return f"mysql://root@{HOST}:{MYSQL_PORT}/{name}"
+
+
+def create_pg_database(name: str, dump: Path | None) -> str:
+    """A fresh database `name` loaded from a pg_dump file; returns backdate's URL for it."""
+    ensure_postgresql()
+    con = pg_connect("postgres")
+    try:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        con.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        con.close()
+    if dump is not None:
+        proc = subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-p",
+                               str(PG_PORT), "-U", "postgres", "-d", name, "-f", str(dump)],
+                              capture_output=True, check=False, timeout=300)
+        if proc.returncode:
+            raise RuntimeError(f"loading {dump} failed: {proc.stderr.decode()[-2000:]}")
+    return f"postgresql://postgres@{HOST}:{PG_PORT}/{name}"
+
+
+def drop_database(engine: str, name: str) -> None:
+    if engine == "mariadb":
+        con = mysql_connect("mysql")
+        try:
+            with con.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            con.close()
+    else:
+        con = pg_connect("postgres")
+        try:
+            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            con.close()
