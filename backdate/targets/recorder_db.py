@@ -637,10 +637,15 @@ class RecorderDatabase:
             after = conn.execute(
                 sa.select(*cols).where(mine, t.c.start_ts >= end).order_by(t.c.start_ts).limit(1)
             ).first()
+            after_count = 0
+            if after is not None:  # how many rows the shift will move (for the plan's report)
+                after_count = int(conn.execute(
+                    sa.select(sa.func.count()).where(mine, t.c.start_ts >= end)).scalar() or 0)
         return Neighbourhood(
             before=_stat_row(before) if before is not None else None,
             inside=[_stat_row(r) for r in inside],
             after=_stat_row(after) if after is not None else None,
+            after_count=after_count,
         )
 
     def read_rows(
