@@ -235,3 +235,28 @@ def test_mean_slot_covered_in_part_keeps_the_old_mean_for_the_rest():
     again = plan_mean_table(Table.HOURLY, np.array([T0]), np.array([22.5]), np.array([20.0]),
                             np.array([25.0]), nb)
     assert again.count == 0 and again.unchanged == 1  # a re-import writes nothing
+
+
+def test_entity_hourly_rows_take_has_meter_from_5_minute_rows_when_no_hour_exists():
+    # HA compiled one 5-minute row so far (its first hour): state 5000.35 (meter), sum 0.35.
+    from backdate.engine.prepare import PlanPolicy, build_plan, new_meta
+
+    end = T0 + 3 * 3600
+    ha_row = StatRow(end, state=5000.35, sum=0.35)
+
+    def fetch(table, start, stop):
+        if table is Table.SHORT_TERM and ha_row.start_ts >= stop:
+            return Neighbourhood(None, [], ha_row, 1)
+        return Neighbourhood(None, [], None, 0)
+
+    times = T0 + np.arange(12) * 900.0
+    p = prepare(series(times, np.full(12, 0.5)), kind=Kind.DELTA, input_unit="kWh",
+                statistic_unit="kWh")
+    meta = new_meta("sensor.grid_energy", kind=Kind.DELTA, unit="kWh", name=None)
+    plan = build_plan(meta, True, p, fetch, PlanPolicy(now=end + 600, compiled_by_ha=True,
+                                                       last_compiled_end=end + 300,
+                                                       short_term_days=1e6))
+    # The meter at the end of the window is 5000.35 - 0.35 = 5000: every new row continues it.
+    hourly = plan.hourly.upserts
+    assert [r.state for r in hourly] == pytest.approx([4996.0, 4998.0, 5000.0])
+    assert plan.short_term.upserts[-1].state == pytest.approx(5000.0)

@@ -36,6 +36,7 @@ from backdate.models import (
     Series,
     StatisticMeta,
     Table,
+    TablePlan,
     WritePlan,
 )
 from backdate.targets.base import Neighbourhood
@@ -254,6 +255,8 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     keep_meter = policy.compiled_by_ha
     hourly, walk = plan_sum_table(Table.HOURLY, hours, nb_h, after_count=nb_h.after_count,
                                   keep_meter=keep_meter)
+    if keep_meter and hours.states is None and nb_probe is not None:
+        _borrow_meter(hourly, nb_h, nb_probe, walk.shift)
     hourly_shift, old_end = walk.shift, walk.old_end
 
     if not policy.supports_short_term:
@@ -295,8 +298,11 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
     base_old = None
     if nb_s.before is None or nb_s.before.sum is None:
         base_old = _old_sum_at(nb_h, st_from)
-    short, _ = plan_sum_table(Table.SHORT_TERM, five, nb_s, base_old=base_old, base_new=base_new,
-                              after_count=nb_s.after_count, keep_meter=keep_meter)
+    short, _ = plan_sum_table(Table.SHORT_TERM, five, nb_s, base_old=base_old,
+                                       base_new=base_new, after_count=nb_s.after_count,
+                                       keep_meter=keep_meter)
+    if keep_meter and five.states is None:
+        _borrow_meter(short, nb_s, nb_h, walk.shift)
     return WritePlan(meta, metadata_exists, hourly, short, notes)
 
 
@@ -368,6 +374,33 @@ def _keep_uncovered(prepared: Prepared, slots: SumSlots, period: int, nb: Neighb
     if prepared.first_hour is not None:
         extra[slots.starts == prepared.first_hour] = 0.0
     return SumSlots(slots.starts, slots.amounts + extra, slots.states)
+
+
+def _meter_reference(nb: Neighbourhood, shift: float) -> float | None:
+    """meter - sum that rows HA wrote imply after the write: from the first row after the
+    window (whose sum moves by `shift`), else the last row before it; None without either."""
+    after = nb.after
+    if after is not None and after.state is not None and after.sum is not None:
+        return after.state - (after.sum + shift)
+    before = nb.before
+    if before is not None and before.state is not None and before.sum is not None:
+        return before.state - before.sum
+    return None
+
+
+def _borrow_meter(plan: TablePlan, own: Neighbourhood, other: Neighbourhood,
+                  shift: float) -> None:
+    """An entity statistic whose table has no row of HA's near the window (HA has compiled
+    only 5-minute rows in its first hour, say) takes HA's meter from the other table, so
+    `state` is the meter in both tables and HA's rollup copies no jump into the hourly one."""
+    if _meter_reference(own, 0.0) is not None or plan.rows.state is None or not plan.count:
+        return
+    offset = _meter_reference(other, shift)
+    if offset is None:
+        return
+    existing = np.array([r.start_ts for r in own.inside], dtype=np.float64)
+    new_rows = ~np.isin(plan.rows.start_ts, existing)
+    plan.rows.state[new_rows] += offset
 
 
 def _old_sum_at(nb: Neighbourhood, t: float) -> float:
