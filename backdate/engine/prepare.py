@@ -229,8 +229,8 @@ def _cut(starts: np.ndarray, period: int, cutoff: float, policy: PlanPolicy,
     dropped = int((~keep).sum())
     if dropped:
         notes.append(
-            f"{dropped} {label} left out: Home Assistant has not compiled them yet "
-            "(open window, or the future); it compiles them itself"
+            f"{dropped} {label if dropped > 1 else label.rstrip('s')} left out: Home Assistant "
+            "has not compiled them yet (open window, or the future); it compiles them itself"
         )
     return keep
 
