@@ -70,7 +70,7 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
         lines = day_table(item, tz)
         if meta.has_sum:
             _print_days(console, lines, unit, tz, all_days)
-        _print_seams(console, item, unit, tz)
+        _print_seams(console, item, tz)
 
 
 def _print_days(console: Console, lines: list[DayLine], unit: str, tz: ZoneInfo,
@@ -98,7 +98,7 @@ def _print_days(console: Console, lines: list[DayLine], unit: str, tz: ZoneInfo,
     console.print(table)
 
 
-def _print_seams(console: Console, item: StatisticImport, unit: str, tz: ZoneInfo) -> None:
+def _print_seams(console: Console, item: StatisticImport, tz: ZoneInfo) -> None:
     found = seams(item)
     if not found:
         return
@@ -113,7 +113,6 @@ def _print_seams(console: Console, item: StatisticImport, unit: str, tz: ZoneInf
                       _num(seam.change_before, 6), _num(seam.change_after, 6),
                       _num(seam.expected, 6), mark)
     console.print(table)
-    _ = unit
 
 
 def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> None:

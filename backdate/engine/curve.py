@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backdate.errors import InputError
-from backdate.models import Kind, Series
+from backdate.models import Series
 
 # A drop of a cumulative meter to below this share of its highest value is a reset or a new
 # meter (HA uses the same rule for total_increasing sensors); smaller drops are read jitter.
@@ -312,7 +312,7 @@ def mean_slots(series: Series, values: np.ndarray, period: int, max_gap: float) 
     return MeanRows(slots, a / c, mins, maxs, c)
 
 
-def check_values(series: Series, kind: Kind) -> None:
+def check_values(series: Series) -> None:
     """Reject what no kind can mean: NaN/inf (readers catch most) and falling times."""
     bad = np.flatnonzero(~np.isfinite(series.values))
     if bad.size:
@@ -323,7 +323,6 @@ def check_values(series: Series, kind: Kind) -> None:
         prev_path, prev_line = series.where(i - 1)
         raise series.error(i, f"the same time as {prev_path}:{prev_line} (two readings for "
                               "one time)")
-    _ = kind
 
 
 def covered_length(spans: np.ndarray, t: np.ndarray) -> np.ndarray:

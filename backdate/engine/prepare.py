@@ -149,7 +149,7 @@ def prepare(
     max_gap: float = 3600.0,
 ) -> Prepared:
     """Convert and bucket one series. Raises InputError for anything that cannot be meant."""
-    check_values(series, kind)
+    check_values(series)
     source = series.source
     prepared = Prepared(kind=kind, unit=statistic_unit, source=source, max_gap=max_gap)
     what = f" (statistic unit {statistic_unit})"
