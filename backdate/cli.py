@@ -40,7 +40,13 @@ err_console = _console(stderr=True)
 TargetArg = Annotated[str, typer.Option("--to", help="Target: sqlite:///path/home-assistant_v2.db, "
                                         "mysql://..., postgresql://..., or http(s)://host:8123 "
                                         "(HA's API; --token or HA_TOKEN)")]
-Sources = Annotated[list[str], typer.Argument(help="Input files (CSV, TSV, JSON).")]
+Sources = Annotated[list[str], typer.Argument(help="Input files (CSV, TSV, JSON), or remote "
+                                             "sources: influxdb://..., influxdb2://..., "
+                                             "wnsm:..., wattivahti:... (README).")]
+Start = Annotated[str | None, typer.Option("--start", help="Remote sources: first time to read "
+                                           "(ISO time or date; naive in --tz, else UTC).")]
+End = Annotated[str | None, typer.Option("--end", help="Remote sources: end of the range to "
+                                         "read (exclusive; default now).")]
 StatId = Annotated[str | None, typer.Option("--statistic-id", help="Statistic to write, e.g. "
                                             "backdate:house or sensor.energy (default: "
                                             "backdate:<file name>).")]
@@ -109,13 +115,16 @@ def _local_zone() -> ZoneInfo:
 
 
 def _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-             backup=True, short_term_days=10.0):
+             backup=True, short_term_days=10.0, start=None, end=None):
+    from backdate.app.exporting import parse_bound
     from backdate.app.importing import ImportOptions
 
+    zone = ZoneInfo(tz) if tz else ZoneInfo("UTC")
     return ImportOptions(statistic_id=statistic_id, name=name, kind=kind, unit=unit, tz=tz,
                          time_column=time_column, value_column=value_column,
                          short_term=short_term, backup=backup, short_term_days=short_term_days,
-                         report_tz=_zone(tz).key)
+                         report_tz=_zone(tz).key, start=parse_bound(start, zone),
+                         end=parse_bound(end, zone))
 
 
 def _plan(sources, target_url, opts):
@@ -180,6 +189,8 @@ def plan_cmd(
     chart: Chart = None,
     days: Days = False,
     token: Token = None,
+    start: Start = None,
+    end: End = None,
 ) -> None:
     """Show what an import would write, and the days and seams it changes. Writes nothing.
 
@@ -189,7 +200,8 @@ def plan_cmd(
 
     with _errors():
         _use_token(token)
-        opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term)
+        opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
+                        start=start, end=end)
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
@@ -221,6 +233,8 @@ def import_cmd(
     chart: Chart = None,
     days: Days = False,
     token: Token = None,
+    start: Start = None,
+    end: End = None,
 ) -> None:
     """Import readings into Home Assistant's statistics: plan, back up, write, verify.
 
@@ -233,7 +247,7 @@ def import_cmd(
     with _errors():
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-                        backup)
+                        backup, start=start, end=end)
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)

@@ -17,7 +17,8 @@ from backdate.errors import InputError, UsageError
 from backdate.models import FIVE_MINUTES, HOUR, StatRow, Table
 
 
-def _parse_bound(text: str | None, tz: ZoneInfo) -> float | None:
+def parse_bound(text: str | None, tz: ZoneInfo) -> float | None:
+    """--start/--end: an ISO time or date; naive ones are in `tz`."""
     if text is None:
         return None
     try:
@@ -53,8 +54,8 @@ def export_statistic(url: str, statistic_id: str, *, start: str | None, end: str
         if meta is None:
             raise InputError(f"{statistic_id} is not in {target.info().url}")
         table = Table.SHORT_TERM if short_term else Table.HOURLY
-        lo = _parse_bound(start, zone or ZoneInfo("UTC"))
-        hi = _parse_bound(end, zone or ZoneInfo("UTC"))
+        lo = parse_bound(start, zone or ZoneInfo("UTC"))
+        hi = parse_bound(end, zone or ZoneInfo("UTC"))
         rows = target.read_rows(table, statistic_id, lo, hi)
         previous = None
         if rows and meta.has_sum and lo is not None:

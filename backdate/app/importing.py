@@ -46,6 +46,10 @@ class ImportOptions:
     max_gap: float = 3600.0
     short_term_days: float = 10.0
     report_tz: str | None = None  # zone of the per-day table (default: --tz, else UTC)
+    # The range read from a remote source (InfluxDB, a utility portal), UTC epoch seconds;
+    # files are read whole.
+    start: float | None = None
+    end: float | None = None
 
 
 @dataclass(slots=True)
@@ -79,11 +83,20 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 def read_sources(paths: list[str], opts: ImportOptions,
                  progress: Progress | None = None) -> list[Series]:
-    """Read every source file; the first bad line anywhere stops everything."""
+    """Read every source (files whole, remote sources over --start/--end); the first bad line
+    anywhere stops everything."""
+    from backdate.sources.base import SourceRange, is_remote, open_source
     from backdate.sources.files import read_file
 
     out: list[Series] = []
     for path in paths:
+        if is_remote(path):
+            source = open_source(path)
+            try:
+                out.extend(source.read(SourceRange(opts.start, opts.end)))
+            finally:
+                source.close()
+            continue
         report = None
         if progress is not None:
             try:
