@@ -10,7 +10,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
@@ -19,6 +19,9 @@ from rich.text import Text
 
 from backdate.errors import BackdateError, UsageError
 from backdate.models import Kind
+
+if TYPE_CHECKING:
+    from backdate.app.sync import JobOutcome, VerifyResult
 
 app = typer.Typer(
     name="backdate",
@@ -371,6 +374,128 @@ def demo_cmd(
 
     with _errors():
         run_demo(directory, console)
+
+
+@app.command("sync")
+def sync_cmd(
+    config: Annotated[Path | None, typer.Option("--config", help="backdate.toml (default: "
+                                                "./backdate.toml, else "
+                                                "~/.config/backdate/backdate.toml).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run every job once and exit (cron); "
+                                       "default: run forever, each job every `interval` plus "
+                                       "jitter.")] = False,
+    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Compare the per-hour energy of the "
+                                         "source and every target; list each hour that "
+                                         "differs (exit 1 when any).")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="If the job is running elsewhere, wait "
+                                       "for it (default: exit 4 with a message).")] = False,
+) -> None:
+    """Sync jobs from backdate.toml into Home Assistant, InfluxDB and MQTT, incrementally.
+
+    Each run reads from (the newest hour a target holds - sync_buffer_hours), or the whole
+    correction window (default 30 days) if that is longer, and rewrites only what changed.
+    Exit codes: 0 done, 1 bad configuration or --verify found differences, 3 a source or
+    target failed (or could not be read by --verify), 4 the job is already running (without
+    --wait).
+
+    Example backdate.toml:
+
+        \\[\\[sync.jobs]]
+        name = "house"
+        source = "influxdb://localhost:8086/powerwall?measurement=http&field=home&kind=power"
+        targets = ["sqlite:////config/home-assistant_v2.db", "influxdb://localhost:8086/energy"]
+        statistic_id = "backdate:house"
+
+    Example: backdate sync --config backdate.toml --once
+    """
+    import logging
+    import signal
+    import threading
+
+    from backdate.app import sync as syncing
+    from backdate.config import load_config
+
+    # Outcomes are printed per run; the log carries only what the loop itself survives.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    with _errors():
+        cfg = load_config(config)
+        jobs = syncing.select_jobs(cfg, job)
+        if verify:
+            code = 0
+            for item in jobs:
+                result = syncing.verify_job(cfg, item)
+                render_verify(result, _zone(item.tz))
+                if result.errors:
+                    code = 3
+                elif result.rows:
+                    code = max(code, 1)
+            if code:
+                raise typer.Exit(code)
+            return
+        if once:
+            outcomes = syncing.run_once(cfg, jobs, wait=wait, on_outcome=render_outcome)
+            code = max((o.exit_code for o in outcomes), default=0)
+            if code:
+                raise typer.Exit(code)
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        syncing.run_forever(cfg, jobs, wait=wait, stop=stop, on_outcome=render_outcome)
+
+
+def render_outcome(outcome: JobOutcome) -> None:
+    """One line per job run and per target (the cause of any failure)."""
+    from datetime import UTC, datetime
+
+    def when(ts: float | None) -> str:
+        return "-" if ts is None else f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%d %H:%M}Z"
+
+    window = outcome.window
+    span = f"{when(window[0])} .. {when(window[1])}" if window else "-"
+    status = "failed" if outcome.failed else "ok"
+    console.print(f"{when(outcome.started)} job {outcome.job}: {status}, window {span}, "
+                  f"{outcome.read} readings read, {outcome.points} points written",
+                  markup=False, soft_wrap=True)
+    if outcome.error:
+        err_console.print(f"  error: {outcome.error}", markup=False, soft_wrap=True)
+    for target in outcome.targets:
+        line = f"  {target.url}: {target.points} points"
+        if target.error:
+            err_console.print(f"{line}, error: {target.error}", markup=False, soft_wrap=True)
+        else:
+            console.print(line, markup=False, soft_wrap=True)
+
+
+def render_verify(result: VerifyResult, zone: ZoneInfo) -> None:
+    """The hours where the source and a target differ, in UTC and the job's zone."""
+    from datetime import UTC, datetime
+
+    from rich.table import Table as RichTable
+
+    start, end = result.window
+    console.print(f"job {result.job}: {result.hours} hours compared "
+                  f"({datetime.fromtimestamp(start, UTC):%Y-%m-%d %H:%M}Z .. "
+                  f"{datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M}Z)", markup=False)
+    for error in result.errors:
+        err_console.print(f"  error: {error}", markup=False)
+    if not result.rows:
+        console.print("  source and every target agree", markup=False)
+        return
+    table = RichTable(title=f"{len(result.rows)} hours differ (kWh)")
+    for column in ("statistic", "hour (UTC)", f"local ({zone.key})", "source", *result.columns):
+        table.add_column(column, overflow="fold")
+
+    def fmt(v: float | None) -> str:
+        return "missing" if v is None else f"{v:.6f}"
+
+    for row in result.rows:
+        table.add_row(row.statistic, f"{datetime.fromtimestamp(row.hour, UTC):%Y-%m-%d %H:%M}",
+                      f"{datetime.fromtimestamp(row.hour, zone):%Y-%m-%d %H:%M}",
+                      fmt(row.source), *(fmt(v) for v in row.targets.values()))
+    console.print(table)
 
 
 def main() -> None:

@@ -1,0 +1,389 @@
+"""`backdate.toml` for `sync` (PRODUCT.md, "Configuration"), checked by pydantic.
+
+Why a schema: a sync runs unattended for months, so a typo must fail at start with the file,
+line and field named, not silently fall back to a default. Environment variables with the names
+existing users already have (system 3, WattiVahti to InfluxDB) override the file.
+
+Two ways to write jobs, both allowed in one file::
+
+    [sync]
+    state_file = "sync.db"          # relative to this file; default ~/.local/state/backdate/
+    interval = "1h"
+    jitter = "5m"
+
+    [[sync.jobs]]
+    name = "house"
+    source = "influxdb://localhost:8086/powerwall?measurement=http&field=home&kind=power"
+    targets = ["sqlite:////config/home-assistant_v2.db", "influxdb://localhost:8086/energy"]
+    statistic_id = "backdate:house"
+
+    [jobs.garage]
+    source = "..."
+    targets = ["ha"]                # "ha" = $HA_URL, "influxdb" = $INFLUXDB_URL
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backdate.errors import InputError
+from backdate.models import Kind
+
+DEFAULT_INITIAL_SYNC_DAYS = 30.0
+DEFAULT_SYNC_BUFFER_HOURS = 24.0
+DEFAULT_CORRECTION_DAYS = 30.0
+DEFAULT_INTERVAL = 3600.0
+DEFAULT_JITTER = 300.0
+
+ENV_TARGET_ALIASES = {"ha": "HA_URL", "homeassistant": "HA_URL", "influxdb": "INFLUXDB_URL"}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
+_UNIT_SECONDS = {None: 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(InputError):
+    """A bad `backdate.toml` or environment variable: names the file, line and field. Exit 1."""
+
+
+def parse_duration(value: str | float | int) -> float:
+    """'1h', '30m', '90s', '1d' or seconds as a number, into seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like '1h', '30m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration: use e.g. '90s', '30m', '1h', '1d'")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class JobFields(_Strict):
+    """What one `[[sync.jobs]]` entry or `[jobs.NAME]` table may say."""
+
+    name: str | None = None
+    source: str = Field(min_length=1)
+    targets: list[str] = Field(min_length=1)
+    statistic_id: str | None = None
+    statistic_name: str | None = None  # display name of a new HA statistic
+    tz: str | None = None
+    metering_point: str | None = None
+    kind: Kind | None = None
+    unit: str | None = None
+    initial_sync_days: float | None = Field(default=None, gt=0)
+    sync_buffer_hours: float | None = Field(default=None, ge=0)
+    correction_days: float | None = Field(default=None, ge=0)
+    interval: float | None = None
+    jitter: float | None = None
+    short_term: bool = True
+    enabled: bool = True
+
+    @field_validator("interval", "jitter", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float | None) -> float | None:
+        if value is not None and value < 1:
+            raise ValueError("the interval must be at least 1 second")
+        return value
+
+    @field_validator("tz")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo
+
+            try:
+                ZoneInfo(value)
+            except Exception:  # noqa: BLE001 - zoneinfo raises several kinds
+                raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        if any(not t.strip() for t in value):
+            raise ValueError("a target is an empty string")
+        return value
+
+
+class SyncSection(_Strict):
+    """The `[sync]` table: defaults for every job, and the state file."""
+
+    state_file: str | None = None
+    initial_sync_days: float = Field(default=DEFAULT_INITIAL_SYNC_DAYS, gt=0)
+    sync_buffer_hours: float = Field(default=DEFAULT_SYNC_BUFFER_HOURS, ge=0)
+    correction_days: float = Field(default=DEFAULT_CORRECTION_DAYS, ge=0)
+    interval: float = DEFAULT_INTERVAL
+    jitter: float = DEFAULT_JITTER
+    jobs: list[JobFields] = Field(default_factory=list)
+
+    @field_validator("interval", "jitter", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("the interval must be at least 1 second")
+        return value
+
+
+class ConfigFile(BaseModel):
+    """The whole file; sections other than `sync` and `jobs` belong to other commands."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sync: SyncSection = Field(default_factory=SyncSection)
+    jobs: dict[str, JobFields] = Field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Job:
+    """One sync job with every default filled in (seconds, not days/hours)."""
+
+    name: str
+    source: str
+    targets: list[str]
+    statistic_id: str | None
+    statistic_name: str | None
+    tz: str | None
+    metering_point: str
+    kind: Kind | None
+    unit: str | None
+    initial_sync: float
+    buffer: float
+    correction: float
+    interval: float
+    jitter: float
+    short_term: bool = True
+
+
+@dataclass(slots=True)
+class SyncConfig:
+    path: Path | None
+    state_file: Path
+    jobs: list[Job] = field(default_factory=list)
+
+
+def default_config_path() -> Path | None:
+    """./backdate.toml, else $XDG_CONFIG_HOME/backdate/backdate.toml, else None."""
+    local = Path("backdate.toml")
+    if local.exists():
+        return local
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    user = base / "backdate" / "backdate.toml"
+    return user if user.exists() else None
+
+
+def default_state_file(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    base = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "backdate" / "sync.db"
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> SyncConfig:
+    """Read and check the file, apply the environment, fill defaults. Raises ConfigError."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        path = default_config_path()
+        if path is None:
+            raise ConfigError("no backdate.toml here or in ~/.config/backdate/: pass --config "
+                              "FILE (`backdate sync --help` shows an example)")
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read the configuration: {err.strerror}", path=str(path)) \
+            from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        line = _toml_error_line(str(err))
+        raise ConfigError(f"not valid TOML: {err}", path=str(path), line=line) from None
+    try:
+        parsed = ConfigFile.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first["loc"])
+        raise ConfigError(f"{_field_name(loc)}: {_message(first)}", path=str(path),
+                          line=_line_of(text, loc)) from None
+    section = _apply_env_defaults(parsed.sync, env)
+    jobs: list[Job] = []
+    named: list[tuple[JobFields, tuple[Any, ...]]] = [
+        (j, ("sync", "jobs", i)) for i, j in enumerate(parsed.sync.jobs)]
+    named += [(j.model_copy(update={"name": j.name or key}), ("jobs", key))
+              for key, j in parsed.jobs.items()]
+    seen: set[str] = set()
+    for fields, loc in named:
+        if not fields.enabled:
+            continue
+        if not fields.name:
+            raise ConfigError("name: every [[sync.jobs]] entry needs a name", path=str(path),
+                              line=_line_of(text, loc))
+        if fields.name in seen:
+            raise ConfigError(f"name: two jobs are called {fields.name!r}", path=str(path),
+                              line=_line_of(text, loc))
+        seen.add(fields.name)
+        jobs.append(_resolve_job(fields, section, env, path, text, loc))
+    state = section.state_file
+    if state is None:
+        state_path = default_state_file(env)
+    else:
+        state_path = Path(state).expanduser()
+        if not state_path.is_absolute():
+            state_path = path.parent / state_path
+    return SyncConfig(path=path, state_file=state_path, jobs=jobs)
+
+
+def _apply_env_defaults(section: SyncSection, env: dict[str, str]) -> SyncSection:
+    """INITIAL_SYNC_DAYS and SYNC_BUFFER_HOURS override the file (system 3's names)."""
+    updates: dict[str, float] = {}
+    for var, attr, minimum in (("INITIAL_SYNC_DAYS", "initial_sync_days", 0.0),
+                               ("SYNC_BUFFER_HOURS", "sync_buffer_hours", -1e-12)):
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable {var}={raw!r} is not a number") from None
+        if not value > minimum:
+            raise ConfigError(f"environment variable {var}={raw!r} is out of range")
+        updates[attr] = value
+    return section.model_copy(update=updates) if updates else section
+
+
+def _resolve_job(fields: JobFields, section: SyncSection, env: dict[str, str], path: Path,
+                 text: str, loc: tuple[Any, ...]) -> Job:
+    targets = []
+    for target in fields.targets:
+        var = ENV_TARGET_ALIASES.get(target.lower())
+        if var is not None:
+            value = env.get(var)
+            if not value:
+                raise ConfigError(f"targets: {target!r} means ${var}, which is not set",
+                                  path=str(path), line=_line_of(text, (*loc, "targets")))
+            target = value
+            if var == "INFLUXDB_URL" and value.startswith(("http://", "https://")):
+                # The WattiVahti sync's users set INFLUXDB_URL=http://host:8086 with a 2.x
+                # token/org/bucket; the influxdb2:// target fills itself from those variables.
+                target = "influxdb2://"
+        targets.append(target)
+    has_ha = any(t.startswith(("sqlite:", "mysql", "mariadb:", "postgres", "http://",
+                               "https://")) for t in targets)
+    if has_ha and not fields.statistic_id:
+        raise ConfigError(
+            f"statistic_id: job {fields.name!r} writes Home Assistant statistics, so it needs "
+            "statistic_id (e.g. \"backdate:house\"): the sync reads the newest hour HA holds "
+            "for it before reading the source", path=str(path), line=_line_of(text, loc))
+    env_initial = "INITIAL_SYNC_DAYS" in env and env["INITIAL_SYNC_DAYS"].strip() != ""
+    env_buffer = "SYNC_BUFFER_HOURS" in env and env["SYNC_BUFFER_HOURS"].strip() != ""
+    initial = section.initial_sync_days if env_initial or fields.initial_sync_days is None \
+        else fields.initial_sync_days
+    buffer = section.sync_buffer_hours if env_buffer or fields.sync_buffer_hours is None \
+        else fields.sync_buffer_hours
+    correction = section.correction_days if fields.correction_days is None \
+        else fields.correction_days
+    # The InfluxDB tag; for a WattiVahti job the variable system 3's users already set wins.
+    metering_point = fields.metering_point or fields.name or ""
+    if fields.source.startswith("wattivahti:") and env.get("WATTIVAHTI_METERING_POINT"):
+        metering_point = env["WATTIVAHTI_METERING_POINT"]
+    return Job(
+        name=fields.name or "",
+        source=fields.source,
+        targets=targets,
+        statistic_id=fields.statistic_id,
+        statistic_name=fields.statistic_name,
+        tz=fields.tz,
+        metering_point=metering_point,
+        kind=fields.kind,
+        unit=fields.unit,
+        initial_sync=initial * 86400.0,
+        buffer=buffer * 3600.0,
+        correction=correction * 86400.0,
+        interval=section.interval if fields.interval is None else fields.interval,
+        jitter=section.jitter if fields.jitter is None else fields.jitter,
+        short_term=fields.short_term,
+    )
+
+
+# ----------------------------------------------------------------------------- error positions
+
+
+def _toml_error_line(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1]}[{part + 1}]" if parts else f"[{part + 1}]"]
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
+
+
+def _message(error: dict[str, Any]) -> str:
+    """Pydantic's message; never the value itself when it may be a secret (a URL with a
+    password or token)."""
+    msg = str(error.get("msg", "invalid"))
+    msg = msg.removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        return "unknown setting (a typo?)"
+    return msg
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line of a field: the table header of the job, then the key inside it."""
+    lines = text.splitlines()
+    start = 0
+    keys = list(loc)
+    if keys[:2] == ["sync", "jobs"] and len(keys) >= 3 and isinstance(keys[2], int):
+        headers = [i for i, line in enumerate(lines)
+                   if re.match(r"^\s*\[\[\s*sync\.jobs\s*\]\]", line)]
+        if keys[2] < len(headers):
+            start = headers[keys[2]]
+        keys = keys[3:]
+    elif keys[:1] == ["jobs"] and len(keys) >= 2:
+        name = re.escape(str(keys[1]))
+        for i, line in enumerate(lines):
+            if re.match(rf'^\s*\[\s*jobs\.("?){name}\1\s*\]', line):
+                start = i
+                break
+        keys = keys[2:]
+    elif keys[:1] == ["sync"]:
+        for i, line in enumerate(lines):
+            if re.match(r"^\s*\[\s*sync\s*\]", line):
+                start = i
+                break
+        keys = keys[1:]
+    key = next((k for k in keys if isinstance(k, str)), None)
+    if key is not None:
+        for i in range(start, len(lines)):
+            if i > start and re.match(r"^\s*\[", lines[i]):
+                break
+            if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+    return start + 1 if lines else None

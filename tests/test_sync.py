@@ -1,0 +1,722 @@
+"""`backdate sync`: a real InfluxDB 1.x as source (and as a target), a real Home Assistant
+2024.3.3 as target (its SQLite file while it runs, and http:// through its API).
+
+Why these cases: the sync runs unattended for months, so what matters is what the targets
+hold after runs that go wrong (killed mid-way, a target down, a sync off for longer than the
+correction window, the utility correcting last week) and whether two runs can overlap. HA is
+judged only by its own `recorder/statistics_during_period` (as the Energy dashboard reads
+it); InfluxDB targets by InfluxQL against the server; the source's energy by InfluxDB's own
+`integral()` per hour, computed here independently of backdate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import influx_fixtures
+import pytest
+from ha_harness import HomeAssistant
+from hypothesis import given
+from hypothesis import strategies as st
+from influx_fixtures import InfluxDatabase
+from influx_service import InfluxServer, free_port
+from test_ha_import import BACKDATE, assert_log_clean, changes
+
+from backdate.app.sync import window_start_for
+from backdate.app.sync_state import job_lock
+from backdate.config import Job
+
+influx = influx_fixtures.influx  # the fixtures, used by name
+influx_db = influx_fixtures.influx_db
+
+HOUR = 3600
+DAY = 86400
+TOL = 1e-6  # kWh per hour
+MEASUREMENT = "http"  # Powerwall-Dashboard's measurement; `home` is the house's load in W
+FIELD = "home"
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
+    """One running HA for the module (each test uses its own statistic)."""
+    instance = HomeAssistant(tmp_path_factory.mktemp("ha_sync"), venv=ha_venv)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+    assert_log_clean(instance)
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def current_hour() -> int:
+    return math.floor(time.time() / HOUR) * HOUR
+
+
+def watts(t: int) -> float:
+    """A Powerwall-like house load: a daily swing plus faster wiggles, always positive."""
+    return (900 + 600 * math.sin(2 * math.pi * t / DAY) + 180 * math.sin(2 * math.pi * t / 517)
+            + 40 * math.sin(2 * math.pi * t / 61))
+
+
+def powerwall_lines(start: int, end: int, step: int = 10, extra: float = 0.0) -> list[str]:
+    """Line protocol: a sample every `step` seconds in [start, end] (hour edges included)."""
+    return [f"{MEASUREMENT},host=pw {FIELD}={watts(t) + extra:.3f} {t}"
+            for t in range(start, end + 1, step)]
+
+
+def influx_integrals(db: InfluxDatabase, hours: list[int]) -> dict[int, float]:
+    """InfluxDB's own integral of each hour [h, h+1h] in kWh: one InfluxQL statement per hour,
+    samples at both edges included, so the trapezoids cover exactly the hour."""
+    out: dict[int, float] = {}
+    for i in range(0, len(hours), 200):
+        chunk = hours[i:i + 200]
+        q = ";".join(f"SELECT integral({FIELD}, 1h) / 1000 FROM {MEASUREMENT} "
+                     f"WHERE time >= {h}s AND time <= {h + HOUR}s" for h in chunk)
+        resp = db.client.http.post("/query", data={"q": q, "db": db.name, "epoch": "s"})
+        resp.raise_for_status()
+        for h, result in zip(chunk, resp.json()["results"], strict=True):
+            series = result.get("series")
+            if series:
+                out[h] = float(series[0]["values"][0][1])
+    return out
+
+
+def target_points(db: InfluxDatabase, point: str) -> dict[int, float]:
+    """What an InfluxDB target database holds for a metering point (kWh by interval start);
+    fails on a duplicate timestamp (cannot happen in InfluxDB, but the test says it)."""
+    rows = db.points("SELECT consumption_kwh, consumption_wh, resolution FROM "
+                     f"electricity_consumption WHERE metering_point = '{point}'")
+    out: dict[int, float] = {}
+    for t, kwh, wh, resolution in rows:
+        assert int(t) not in out, f"two points at {t}"
+        assert abs(float(wh) - float(kwh) * 1000) < 1e-6
+        assert resolution == "PT1H"
+        out[int(t)] = float(kwh)
+    return out
+
+
+def source_url(db: InfluxDatabase, **extra: str) -> str:
+    query = "&".join([f"measurement={MEASUREMENT}", f"field={FIELD}", "kind=power", "unit=W",
+                      *(f"{k}={v}" for k, v in extra.items())])
+    return f"influxdb://{db.host_port}/{db.name}?{query}"
+
+
+def write_config(directory: Path, jobs: list[dict[str, Any]], **sync: Any) -> Path:
+    """A backdate.toml with a [sync] table and [[sync.jobs]] entries."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["[sync]", f'state_file = "{directory / "state" / "sync.db"}"']
+    lines += [f"{k} = {value(v)}" for k, v in sync.items()]
+    for job in jobs:
+        lines += ["", "[[sync.jobs]]"] + [f"{k} = {value(v)}" for k, v in job.items()]
+    path = directory / "backdate.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def env_for(ha: HomeAssistant | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HA_TOKEN", "INITIAL_SYNC_DAYS", "SYNC_BUFFER_HOURS", "HA_URL",
+                        "INFLUXDB_URL")}
+    env.update({"COLUMNS": "200", "NO_COLOR": "1"})
+    if ha is not None:
+        env["HA_TOKEN"] = ha.token
+    env.update(extra)
+    return env
+
+
+def sync(config: Path, *args: str, expect: int = 0, env: dict[str, str] | None = None,
+         timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    cmd = [BACKDATE, "sync", "--config", str(config), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=env or env_for(), check=False)
+    assert proc.returncode == expect, (
+        f"`backdate sync {' '.join(args)}` exited {proc.returncode}, expected {expect}\n"
+        f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def runs(config_dir: Path) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(config_dir / "state" / "sync.db", timeout=30)
+    try:
+        return con.execute("SELECT job, status, points, error FROM runs ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def ha_hours(ha: HomeAssistant, sid: str, start: int, end: int, min_rows: int = 1
+             ) -> dict[int, float]:
+    return changes(ha, sid, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC),
+                   "hour", min_rows=min_rows)
+
+
+def ha_sums(ha: HomeAssistant, sid: str, start: int, end: int) -> dict[int, float]:
+    from test_ha_import import query
+
+    rows = query(ha, sid, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC),
+                 "hour", ["sum"], units={"energy": "kWh"})
+    return {int(round(r["start"] / 1000)): r["sum"] for r in rows}
+
+
+def assert_hours_equal(actual: dict[int, float], expected: dict[int, float], what: str) -> None:
+    missing = sorted(set(expected) - set(actual))
+    assert not missing, f"{what}: {len(missing)} hours missing, first {_when(missing[0])}"
+    bad = [(h, actual[h], expected[h]) for h in expected if abs(actual[h] - expected[h]) > TOL]
+    assert not bad, (f"{what}: {len(bad)} hours differ, first {_when(bad[0][0])}: "
+                     f"{bad[0][1]!r} != {bad[0][2]!r}")
+
+
+def _when(ts: int) -> str:
+    return f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%d %H:%M}Z"
+
+
+def power_job(name: str, db: InfluxDatabase, targets: list[str], sid: str,
+              **extra: Any) -> dict[str, Any]:
+    return {"name": name, "source": source_url(db), "targets": targets, "statistic_id": sid,
+            "metering_point": name, **extra}
+
+
+# ------------------------------------------------------------------- the window (no servers)
+
+
+def _job(initial_days: float, buffer_hours: float, correction_days: float) -> Job:
+    return Job(name="j", source="x", targets=["y"], statistic_id=None, statistic_name=None,
+               tz=None, metering_point="j", kind=None, unit=None,
+               initial_sync=initial_days * DAY, buffer=buffer_hours * HOUR,
+               correction=correction_days * DAY, interval=3600, jitter=0)
+
+
+@given(latest_age=st.floats(0, 5000 * DAY), origin_age=st.none() | st.floats(0, 5000 * DAY),
+       initial=st.floats(0.01, 400), buffer=st.floats(0, 200), correction=st.floats(0, 400))
+def test_window_never_leaves_a_blind_spot(latest_age: float, origin_age: float | None,
+                                          initial: float, buffer: float,
+                                          correction: float) -> None:
+    """However long the sync was off, the window starts at or before (newest held - buffer),
+    and it never reaches before where the job first started unless the buffer demands it."""
+    now = 1_790_000_000.0
+    job = _job(initial, buffer, correction)
+    latest = now - latest_age
+    origin = None if origin_age is None else now - origin_age
+    start = window_start_for(job, latest, origin, now)
+    first = origin if origin is not None else now - job.initial_sync
+    wanted = min(latest - job.buffer, max(now - job.correction, first))
+    assert start % HOUR == 0
+    assert start <= latest - job.buffer  # no blind spot, however old `latest` is
+    assert wanted - HOUR < start <= wanted  # and no more than the correction window asks
+    # Nothing held: the initial window.
+    assert window_start_for(job, None, origin, now) == math.floor(
+        (now - job.initial_sync) / HOUR) * HOUR
+
+
+# ------------------------------------------------------------------------------ config errors
+
+
+def _config_error(tmp_path: Path, text: str, *expected: str, env: dict[str, str] | None = None,
+                  secret: str | None = None) -> str:
+    path = tmp_path / "backdate.toml"
+    path.write_text(text)
+    proc = sync(path, "--once", expect=1, env=env or env_for())
+    said = " ".join(proc.stderr.split())  # Rich wraps long lines
+    for part in expected:
+        assert part in said, f"{part!r} not in:\n{proc.stderr}"
+    if secret is not None:
+        assert secret not in proc.stderr + proc.stdout
+    assert not (tmp_path / "state").exists(), "a refused configuration must write nothing"
+    return proc.stderr
+
+
+def test_config_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    state = f'[sync]\nstate_file = "{tmp_path / "state" / "sync.db"}"\n'
+    good = ('source = "influxdb://127.0.0.1:1/x?measurement=m&field=f"\n'
+            'targets = ["influxdb://127.0.0.1:1/y"]\n')
+    # A typo in a key: file, line and field.
+    _config_error(tmp_path, state + '\n[[sync.jobs]]\nname = "a"\n' + good
+                  + "intial_sync_days = 3\n",
+                  "backdate.toml:8:", "intial_sync_days", "unknown setting")
+    # A wrong type, in the second job.
+    _config_error(tmp_path, state + '\n[[sync.jobs]]\nname = "a"\n' + good
+                  + '\n[[sync.jobs]]\nname = "b"\n' + good + 'sync_buffer_hours = "soon"\n',
+                  "backdate.toml:13:", "sync.jobs[2].sync_buffer_hours")
+    # Not TOML at all.
+    _config_error(tmp_path, state + '[[sync.jobs]\nname = "a"\n', "backdate.toml:3:",
+                  "not valid TOML")
+    # No targets; an unknown duration; an unknown zone ([jobs.NAME] form).
+    _config_error(tmp_path, state + '[jobs.house]\nsource = "x.csv"\ntargets = []\n',
+                  "backdate.toml:5:", "jobs.house.targets")
+    _config_error(tmp_path, state + '[jobs.house]\n' + good + 'interval = "often"\n',
+                  "backdate.toml:6:", "interval", "not a duration")
+    _config_error(tmp_path, state + '[jobs.house]\n' + good + 'tz = "Mars/Olympus"\n',
+                  "backdate.toml:6:", "unknown time zone")
+    # HA needs a statistic id to find its newest hour.
+    _config_error(tmp_path, state + '[jobs.house]\nsource = "x.csv"\n'
+                  'targets = ["sqlite:////tmp/none.db"]\n', "statistic_id", "jobs.house"[5:])
+    # "ha" means $HA_URL, which is not set.
+    _config_error(tmp_path, state + '[jobs.house]\nsource = "x.csv"\ntargets = ["ha"]\n'
+                  'statistic_id = "backdate:x"\n', "HA_URL")
+    # A bad environment variable is named.
+    _config_error(tmp_path, state + '[jobs.house]\n' + good, "INITIAL_SYNC_DAYS",
+                  env=env_for(INITIAL_SYNC_DAYS="a week"))
+    # A secret in a URL never reaches the output, even when the job is wrong.
+    _config_error(tmp_path, state + '[jobs.house]\nsource = '
+                  '"influxdb://u:hunter2secret@127.0.0.1:1/x?measurement=m&field=f"\n'
+                  'targets = ["influxdb://127.0.0.1:1/y?token=tok3nsecret"]\nkind = "watts"\n',
+                  "backdate.toml:6:", "kind", secret="hunter2secret")
+    # Unknown job and missing file.
+    path = write_config(tmp_path, [{"name": "a", "source": "x.csv", "targets": ["y"]}])
+    proc = sync(path, "--once", "--job", "b", expect=1)
+    assert "no job named 'b'" in proc.stderr
+    proc = sync(tmp_path / "nope.toml", "--once", expect=1)
+    assert "nope.toml" in proc.stderr
+
+
+def test_config_forms_defaults_and_environment(tmp_path: Path) -> None:
+    """Both job forms; [sync] defaults; the environment overrides the file (system 3's names);
+    "ha"/"influxdb" targets come from HA_URL/INFLUXDB_URL; a relative state file sits next to
+    the configuration, the default one in $XDG_STATE_HOME."""
+    from backdate.config import load_config
+
+    path = tmp_path / "backdate.toml"
+    path.write_text("""
+[sync]
+state_file = "state/sync.db"
+sync_buffer_hours = 6
+interval = "30m"
+jitter = 20
+
+[[sync.jobs]]
+name = "pw"
+source = "influxdb://127.0.0.1:8086/pw?measurement=http&field=home"
+targets = ["ha", "influxdb"]
+statistic_id = "backdate:pw"
+initial_sync_days = 3
+
+[jobs.meter]
+source = "wattivahti:?refresh_token_file=rt.txt"
+targets = ["influxdb://127.0.0.1:8086/energy"]
+correction_days = 7
+interval = "2h"
+""")
+    env = {"HA_URL": "http://ha.local:8123", "INFLUXDB_URL": "influxdb://127.0.0.1:8086/e"}
+    cfg = load_config(path, env)
+    assert cfg.state_file == tmp_path / "state" / "sync.db"
+    pw, meter = cfg.jobs
+    assert pw.name == "pw"
+    assert pw.targets == ["http://ha.local:8123", "influxdb://127.0.0.1:8086/e"]
+    assert (pw.initial_sync, pw.buffer, pw.correction) == (3 * DAY, 6 * HOUR, 30 * DAY)
+    assert (pw.interval, pw.jitter, pw.metering_point) == (1800, 20, "pw")
+    assert meter.name == "meter" and meter.interval == 7200 and meter.correction == 7 * DAY
+    assert meter.initial_sync == 30 * DAY and meter.metering_point == "meter"
+    env |= {"INITIAL_SYNC_DAYS": "7", "SYNC_BUFFER_HOURS": "2",
+            "WATTIVAHTI_METERING_POINT": "1234567"}
+    pw, meter = load_config(path, env).jobs
+    assert (pw.initial_sync, pw.buffer) == (7 * DAY, 2 * HOUR)  # the environment wins
+    assert (meter.initial_sync, meter.buffer, meter.metering_point) == (7 * DAY, 2 * HOUR,
+                                                                        "1234567")
+    assert pw.metering_point == "pw"  # not a WattiVahti job
+    # WattiVahti-sync users have INFLUXDB_URL=http://host:8086 (2.x, token/org/bucket in env)
+    env["INFLUXDB_URL"] = "http://127.0.0.1:8086"
+    assert load_config(path, env).jobs[0].targets[1] == "influxdb2://"
+    path.write_text('[jobs.x]\nsource = "a.csv"\ntargets = ["influxdb://h/db"]\n')
+    assert load_config(path, {"XDG_STATE_HOME": str(tmp_path / "xdg")}).state_file == (
+        tmp_path / "xdg" / "backdate" / "sync.db")
+
+
+# --------------------------------------------------------------------------- a Powerwall series
+
+
+def test_powerwall_power_becomes_hourly_energy_in_ha_and_influxdb(
+        ha: HomeAssistant, influx_db: InfluxDatabase, tmp_path: Path) -> None:
+    """Watts every 10 s -> HA's hourly change (SQLite while HA runs, and through its API) and
+    an InfluxDB target equal InfluxDB's own integral per hour; a second run writes nothing;
+    --verify agrees."""
+    now_hour = current_hour()
+    influx_db.write(powerwall_lines(now_hour - 3 * DAY, int(time.time())))
+    sid_db = f"backdate:pw_db_{uuid.uuid4().hex[:6]}"
+    sid_api = f"backdate:pw_api_{uuid.uuid4().hex[:6]}"
+    target_db = influx_db.client.create_database("sync_target")
+    target_url = f"influxdb://{influx_db.host_port}/{target_db}"
+    sid_raw = f"backdate:pw_raw_{uuid.uuid4().hex[:6]}"
+    raw_job = power_job("house_raw", influx_db, [ha.db_url, target_url], sid_raw)
+    raw_job["source"] = source_url(influx_db, integral="backdate")  # raw samples, our engine
+    config = write_config(tmp_path, [
+        power_job("house", influx_db, [ha.db_url, target_url], sid_db),
+        power_job("house_api", influx_db, ["ha"], sid_api),
+        raw_job,
+    ], initial_sync_days=4, correction_days=30)
+    env = env_for(ha, HA_URL=ha.url)
+    first = sync(config, "--once", env=env)
+    assert "job house: ok" in first.stdout and "job house_api: ok" in first.stdout
+    assert ha.token not in first.stdout + first.stderr
+
+    start, end = now_hour - 3 * DAY, now_hour
+    expected = influx_integrals(influx_db, list(range(start, end, HOUR)))
+    assert len(expected) == 72
+    assert_hours_equal(ha_hours(ha, sid_db, start, end, 72), expected, "HA (SQLite path)")
+    assert_hours_equal(ha_hours(ha, sid_api, start, end, 72), expected, "HA (WebSocket API)")
+    assert_hours_equal(ha_hours(ha, sid_raw, start, end, 72), expected,
+                       "HA (raw samples integrated by backdate's engine)")
+    target = InfluxDatabase(influx_db.server, influx_db.client, target_db)
+    for point in ("house", "house_raw"):
+        held = target_points(target, point)
+        assert_hours_equal(held, expected, f"InfluxDB target ({point})")
+        assert set(held) == set(expected)
+    # Nothing of the running hour (only complete hours are synced).
+    assert not ha_hours(ha, sid_db, current_hour(), current_hour() + HOUR, 0)
+
+    # The cursor each target reported: its newest complete hour, through both HA paths.
+    con = sqlite3.connect(tmp_path / "state" / "sync.db")
+    latest = dict(con.execute("SELECT job, latest FROM cursors WHERE target LIKE 'sqlite%' "
+                              "OR target LIKE 'http%'").fetchall())
+    con.close()
+    assert set(latest) == {"house", "house_api", "house_raw"}
+    assert set(latest.values()) <= {now_hour, current_hour()}
+    second = sync(config, "--once", env=env)
+    assert len(re.findall(r" 0 points written", second.stdout)) == 3, second.stdout
+    verify = sync(config, "--verify", env=env)
+    assert verify.stdout.count("source and every target agree") == 3, verify.stdout
+    assert [r[1] for r in runs(tmp_path)] == ["ok"] * 6
+    # The state file is only a record: lost, the next run finds its place from the targets.
+    for leftover in (tmp_path / "state").glob("sync.db*"):
+        leftover.unlink()
+    third = sync(config, "--once", env=env)
+    assert len(re.findall(r" 0 points written", third.stdout)) == 3, third.stdout
+    sync(config, "--verify", env=env)
+    influx_db.client.drop_database(target_db)
+
+
+# -------------------------------------------------------------------- interrupted and resumed
+
+
+def test_killed_and_failed_runs_resume_with_no_gap_and_no_duplicate(
+        ha: HomeAssistant, influx_db: InfluxDatabase, tmp_path: Path) -> None:
+    """The sync was off for 45 days (longer than the 30-day correction window); the next run
+    is killed mid-way, then the InfluxDB target is down for one run; the runs after fill
+    exactly what is missing: every hour once, equal to InfluxDB's integral, in both targets."""
+    now_hour = current_hour()
+    data_start, off_since = now_hour - 60 * DAY, now_hour - 45 * DAY
+    influx_db.write(powerwall_lines(data_start, off_since, step=30))
+    sid = f"backdate:pw_resume_{uuid.uuid4().hex[:6]}"
+    target_port = free_port()
+    target_root = tmp_path / "influx_target"
+    target_server = InfluxServer(target_root, port=target_port).start()
+    target_server.client().query('CREATE DATABASE "sync_target"', post=True)
+    target_url = f"influxdb://127.0.0.1:{target_port}/sync_target?retries=1"
+    config = write_config(tmp_path, [power_job("house", influx_db, [ha.db_url, target_url],
+                                               sid)],
+                          initial_sync_days=61, correction_days=30, sync_buffer_hours=24)
+    try:
+        sync(config, "--once")  # both targets hold data up to 45 days ago
+        off_hours = ha_hours(ha, sid, data_start, now_hour, 1)
+        assert max(off_hours) == off_since - HOUR
+        # Then the source fills up to now (the sync was off), and the next run is killed.
+        influx_db.write(powerwall_lines(off_since, int(time.time()), step=30))
+        assert _kill_mid_run(config, tmp_path), "the run ended before it could be killed"
+        assert runs(tmp_path)[-1][1] == "running", "the killed run stays recorded as unfinished"
+        # The InfluxDB target is down for the next run: HA is written, the failure is named.
+        target_server.stop()
+        down = sync(config, "--once", expect=3)
+        assert f"127.0.0.1:{target_port}" in down.stderr and "error" in down.stderr
+        assert runs(tmp_path)[-1][1] == "failed" and f"127.0.0.1:{target_port}" in \
+            runs(tmp_path)[-1][3]
+        target_server = InfluxServer(target_root, port=target_port).start()
+        sync(config, "--once")
+        start, end = data_start, now_hour
+        expected = influx_integrals(influx_db, list(range(start, end, HOUR)))
+        assert len(expected) == 60 * 24
+        assert_hours_equal(ha_hours(ha, sid, start, end, 60 * 24), expected, "HA")
+        client = target_server.client()
+        target = InfluxDatabase(target_server, client, "sync_target")
+        held = target_points(target, "house")  # fails on any duplicate
+        assert_hours_equal({h: v for h, v in held.items() if h < end}, expected, "InfluxDB")
+        assert set(held) - set(expected) <= set(range(end, current_hour(), HOUR))
+        client.close()
+        sync(config, "--verify")
+    finally:
+        target_server.stop()
+
+
+def _kill_mid_run(config: Path, config_dir: Path) -> bool:
+    """Start a sync and SIGKILL it as soon as its run is recorded (before it ends)."""
+    before = len(runs(config_dir))
+    proc = subprocess.Popen([BACKDATE, "sync", "--config", str(config), "--once"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for())
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if len(runs(config_dir)) > before:
+                    time.sleep(0.05)
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(30)
+                    return proc.returncode == -signal.SIGKILL
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.005)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+# ------------------------------------------------------------------ corrections and --verify
+
+
+def test_correction_of_last_week_reaches_both_targets_without_a_seam(
+        ha: HomeAssistant, influx_db: InfluxDatabase, tmp_path: Path) -> None:
+    """The source corrects one hour six days ago: --verify lists exactly that hour for both
+    targets (exit 1); the next run rewrites it in HA (hourly change = corrected energy, every
+    later sum moved by the same amount, nothing else changed) and in the InfluxDB target (one
+    point replaced, none added). A point deleted from the target is listed as missing and
+    filled by the next run."""
+    now_hour = current_hour()
+    data_start = now_hour - 10 * DAY
+    influx_db.write(powerwall_lines(data_start, int(time.time()), step=60))
+    sid = f"backdate:pw_fix_{uuid.uuid4().hex[:6]}"
+    target_db = influx_db.client.create_database("sync_fix")
+    config = write_config(tmp_path, [power_job(
+        "house", influx_db, [ha.db_url, f"influxdb://{influx_db.host_port}/{target_db}"],
+        sid, tz="Europe/Vienna")], initial_sync_days=11)
+    target = InfluxDatabase(influx_db.server, influx_db.client, target_db)
+    try:
+        sync(config, "--once")
+        end = now_hour
+        hours = list(range(data_start, end, HOUR))
+        old_change = ha_hours(ha, sid, data_start, end, len(hours))
+        old_sum = ha_sums(ha, sid, data_start, end)
+        old_points = target_points(target, "house")
+        assert_hours_equal(old_change, influx_integrals(influx_db, hours), "HA before")
+
+        fixed = now_hour - 6 * DAY + 5 * HOUR
+        # Samples strictly inside the hour: only this hour's integral changes.
+        influx_db.write(powerwall_lines(fixed + 60, fixed + HOUR - 60, step=60, extra=1500))
+        new_energy = influx_integrals(influx_db, [fixed])[fixed]
+        delta = new_energy - old_change[fixed]
+        assert delta > 1.3
+
+        listed = sync(config, "--verify", expect=1)
+        assert "1 hours differ" in listed.stdout, listed.stdout
+        stamp = f"{datetime.fromtimestamp(fixed, UTC):%Y-%m-%d %H:%M}"
+        assert stamp in listed.stdout and f"{new_energy:.6f}" in listed.stdout
+
+        sync(config, "--once")
+        new_change = ha_hours(ha, sid, data_start, end, len(hours))
+        new_sum = ha_sums(ha, sid, data_start, end)
+        assert abs(new_change[fixed] - new_energy) < TOL
+        for h in hours:
+            if h != fixed:
+                assert abs(new_change[h] - old_change[h]) < TOL, _when(h)
+            moved = delta if h >= fixed else 0.0
+            assert abs(new_sum[h] - (old_sum[h] + moved)) < TOL, f"seam at {_when(h)}"
+        new_points = target_points(target, "house")
+        assert set(new_points) == set(old_points)
+        assert abs(new_points[fixed] - new_energy) < TOL
+        assert all(abs(new_points[h] - old_points[h]) < TOL for h in hours if h != fixed)
+        sync(config, "--verify")
+
+        gone = now_hour - 2 * DAY
+        target.client.query(f"DELETE FROM electricity_consumption WHERE time = {gone}s",
+                            target_db, post=True)
+        listed = sync(config, "--verify", expect=1)
+        assert "1 hours differ" in listed.stdout and "missing" in listed.stdout
+        sync(config, "--once")
+        assert abs(target_points(target, "house")[gone] - new_change[gone]) < TOL
+        sync(config, "--verify")
+    finally:
+        influx_db.client.drop_database(target_db)
+
+
+# ------------------------------------------------------------------------------ locking
+
+
+def test_a_second_run_of_the_same_job_exits_or_waits(tmp_path: Path) -> None:
+    """While one run holds the job's lock, another exits 4 with a clear message; with --wait
+    it runs as soon as the first is done. Another job is not blocked."""
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    db = create_recorder_sqlite(tmp_path / "ha.db")
+    csv = tmp_path / "house.csv"
+    hour = current_hour()
+    csv.write_text("start,delta\n" + "".join(f"{hour - i * HOUR},0.25\n"
+                                             for i in range(48, 0, -1)))
+    job = {"source": str(csv), "targets": [f"sqlite:///{db}"], "initial_sync_days": 5}
+    config = write_config(tmp_path, [{"name": "house", "statistic_id": "backdate:h1", **job},
+                                     {"name": "other", "statistic_id": "backdate:h2", **job}])
+    state_file = tmp_path / "state" / "sync.db"
+    release = threading.Event()
+    held = threading.Event()
+
+    def holder() -> None:
+        with job_lock(state_file, "house", wait=False):
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(10)
+        busy = sync(config, "--once", "--job", "house", expect=4)
+        assert "job 'house' is already running" in busy.stderr
+        assert f"pid {os.getpid()}" in busy.stderr and "--wait" in busy.stderr
+        sync(config, "--once", "--job", "other")  # another job runs meanwhile
+        started = time.monotonic()
+        waiting = subprocess.Popen([BACKDATE, "sync", "--config", str(config), "--once",
+                                    "--job", "house", "--wait"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env_for())
+        time.sleep(3)
+        assert waiting.poll() is None, "--wait must wait while the lock is held"
+        release.set()
+        out, err = waiting.communicate(timeout=120)
+        assert waiting.returncode == 0, err
+        assert time.monotonic() - started >= 3
+        assert "job house: ok" in out
+    finally:
+        release.set()
+        thread.join()
+
+
+# ----------------------------------------------------------------------- the scheduler loop
+
+
+def test_loop_survives_a_failing_source_and_retries(tmp_path: Path) -> None:
+    """A source that fails is logged with its cause and recorded; the loop runs it again next
+    round and succeeds once the source is back; SIGTERM ends the loop cleanly."""
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    db = create_recorder_sqlite(tmp_path / "ha.db")
+    dead = free_port()
+    source = (f"influxdb://127.0.0.1:{dead}/pw?measurement={MEASUREMENT}&field={FIELD}"
+              "&kind=power&retries=1")
+    config = write_config(tmp_path, [{"name": "house", "source": source,
+                                      "targets": [f"sqlite:///{db}"],
+                                      "statistic_id": "backdate:loop"}],
+                          interval="1s", jitter="0s", initial_sync_days=1)
+    proc = subprocess.Popen([BACKDATE, "sync", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env_for())
+    server: InfluxServer | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum(r[1] == "failed" for r in _runs(tmp_path)) < 2:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        failed = [r for r in _runs(tmp_path) if r[1] == "failed"]
+        assert len(failed) >= 2 and f"127.0.0.1:{dead}" in failed[0][3]
+        server = InfluxServer(port=dead).start()
+        client = server.client()
+        client.query('CREATE DATABASE "pw"', post=True)
+        hour = current_hour()
+        client.write("pw", powerwall_lines(hour - DAY - HOUR, int(time.time()), step=60))
+        while time.monotonic() < deadline and not any(r[1] == "ok" for r in _runs(tmp_path)):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        assert any(r[1] == "ok" and r[2] > 0 for r in _runs(tmp_path))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "failed; next round" not in err  # failures are reported, not crashes
+        assert f"127.0.0.1:{dead}" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if server is not None:
+            server.stop()
+
+
+def test_mqtt_status_sensors_follow_the_job(tmp_path: Path) -> None:
+    """An mqtt:// target (the real Mosquitto) gets HA discovery sensors for the job: the last
+    complete local day's energy and status `ok`; a failing source turns the status into
+    `error` with the cause, and the day's energy stays."""
+    import paho.mqtt.client as mqtt
+
+    from backdate.targets.fresh import create_recorder_sqlite
+    from backdate.targets.mqtt import open_mqtt_target
+
+    db = create_recorder_sqlite(tmp_path / "ha.db")
+    csv = tmp_path / "house.csv"
+    hour = current_hour()
+    csv.write_text("start,delta\n" + "".join(f"{hour - i * HOUR},{0.1 + (i % 5) * 0.05:.2f}\n"
+                                             for i in range(72, 0, -1)))
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    broker = f"mqtt://127.0.0.1:1883?prefix={tag}_ha&topic={tag}"
+    config = write_config(tmp_path, [{"name": "house", "source": str(csv),
+                                      "targets": [f"sqlite:///{db}", broker],
+                                      "statistic_id": "backdate:mqtt_house",
+                                      "tz": "Europe/Vienna", "initial_sync_days": 5}])
+
+    def retained() -> dict[str, str]:
+        got: dict[str, str] = {}
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.on_message = lambda _c, _u, msg: got.__setitem__(msg.topic, msg.payload.decode())
+        client.connect("127.0.0.1", 1883)
+        client.subscribe([(f"{tag}/#", 1), (f"{tag}_ha/#", 1)])
+        client.loop_start()
+        time.sleep(1.5)
+        client.loop_stop()
+        client.disconnect()
+        return got
+
+    try:
+        sync(config, "--once")
+        held = retained()
+        assert held[f"{tag}/house/sync_status/state"] == "ok"
+        configs = [t for t in held if t.startswith(f"{tag}_ha/sensor/") and
+                   t.endswith("/config")]
+        assert len(configs) >= 3
+        day_topic = next(t for t in held if "/last_day_" in t and t.endswith("/state"))
+        vienna = ZoneInfo("Europe/Vienna")
+        attrs = json.loads(held[day_topic + "/attributes"])
+        day_start = datetime.fromisoformat(attrs["day_start"])
+        day_end = (day_start.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=vienna)
+        expected = sum(0.1 + (i % 5) * 0.05 for i in range(72, 0, -1)
+                       if day_start.timestamp() <= hour - i * HOUR < day_end.timestamp())
+        assert abs(float(held[day_topic]) - expected) < 1e-6
+        assert day_end.timestamp() <= hour  # a complete day
+
+        csv.unlink()
+        failed = sync(config, "--once", expect=1)
+        assert "house.csv" in failed.stderr
+        held = retained()
+        assert held[f"{tag}/house/sync_status/state"] == "error"
+        assert "house.csv" in held[f"{tag}/house/sync_status/state/attributes"]
+        assert abs(float(held[day_topic]) - expected) < 1e-6
+    finally:
+        target = open_mqtt_target(broker)
+        target.remove("house")
+        target.close()
+
+
+def _runs(config_dir: Path) -> list[tuple[Any, ...]]:
+    try:
+        return runs(config_dir)
+    except sqlite3.OperationalError:
+        return []
+
