@@ -1,7 +1,9 @@
 """Read energy history from CSV, TSV and JSON files into `Series`.
 
 Formats (PRODUCT.md, "The command line"): backdate's canonical CSV/TSV/JSON, the MeterMan CSV
-that aamcrae/ha-backfill reads, and the CSV/TSV/JSON of klausj1/homeassistant-statistics.
+that aamcrae/ha-backfill reads, the CSV/TSV/JSON of klausj1/homeassistant-statistics, and the
+Wiener Netze `bewegungsdaten` and WattiVahti `meterdata2` JSON answers (parsed by
+sources/wnsm.py and sources/wattivahti.py).
 
 Files are streamed: rows are gathered in chunks of strings, each chunk is converted column-wise
 (numpy for numbers, `TimeParser.parse_many` for times) and appended to `array('d')` buffers, so
@@ -80,6 +82,7 @@ class _Table:
     kind: Kind | None = None
     name: str | None = None
     tz: str | None = None
+    ready: list[Series] | None = None  # a utility portal's answer, read by its own parser
 
     @property
     def lower(self) -> list[str]:
@@ -273,6 +276,8 @@ def _quoted_chunks(
 
 
 def _dispatch(table: _Table, opts: _Options) -> list[Series]:
+    if table.ready is not None:
+        return table.ready
     lower = table.lower
     if lower and lower[0].startswith("#date"):
         return _meterman(table, opts)
@@ -1150,6 +1155,9 @@ def _str_field(doc: dict[str, Any], key: str, opts: _Options) -> str | None:
 
 def _json_table(text: str, opts: _Options) -> _Table:
     doc = _JsonScan(text, opts.path).document()
+    portal = _portal_answer(doc, opts)
+    if portal is not None:
+        return _Table([], iter(()), 0, True, json=True, ready=portal)
     if isinstance(doc, dict) and "entities" in doc and "readings" not in doc:
         return _klausj1_json(doc, opts)
     meta: dict[str, Any] = {}
@@ -1190,6 +1198,19 @@ def _json_table(text: str, opts: _Options) -> _Table:
         kind=kind,
         name=_str_field(meta, "name", opts),
     )
+
+
+def _portal_answer(doc: Any, opts: _Options) -> list[Series] | None:
+    """Wiener Netze `bewegungsdaten` and WattiVahti `meterdata2` answers saved as files."""
+    if isinstance(doc, dict) and "descriptor" in doc and "values" in doc:
+        from backdate.sources.wnsm import bewegungsdaten_file
+
+        return bewegungsdaten_file(doc, opts.path)
+    if isinstance(doc, dict) and "getconsumptionsresult" in doc:
+        from backdate.sources.wattivahti import meterdata2_file
+
+        return meterdata2_file(doc, opts.path, opts.tz)
+    return None
 
 
 def _klausj1_json(doc: dict[str, Any], opts: _Options) -> _Table:
