@@ -51,6 +51,15 @@ BUSY_TIMEOUT = 60.0  # seconds SQLite waits for HA's write lock per attempt
 RETRY_FOR = 120.0  # total seconds we keep retrying a locked database
 REL_TOL = 1e-9  # read-back tolerance (relative)
 UPSERT_ROWS = 100  # rows per upsert statement: <= 7 x 100 parameters, under SQLite's 999
+LOCK_WAIT = 10.0  # seconds one server statement waits for a row/table lock before we retry
+INLINE_ROWS = 10_000  # MariaDB/MySQL rows per inline multi-row statement (~0.7 MB of SQL)
+COPY_ROWS = 50_000  # PostgreSQL rows per COPY + INSERT ... SELECT round
+# Environment: the retry budget in seconds (default RETRY_FOR), and the server bulk path:
+# "auto" (COPY on PostgreSQL, inline multi-row VALUES on MariaDB/MySQL) or "values" (the
+# parameterised 100-row VALUES through the driver's executemany: the path before the bulk
+# work, kept for the benchmark).
+RETRY_ENV = "BACKDATE_RETRY_FOR"
+BULK_ENV = "BACKDATE_BULK"
 PROGRESS_STATEMENTS = 50  # multi-row statements between progress reports
 
 STAT_TABLES = (Table.HOURLY.value, Table.SHORT_TERM.value)
@@ -264,7 +273,8 @@ def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     code = orig.args[0] if orig is not None and orig.args else None
     if code in (1205, 1213):  # MySQL/MariaDB lock wait timeout, deadlock
         return True
-    return getattr(orig, "sqlstate", None) in ("40001", "40P01")
+    # PostgreSQL: serialization failure, deadlock, lock_timeout expired (lock_not_available)
+    return getattr(orig, "sqlstate", None) in ("40001", "40P01", "55P03")
 
 
 def _sqlite_engine(path: Path, busy_timeout: float) -> Engine:
@@ -316,14 +326,38 @@ def _driver_url(url: str) -> sa.URL:
     return parsed.set(drivername=driver)
 
 
+def retry_budget() -> float:
+    """Seconds to keep retrying a locked database: $BACKDATE_RETRY_FOR, else RETRY_FOR."""
+    raw = os.environ.get(RETRY_ENV)
+    if raw is None or not raw.strip():
+        return RETRY_FOR
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{RETRY_ENV}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{RETRY_ENV}={raw!r} must be zero or more seconds")
+    return value
+
+
+def _bulk_mode() -> str:
+    mode = os.environ.get(BULK_ENV, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "values"):
+        raise UsageError(f"{BULK_ENV}={mode!r}: use 'auto' or 'values'")
+    return mode
+
+
 def open_recorder(
-    url: str, *, busy_timeout: float = BUSY_TIMEOUT, retry_for: float = RETRY_FOR
+    url: str, *, busy_timeout: float = BUSY_TIMEOUT, retry_for: float | None = None
 ) -> RecorderDatabase:
     """Open HA's recorder database from its db_url and check its schema.
 
     Raises TargetError (exit 3) when it can't be opened, RefusedError (exit 1) when it isn't a
-    recorder database of a schema backdate can write.
+    recorder database of a schema backdate can write. `retry_for` defaults to
+    `retry_budget()`.
     """
+    if retry_for is None:
+        retry_for = retry_budget()
     parsed = _driver_url(url)
     masked = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() != "sqlite":
@@ -346,22 +380,32 @@ def open_recorder(
         raise
 
 
-def _server_engine(parsed: sa.URL) -> Engine:
+def _server_engine(parsed: sa.URL, lock_wait: float) -> Engine:
     """An engine on MariaDB/MySQL (pymysql) or PostgreSQL (psycopg 3), set up as HA does (§7).
 
     MySQL: charset utf8mb4 and session time_zone '+00:00' (DATETIME values are UTC), InnoDB's
-    default REPEATABLE READ. PostgreSQL: READ COMMITTED (the default). A small pool: planning
+    default REPEATABLE READ. PostgreSQL: READ COMMITTED (the default). No pool: planning
     makes a handful of short reads, each in its own transaction.
+
+    Both wait at most `lock_wait` seconds for a lock (InnoDB's default is 50 s, MariaDB's
+    metadata lock wait a year, PostgreSQL's forever): a statement that cannot get its lock
+    fails fast, the transaction rolls back whole and `_write` retries it within its budget,
+    so backdate never sits in a lock queue in front of Home Assistant's own writes.
     """
     backend = parsed.get_backend_name()
     if backend == "mysql":
         query = dict(parsed.query)
         query["charset"] = "utf8mb4"
         parsed = parsed.set(query=query)
+        seconds = max(1, math.ceil(lock_wait))
+        init = (f"SET time_zone = '+00:00', innodb_lock_wait_timeout = {seconds}, "
+                f"lock_wait_timeout = {seconds}")
         engine = sa.create_engine(parsed, poolclass=NullPool,
-                                  connect_args={"init_command": "SET time_zone = '+00:00'"})
+                                  connect_args={"init_command": init})
     elif backend == "postgresql":
-        engine = sa.create_engine(parsed, poolclass=NullPool)
+        millis = max(1, math.ceil(lock_wait * 1000))
+        engine = sa.create_engine(parsed, poolclass=NullPool,
+                                  connect_args={"options": f"-c lock_timeout={millis}"})
     else:  # pragma: no cover - _URL_DRIVERS only maps onto these
         raise UsageError(f"unsupported database backend {backend!r}")
     return engine
@@ -370,7 +414,9 @@ def _server_engine(parsed: sa.URL) -> Engine:
 def _open_server(parsed: sa.URL, masked: str, retry_for: float) -> RecorderDatabase:
     if not parsed.database:
         raise UsageError(f"{masked} names no database; add /DATABASE to the URL")
-    engine = _server_engine(parsed)
+    # Each attempt waits for a lock at most a third of the budget (and at most LOCK_WAIT), so
+    # a lock held a few seconds is waited out and one held past the budget fails in time.
+    engine = _server_engine(parsed, min(LOCK_WAIT, max(retry_for / 3, 1.0)))
     try:
         return RecorderDatabase(engine, url=masked, kind=parsed.get_backend_name(),
                                 retry_for=retry_for)
@@ -387,7 +433,11 @@ def _open_server(parsed: sa.URL, masked: str, retry_for: float) -> RecorderDatab
 class _Prepared:
     """One table's upserts as DBAPI parameters, built before the transaction to keep it short.
 
-    `batches` pairs a rows-per-statement count with the flattened parameter tuples for it.
+    `columns` holds start_ts and the `bound` value columns (None for NULL). `batches` pairs a
+    rows-per-statement count with the flattened parameter tuples for it (the parameterised
+    path: SQLite, and servers with BACKDATE_BULK=values); `arrays` is the same columns as
+    float arrays, NaN for NULL (the bulk paths: COPY on PostgreSQL, inline VALUES on
+    MariaDB/MySQL).
     """
 
     plan: TablePlan
@@ -395,6 +445,12 @@ class _Prepared:
     created_ts: float
     bound: tuple[str, ...] = ()
     batches: list[tuple[int, list[tuple[Any, ...]]]] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.arrays[0]) if self.arrays else sum(
+            n * len(params) for n, params in self.batches)
 
 
 @dataclass(slots=True)
@@ -785,7 +841,7 @@ class RecorderDatabase:
         """
         self._check_plan(plan)
         prepared = self._prepare(plan)
-        if not any(p.batches or _has_shift(p.plan) for p in prepared):
+        if not any(p.rows or _has_shift(p.plan) for p in prepared):
             return
         written = self._write(
             lambda conn: self._write_plan(conn, plan, prepared, allow_unit_change, progress)
@@ -801,7 +857,7 @@ class RecorderDatabase:
             self._check_plan(plan)
         work = [(plan, self._prepare(plan)) for plan in plans]
         work = [(plan, prep) for plan, prep in work
-                if any(p.batches or _has_shift(p.plan) for p in prep)]
+                if any(p.rows or _has_shift(p.plan) for p in prep)]
         if not work:
             return
         offset = 0
@@ -883,6 +939,8 @@ class RecorderDatabase:
         C-level loops; `created_ts` is one 'now' per plan.
         """
         now = time.time()
+        dialect = self._engine.dialect.name
+        bulk = dialect in ("mysql", "postgresql") and _bulk_mode() == "auto"
         out = []
         for tp in plan.tables:
             prepared = _Prepared(plan=tp, name=tp.table.value, created_ts=now)
@@ -891,6 +949,7 @@ class RecorderDatabase:
             if not len(block):
                 continue
             columns = [block.start_ts.tolist()]
+            arrays = [block.start_ts.astype(np.float64)]
             bound = []
             for col in VALUE_COLUMNS:
                 arr = block.column(col)
@@ -911,11 +970,17 @@ class RecorderDatabase:
                         "in every row"
                     )
                 bound.append(col)
+                arrays.append(arr.astype(np.float64))
+                if bulk:
+                    continue
                 values = arr.tolist()
                 if np.isnan(arr).any():
                     values = [None if v != v else v for v in values]
                 columns.append(values)
             prepared.bound = tuple(bound)
+            if bulk:
+                prepared.arrays = arrays
+                continue
             flat = [v for row in zip(*columns, strict=True) for v in row]
             width = len(columns)
             step = UPSERT_ROWS * width
@@ -954,6 +1019,13 @@ class RecorderDatabase:
             if plan.metadata_exists:
                 self._check_seams(conn, metadata_id, p.plan, plan.meta.statistic_id)
             legacy = self.schema.legacy(p.name)
+            if p.arrays:
+                bulk = _copy_upsert if conn.dialect.name == "postgresql" else _inline_upsert
+                fresh = not plan.metadata_exists
+                for rows in bulk(conn, p, metadata_id, legacy, fresh):
+                    done += rows
+                    if progress is not None:
+                        progress(done)
             for rows, params in p.batches:
                 sql = _upsert_sql(
                     conn.dialect,
@@ -1308,6 +1380,138 @@ def _verify_block(sid: str, name: str, block: RowBlock, got: list[tuple[Any, ...
             )
 
 
+def _literals(column: np.ndarray, dialect: str) -> list[str]:
+    """One column as SQL/COPY text literals, NaN as NULL. repr() is Python's shortest
+    round-trip form, so the server parses back the very same double (as pymysql does, MySQL
+    gets an 'e0' so the literal is a DOUBLE, not a DECIMAL); NULL is COPY's \\N on
+    PostgreSQL."""
+    null = "\\N" if dialect == "postgresql" else "NULL"
+    values = column.tolist()
+    if np.isnan(column).any():
+        out = [null if v != v else repr(v) for v in values]
+    else:  # the usual case: map() keeps the loop in C
+        out = list(map(repr, values))
+    if dialect == "mysql":
+        out = [v if v == null or "e" in v else v + "e0" for v in out]
+    return out
+
+
+def _upsert_tail(dialect: sa.Dialect, legacy: Sequence[str], *, fresh: bool = False) -> str:
+    """The ON DUPLICATE KEY / ON CONFLICT clause of the bulk paths; none for a `fresh`
+    statistic, whose metadata row this very transaction inserted: no other transaction can
+    hold rows for it, and a plain INSERT skips the conflict check (a third of PostgreSQL's
+    insert time)."""
+    if fresh:
+        return ""
+    q = dialect.identifier_preparer.quote
+    if dialect.name == "mysql":
+        sets = [f"{q(c)} = VALUES({q(c)})" for c in VALUE_COLUMNS]
+        sets += [f"{q(c)} = NULL" for c in legacy]
+        return f" ON DUPLICATE KEY UPDATE {', '.join(sets)}"
+    sets = [f"{q(c)} = excluded.{q(c)}" for c in VALUE_COLUMNS]
+    sets += [f"{q(c)} = NULL" for c in legacy]
+    return f" ON CONFLICT ({q('metadata_id')}, {q('start_ts')}) DO UPDATE SET {', '.join(sets)}"
+
+
+@contextlib.contextmanager
+def _driver_cursor(conn: Connection) -> Iterator[Any]:
+    """The DBAPI cursor of the transaction's own connection (for COPY and pre-built SQL),
+    its errors wrapped as SQLAlchemy's would be, so `_write` sees a lock wait timeout or a
+    deadlock as retryable and anything else rolls back as usual."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(None, None, exc, dbapi_error) from exc
+    finally:
+        cursor.close()
+
+
+def _inline_upsert(conn: Connection, p: _Prepared, metadata_id: int,
+                   legacy: Sequence[str], fresh: bool) -> Iterator[int]:
+    """MariaDB/MySQL: INLINE_ROWS rows per multi-row INSERT ... ON DUPLICATE KEY UPDATE, the
+    numbers written as literals. pymysql's executemany cannot rewrite a statement with
+    literals in it, so the parameterised path pays one round trip and a Python-level escape
+    per 100 rows; here ten years of hours are nine statements. Yields rows written."""
+    q = conn.dialect.identifier_preparer.quote
+    cols = ["created_ts", "metadata_id", "start_ts", *VALUE_COLUMNS, *legacy]
+    slots = iter(range(1, len(p.arrays)))
+    fixed = f"({_literals(np.array([p.created_ts]), 'mysql')[0]},{int(metadata_id)},"
+    parts = ["{}", *("{}" if c in p.bound else "NULL" for c in VALUE_COLUMNS),
+             *(["NULL"] * len(legacy))]
+    template = fixed + ",".join(parts) + ")"
+    order = [0, *(next(slots) for c in VALUE_COLUMNS if c in p.bound)]
+    head = f"INSERT INTO {q(p.name)} ({', '.join(q(c) for c in cols)}) VALUES "
+    tail = _upsert_tail(conn.dialect, legacy, fresh=fresh)
+    literals = [_literals(a, "mysql") for a in p.arrays]
+    total = len(literals[0])
+    with _driver_cursor(conn) as cursor:
+        for lo in range(0, total, INLINE_ROWS):
+            hi = min(lo + INLINE_ROWS, total)
+            columns = [literals[k][lo:hi] for k in order]
+            values = ",".join(template.format(*row) for row in zip(*columns, strict=True))
+            cursor.execute(head + values + tail)
+            yield hi - lo
+
+
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, no extension
+
+
+def _copy_binary(columns: list[np.ndarray]) -> bytes:
+    """Rows of doubles (no NULLs) in PostgreSQL's binary COPY format, built by numpy in one
+    pass: per row a field count, then per field its length (8) and the big-endian IEEE
+    double. Exact by construction (no text round trip) and no per-value Python work."""
+    fields = [("count", ">i2")]
+    for k in range(len(columns)):
+        fields += [(f"len{k}", ">i4"), (f"v{k}", ">f8")]
+    rows = np.empty(len(columns[0]), dtype=np.dtype(fields))
+    rows["count"] = len(columns)
+    for k, column in enumerate(columns):
+        rows[f"len{k}"] = 8
+        rows[f"v{k}"] = column
+    return _PGCOPY_HEADER + rows.tobytes() + b"\xff\xff"
+
+
+def _copy_text(columns: list[np.ndarray]) -> str:
+    """Rows in COPY's text format, NULL as \\N (used when a column has NULLs)."""
+    literals = [_literals(c, "postgresql") for c in columns]
+    return "\n".join("\t".join(row) for row in zip(*literals, strict=True)) + "\n"
+
+
+def _copy_upsert(conn: Connection, p: _Prepared, metadata_id: int,
+                 legacy: Sequence[str], fresh: bool) -> Iterator[int]:
+    """PostgreSQL: COPY the rows into a temporary table, then one INSERT ... SELECT ... ON
+    CONFLICT DO UPDATE moves them into the statistics table, COPY_ROWS at a time. The temporary
+    table lives in this transaction only (ON COMMIT DROP; gone on rollback). Yields rows."""
+    q = conn.dialect.identifier_preparer.quote
+    temp = "backdate_rows"
+    staged = ["start_ts", *p.bound]
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {temp} ("
+        + ", ".join(f"{q(c)} double precision" for c in staged) + ") ON COMMIT DROP")
+    cols = ["created_ts", "metadata_id", "start_ts", *VALUE_COLUMNS, *legacy]
+    select = [f"{float(p.created_ts)!r}::double precision", str(int(metadata_id)),
+              q("start_ts"), *(q(c) if c in p.bound else "NULL" for c in VALUE_COLUMNS),
+              *(["NULL"] * len(legacy))]
+    move = (f"INSERT INTO {q(p.name)} ({', '.join(q(c) for c in cols)}) "
+            f"SELECT {', '.join(select)} FROM {temp} ORDER BY {q('start_ts')}"
+            + _upsert_tail(conn.dialect, legacy, fresh=fresh))
+    copy_sql = f"COPY {temp} ({', '.join(q(c) for c in staged)}) FROM STDIN"
+    total = len(p.arrays[0])
+    with _driver_cursor(conn) as cursor:
+        for lo in range(0, total, COPY_ROWS):
+            hi = min(lo + COPY_ROWS, total)
+            chunk = [a[lo:hi] for a in p.arrays]
+            binary = not any(np.isnan(a).any() for a in chunk)
+            with cursor.copy(copy_sql + (" (FORMAT BINARY)" if binary else "")) as copy:
+                copy.write(_copy_binary(chunk) if binary else _copy_text(chunk))
+            cursor.execute(move)
+            cursor.execute(f"TRUNCATE {temp}")
+            yield hi - lo
+        cursor.execute(f"DROP TABLE {temp}")
+
+
 def _shift_sums(
     conn: Connection, t: sa.Table, metadata_id: int, tp: TablePlan
 ) -> tuple[float, float] | None:
@@ -1455,23 +1659,32 @@ def backup_sqlite(
 
     The backup API (unlike a file copy) gives a consistent image even while HA writes,
     including what is still in the WAL. Returns the backup's path.
+
+    The copy is made under `<name>.part` and renamed only when complete and on disk: a
+    backdate killed mid-copy leaves no file that looks like a backup (a half-copied one
+    would open as an empty database and `restore` would wipe the real one with it).
     """
     db = Path(db_path)
     if not db.is_file():
         raise TargetError(f"no such database: {db}")
     dest = _backup_name(db)
+    part = dest.with_name(dest.name + ".part")
     try:
         src = sqlite3.connect(db.resolve().as_uri() + "?mode=rw", uri=True, timeout=busy_timeout)
         try:
-            dst = sqlite3.connect(dest)
+            dst = sqlite3.connect(part)
             try:
                 _copy_pages(src, dst, step_pages, pause)
             finally:
                 dst.close()
         finally:
             src.close()
-    except sqlite3.Error as exc:
-        for leftover in (dest, Path(f"{dest}-wal"), Path(f"{dest}-shm")):
+        with part.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        part.replace(dest)
+    except (sqlite3.Error, OSError) as exc:
+        for leftover in (part, Path(f"{part}-journal"), Path(f"{part}-wal"),
+                         Path(f"{part}-shm")):
             leftover.unlink(missing_ok=True)
         raise TargetError(f"backup of {db} failed: {exc}") from exc
     return dest
@@ -1494,6 +1707,12 @@ def restore_sqlite(
             if not check or check[0] != "ok":
                 raise TargetError(
                     f"{bak} is damaged ({check[0] if check else 'no answer'}); not restoring it"
+                )
+            tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master")}
+            if not {"schema_changes", META, *STAT_TABLES} <= tables:
+                raise TargetError(
+                    f"{bak} is not a Home Assistant recorder database (an incomplete backup?); "
+                    "not restoring it"
                 )
             dst = sqlite3.connect(Path(db_path), timeout=busy_timeout)
             try:
