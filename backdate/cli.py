@@ -122,12 +122,12 @@ def _options(statistic_id, name, kind, unit, tz, time_column, value_column, shor
     from backdate.app.exporting import parse_bound
     from backdate.app.importing import ImportOptions
 
-    zone = ZoneInfo(tz) if tz else ZoneInfo("UTC")
+    zone = _zone(tz) if tz else ZoneInfo("UTC")
     return ImportOptions(statistic_id=statistic_id, name=name, kind=kind, unit=unit, tz=tz,
                          time_column=time_column, value_column=value_column,
                          short_term=short_term, backup=backup, short_term_days=short_term_days,
                          report_tz=_zone(tz).key, start=parse_bound(start, zone),
-                         end=parse_bound(end, zone))
+                         end=parse_bound(end, zone), bounds_text=(start, end))
 
 
 def _plan(sources, target_url, opts):
@@ -389,15 +389,20 @@ def sync_cmd(
                                          "source and every target; list each hour that "
                                          "differs (exit 1 when any).")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If the job is running elsewhere, wait "
-                                       "for it (default: exit 4 with a message).")] = False,
+                                       "for it (default: exit 1 with a message).")] = False,
 ) -> None:
     """Sync jobs from backdate.toml into Home Assistant, InfluxDB and MQTT, incrementally.
 
     Each run reads from (the newest hour a target holds - sync_buffer_hours), or the whole
     correction window (default 30 days) if that is longer, and rewrites only what changed.
-    Exit codes: 0 done, 1 bad configuration or --verify found differences, 3 a source or
-    target failed (or could not be read by --verify), 4 the job is already running (without
-    --wait).
+    Exit codes: 0 done, 1 bad configuration, --verify found differences, or the job is
+    already running (without --wait; refused, nothing written), 3 a source or target failed
+    (or could not be read by --verify). --verify takes the job's lock shared: it waits for (or,
+    without --wait, refuses during) a run that is writing.
+
+    Without a configuration file, the environment of the WattiVahti to InfluxDB sync
+    (WATTIVAHTI_METERING_POINT, REFRESH_TOKEN_FILE, INFLUXDB_URL/TOKEN/ORG/BUCKET, HA_URL,
+    HA_TOKEN) makes one job "wattivahti" from source wattivahti: into those targets.
 
     Example backdate.toml:
 
@@ -425,7 +430,7 @@ def sync_cmd(
         if verify:
             code = 0
             for item in jobs:
-                result = syncing.verify_job(cfg, item)
+                result = syncing.verify_locked(cfg, item, wait=wait)
                 render_verify(result, _zone(item.tz))
                 if result.errors:
                     code = 3
