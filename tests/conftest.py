@@ -26,3 +26,10 @@ def home_assistant(
         yield ha
     finally:
         ha.stop()
+
+
+@pytest.fixture(scope="module")
+def ha_engine() -> str:
+    """The recorder database of a module's Home Assistant: SQLite here; test_ha_servers.py
+    overrides it with MariaDB and PostgreSQL to run test_ha_import.py's cases there."""
+    return "sqlite"

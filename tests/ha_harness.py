@@ -28,7 +28,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,110 @@ TOKEN_FILE = "backdate-token.json"
 CONSOLE_LOG = "hass-console.log"
 
 
+ENGINES = ("sqlite", "mariadb", "postgresql")  # the recorder databases HA supports
+
+
 class HarnessError(RuntimeError):
     """HA did not come up or did not behave; the message carries the tail of HA's log."""
+
+
+# ----------------------------------------------------------------------- recorder databases
+
+
+def create_recorder_database(engine: str, tag: str = "ha") -> str | None:
+    """An EMPTY database (unique name) for HA to create its own schema in; returns the
+    ``db_url`` to give HA, in HA's own spelling (None for SQLite: HA's file in its config dir).
+
+    Why empty: the proof is about databases HA made itself, not about dumps loaded into them.
+    The servers are started (or installed) by tests/services.py when they are down.
+    """
+    if engine == "sqlite":
+        return None
+    import services  # tests/services.py: pymysql/psycopg, only needed for the servers
+
+    name = f"backdate_{tag}_{uuid.uuid4().hex[:10]}"
+    if engine == "mariadb":
+        # HA's documented setup; with another default collation HA 2024.3 "corrects" its
+        # tables at the first start (recorder warnings that would hide real ones).
+        services.ensure_mariadb()
+        con = services.mysql_connect("mysql")
+        try:
+            with con.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 "
+                            "COLLATE utf8mb4_unicode_ci")
+        finally:
+            con.close()
+        return (f"mysql+pymysql://root:@{services.HOST}:{services.MYSQL_PORT}/{name}"
+                "?charset=utf8mb4")
+    if engine == "postgresql":
+        services.create_pg_database(name, None)
+        return f"postgresql://postgres@{services.HOST}:{services.PG_PORT}/{name}"
+    raise ValueError(f"unknown recorder engine {engine!r}; one of {ENGINES}")
+
+
+def engine_of(db_url: str) -> str:
+    """'sqlite', 'mariadb' or 'postgresql' for a recorder db_url."""
+    scheme = db_url.split(":", 1)[0].split("+", 1)[0]
+    return {"sqlite": "sqlite", "mysql": "mariadb", "mariadb": "mariadb",
+            "postgresql": "postgresql"}[scheme]
+
+
+def _database_name(db_url: str) -> str:
+    return urllib.parse.urlsplit(db_url).path.lstrip("/")
+
+
+def drop_recorder_database(db_url: str | None) -> None:
+    """Drop a database made by ``create_recorder_database`` (SQLite files go with the dir)."""
+    if db_url is None or engine_of(db_url) == "sqlite":
+        return
+    import services
+
+    services.drop_database(engine_of(db_url), _database_name(db_url))
+
+
+@contextlib.contextmanager
+def recorder_database(engine: str, tag: str = "ha") -> Iterator[str | None]:
+    """``create_recorder_database`` for a ``with`` block; dropped afterwards."""
+    url = create_recorder_database(engine, tag)
+    try:
+        yield url
+    finally:
+        drop_recorder_database(url)
+
+
+def read_sql(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of one read-only query on HA's recorder database, in a connection of its own.
+
+    ``sql`` uses ``%s`` placeholders on every engine. Why here: tests check what HA wrote
+    (``statistics_runs``, raw rows) without holding a transaction open beside HA; SQLite is
+    opened read-only, the servers in autocommit (each SELECT sees the latest commit).
+    """
+    engine = engine_of(db_url)
+    if engine == "sqlite":
+        import sqlite3
+
+        path = db_url[len("sqlite:///"):]
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            return [tuple(r) for r in con.execute(sql.replace("%s", "?"), params)]
+        finally:
+            con.close()
+    import services
+
+    name = _database_name(db_url)
+    if engine == "mariadb":
+        mcon = services.mysql_connect(name)
+        try:
+            with mcon.cursor() as cur:
+                cur.execute(sql, params)
+                return [tuple(r) for r in cur.fetchall()]
+        finally:
+            mcon.close()
+    pcon = services.pg_connect(name)
+    try:
+        return [tuple(r) for r in pcon.execute(sql, params).fetchall()]  # type: ignore[arg-type]
+    finally:
+        pcon.close()
 
 
 def default_venv() -> Path:
@@ -144,6 +247,15 @@ class HomeAssistant:
         if self.db_url.startswith(prefix):
             return Path(self.db_url[len(prefix) :])
         return None
+
+    @property
+    def engine(self) -> str:
+        """The recorder database engine: 'sqlite', 'mariadb' or 'postgresql'."""
+        return engine_of(self.db_url)
+
+    def read_sql(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """``read_sql`` on this HA's recorder database (``%s`` placeholders)."""
+        return read_sql(self.db_url, sql, params)
 
     @property
     def running(self) -> bool:

@@ -2,10 +2,14 @@
 
 Why: PRODUCT.md's promises are about what the Energy dashboard shows. The dashboard reads
 ``recorder/statistics_during_period`` with ``types: ["change"]``, so every test here runs the
-real CLI as a subprocess against the SQLite file of a real HA 2024.3.3 (time zone
+real CLI as a subprocess against the recorder database of a real HA 2024.3.3 (time zone
 Europe/Vienna) and compares HA's answer, hour by hour (and per day, and per 5 minutes where
 5-minute rows are expected), with the input's energy computed independently in
 ``tests/datagen.py``. Nothing reads the database behind HA's back.
+
+The recorder database is the ``ha_engine`` fixture's: SQLite here (conftest.py);
+tests/test_ha_servers.py runs these same tests with HA's recorder on MariaDB and PostgreSQL
+(an empty database that HA creates its schema in), backdate writing through HA's own db_url.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 import datagen as dg
 import pytest
-from ha_harness import REPO_ROOT, HomeAssistant
+from ha_harness import REPO_ROOT, HomeAssistant, recorder_database
 
 from backdate.hass.client import statistics_during_period_sync
 
@@ -49,33 +53,55 @@ BACKDATE = _backdate_exe()
 
 
 @pytest.fixture(scope="module")
-def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
-    """One running HA for the tests that import while HA runs (each uses its own statistic)."""
-    instance = HomeAssistant(tmp_path_factory.mktemp("ha_import"), venv=ha_venv)
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
-    assert_log_clean(instance)
+def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory, ha_engine: str
+       ) -> Iterator[HomeAssistant]:
+    """One running HA for the tests that import while HA runs (each uses its own statistic),
+    its recorder on ``ha_engine`` (a fresh database HA creates its schema in)."""
+    with recorder_database(ha_engine, "import") as db_url:
+        instance = HomeAssistant(tmp_path_factory.mktemp(f"ha_import_{ha_engine}"),
+                                 venv=ha_venv, db_url=db_url)
+        instance.start()
+        try:
+            yield instance
+        finally:
+            instance.stop()
+        assert_log_clean(instance)
+
+
+@pytest.fixture
+def fresh_ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory, ha_engine: str
+             ) -> Iterator[HomeAssistant]:
+    """A started HA of its own (fresh config dir and database on ``ha_engine``), for a test
+    that stops it; stopped and its database dropped afterwards."""
+    with recorder_database(ha_engine, "fresh") as db_url:
+        instance = HomeAssistant(tmp_path_factory.mktemp(f"ha_fresh_{ha_engine}"),
+                                 venv=ha_venv, db_url=db_url)
+        instance.start()
+        try:
+            yield instance
+        finally:
+            instance.stop()
 
 
 def assert_log_clean(instance: HomeAssistant) -> None:
     """Writing under a running HA must not make its recorder fail (locks, constraint errors)."""
+    locks = ("database is locked", "Deadlock found", "deadlock detected", "Lock wait timeout",
+             "could not serialize")
     bad = [line for line in instance.log_text(all_runs=True).splitlines()
-           if " ERROR " in line or "Traceback" in line]
+           if " ERROR " in line or "Traceback" in line or any(m in line for m in locks)]
     assert not bad, "HA logged errors while backdate wrote its database:\n" + "\n".join(bad[:20])
 
 
 # ------------------------------------------------------------------------------------- helpers
 
 
-def backdate(*args: object, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    """Run the CLI; fail with its output unless it exits with ``expect``."""
+def backdate(*args: object, expect: int = 0, cwd: Path | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI (in ``cwd``); fail with its output unless it exits with ``expect``."""
     cmd = [BACKDATE, *(str(a) for a in args)]
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
-                          check=False)
+                          check=False, cwd=cwd)
     assert proc.returncode == expect, (
         f"`backdate {' '.join(cmd[1:])}` exited {proc.returncode}, expected {expect}\n"
         f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
@@ -226,17 +252,23 @@ def _check_new_external(ha: HomeAssistant, statistic_id: str, intervals: list[dg
     check_sum_statistic(ha, statistic_id, intervals, five_minute=True)
 
 
-def test_new_statistic_with_ha_stopped(home_assistant: HomeAssistant, tmp_path: Path) -> None:
-    """15-minute kWh deltas over 3 days into the file of a stopped HA (with the default backup);
-    HA shows every hour, day and 5 minutes after it starts."""
+def test_new_statistic_with_ha_stopped(fresh_ha: HomeAssistant, tmp_path: Path) -> None:
+    """15-minute kWh deltas over 3 days into the database of a stopped HA (with the default
+    backup: the SQLite file beside it, or the rows to backdate-backup-*.jsonl in the current
+    directory on a server); HA shows every hour, day and 5 minutes after it starts."""
     path, intervals = _three_days(tmp_path)
-    home_assistant.stop()
-    proc = backdate("import", path, "--to", home_assistant.db_url, "--yes")
-    backups = list(home_assistant.config_dir.glob("home-assistant_v2.db*bak*"))
+    fresh_ha.stop()
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    proc = backdate("import", path, "--to", fresh_ha.db_url, "--yes", cwd=workdir)
+    if fresh_ha.engine == "sqlite":
+        backups = list(fresh_ha.config_dir.glob("home-assistant_v2.db*bak*"))
+    else:
+        backups = list(workdir.glob("backdate-backup-*.jsonl"))
     assert "backup:" in proc.stdout and backups, f"no backup made:\n{proc.stdout}"
-    home_assistant.start()
-    _check_new_external(home_assistant, "backdate:house_energy", intervals)
-    assert_log_clean(home_assistant)
+    fresh_ha.start()
+    _check_new_external(fresh_ha, "backdate:house_energy", intervals)
+    assert_log_clean(fresh_ha)
 
 
 def test_new_statistic_with_ha_running(ha: HomeAssistant, tmp_path: Path) -> None:
