@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh dev
 ./scripts/setup-ha.sh >/dev/null
 .venv/bin/ruff check .
+.venv/bin/python tests/services.py   # MariaDB, PostgreSQL, Mosquitto, InfluxDB: start/install
 .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -33,3 +33,17 @@ def ha_engine() -> str:
     """The recorder database of a module's Home Assistant: SQLite here; test_ha_servers.py
     overrides it with MariaDB and PostgreSQL to run test_ha_import.py's cases there."""
     return "sqlite"
+
+
+# Test modules that talk to the real Mosquitto at 127.0.0.1:1883.
+_MQTT_MODULES = {"test_mqtt", "test_sync", "test_portal_sync"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start (or install) Mosquitto once when the session has tests that need it, so that a
+    single test file run on a fresh machine passes the same way as scripts/test.sh."""
+    if any(getattr(item.module, "__name__", "") in _MQTT_MODULES for item in items
+           if isinstance(item, pytest.Function)):
+        import services
+
+        services.ensure_mosquitto()

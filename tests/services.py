@@ -1,5 +1,5 @@
-"""MariaDB and PostgreSQL for the tests: make sure they run (install and start them if needed)
-and create throw-away databases loaded from Home Assistant's dumps.
+"""MariaDB, PostgreSQL and Mosquitto for the tests: make sure they run (install and start them
+if needed) and create throw-away databases loaded from Home Assistant's dumps.
 
 Why: the server-target tests must pass the same way in CI and on a fresh machine, so a service
 that is down is started (and installed with apt-get when missing), never a reason to skip.
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pymysql
 HOST = "127.0.0.1"
 MYSQL_PORT = 3306
 PG_PORT = 5432
+MQTT_PORT = 1883
 WAIT = 60.0  # seconds a started server gets to accept connections
 
 
@@ -105,6 +108,39 @@ def ensure_postgresql() -> None:
     _wait(_pg_up, "PostgreSQL")
 
 
+def _mqtt_up() -> bool:
+    try:
+        with socket.create_connection((HOST, MQTT_PORT), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_mosquitto() -> None:
+    """Mosquitto accepting anonymous clients on 127.0.0.1:1883 (Debian's default config)."""
+    if _mqtt_up():
+        return
+    if not Path("/usr/sbin/mosquitto").exists():
+        _apt_install("mosquitto")
+    Path("/run/mosquitto").mkdir(parents=True, exist_ok=True)
+    proc = _run("mosquitto -d -c /etc/mosquitto/mosquitto.conf")
+    if proc.returncode:
+        raise RuntimeError(f"starting Mosquitto failed: {proc.stderr}")
+    _wait(_mqtt_up, "Mosquitto")
+
+
+def ensure_all() -> None:
+    """Every service the suite talks to, before pytest starts (scripts/test.sh): a fresh
+    machine installs and starts them here once, instead of inside parallel tests."""
+    ensure_mariadb()
+    ensure_postgresql()
+    ensure_mosquitto()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from influx_service import ensure_influxd
+
+    ensure_influxd()
+
+
 def pytest_configure(config: object) -> None:
     """Registers the `servers` marker (this module is loaded as a plugin by the tests)."""
     config.addinivalue_line(  # type: ignore[attr-defined]
@@ -183,3 +219,8 @@ def drop_database(engine: str, name: str) -> None:
             con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             con.close()
+
+
+if __name__ == "__main__":
+    ensure_all()
+    print("services: MariaDB, PostgreSQL, Mosquitto running; influxd installed")
