@@ -20,20 +20,27 @@ Two ways to write jobs, both allowed in one file::
     [jobs.garage]
     source = "..."
     targets = ["ha"]                # "ha" = $HA_URL, "influxdb" = $INFLUXDB_URL
+
+Every source and target URL is parsed here (not at the first run), so a typo is `file:line`
+and exit 1 before anything is recorded. Without any file, the environment of the WattiVahti to
+InfluxDB sync (WATTIVAHTI_METERING_POINT, REFRESH_TOKEN_FILE, INFLUXDB_URL/TOKEN/ORG/BUCKET,
+HA_URL/HA_TOKEN) makes one implicit job, so its users need no backdate.toml.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backdate.errors import InputError
+from backdate.errors import BackdateError, InputError
 from backdate.models import Kind
 
 DEFAULT_INITIAL_SYNC_DAYS = 30.0
@@ -43,6 +50,9 @@ DEFAULT_INTERVAL = 3600.0
 DEFAULT_JITTER = 300.0
 
 ENV_TARGET_ALIASES = {"ha": "HA_URL", "homeassistant": "HA_URL", "influxdb": "INFLUXDB_URL"}
+REMOTE_SOURCES = ("influxdb://", "influxdb2://", "influxdbs://", "influxdb2s://", "wattivahti:",
+                  "wnsm:")
+IMPLICIT_JOB = "wattivahti"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
 _UNIT_SECONDS = {None: 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -63,13 +73,16 @@ def parse_duration(value: str | float | int) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration: use e.g. '90s', '30m', '1h', '1d'")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # allow_inf_nan=False: TOML has `inf` and `nan`, which would overflow date arithmetic later.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class JobFields(_Strict):
@@ -207,8 +220,12 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> S
     if path is None:
         path = default_config_path()
         if path is None:
+            implicit = implicit_config(env)
+            if implicit is not None:
+                return implicit
             raise ConfigError("no backdate.toml here or in ~/.config/backdate/: pass --config "
-                              "FILE (`backdate sync --help` shows an example)")
+                              "FILE (`backdate sync --help` shows an example), or set "
+                              "WATTIVAHTI_METERING_POINT with INFLUXDB_URL and/or HA_URL")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -267,7 +284,7 @@ def _apply_env_defaults(section: SyncSection, env: dict[str, str]) -> SyncSectio
             value = float(raw)
         except ValueError:
             raise ConfigError(f"environment variable {var}={raw!r} is not a number") from None
-        if not value > minimum:
+        if not math.isfinite(value) or not value > minimum:
             raise ConfigError(f"environment variable {var}={raw!r} is out of range")
         updates[attr] = value
     return section.model_copy(update=updates) if updates else section
@@ -289,6 +306,14 @@ def _resolve_job(fields: JobFields, section: SyncSection, env: dict[str, str], p
                 # token/org/bucket; the influxdb2:// target fills itself from those variables.
                 target = "influxdb2://"
         targets.append(target)
+    check_urls(fields, targets, env, path, text, loc)
+    if fields.source.startswith(REMOTE_SOURCES) and (fields.kind or fields.unit):
+        which = "kind" if fields.kind else "unit"
+        raise ConfigError(
+            f"{which}: job {fields.name!r} reads {fields.source.split(':', 1)[0]}:, whose "
+            f"readings carry their own kind and unit (for InfluxDB: kind= and unit= in the "
+            f"source URL); remove {which} from the job", path=str(path),
+            line=_line_of(text, (*loc, which)))
     has_ha = any(t.startswith(("sqlite:", "mysql", "mariadb:", "postgres", "http://",
                                "https://")) for t in targets)
     if has_ha and not fields.statistic_id:
@@ -325,6 +350,103 @@ def _resolve_job(fields: JobFields, section: SyncSection, env: dict[str, str], p
         jitter=section.jitter if fields.jitter is None else fields.jitter,
         short_term=fields.short_term,
     )
+
+
+# ------------------------------------------------------------------------------ URL checks
+
+
+TARGET_SCHEMES = ("sqlite:", "mysql:", "mysql+pymysql:", "mariadb:", "postgresql:",
+                  "postgresql+psycopg:", "postgres:", "http://", "https://", "influxdb://",
+                  "influxdb2://", "influxdbs://", "influxdb2s://", "mqtt://", "mqtts://")
+
+
+def check_source(spec: str, env: Mapping[str, str]) -> None:
+    """Parse a source spec as far as possible without contacting anything. Raises
+    BackdateError. Files are not checked: they may appear before the first run."""
+    if spec.startswith(("influxdb://", "influxdb2://", "influxdbs://", "influxdb2s://")):
+        from backdate.sources.influx import check_source_spec
+
+        check_source_spec(spec, env)
+    elif spec.startswith("wattivahti:"):
+        from backdate.sources import wattivahti
+        from backdate.sources.portal_http import parse_spec
+
+        parse_spec(spec, "wattivahti", known=wattivahti.KNOWN)
+    elif spec.startswith("wnsm:"):
+        from backdate.sources import wnsm
+        from backdate.sources.portal_http import parse_spec
+
+        parse_spec(spec, "wnsm", known=wnsm.KNOWN)
+
+
+def check_target(url: str, env: Mapping[str, str]) -> None:
+    """Parse a target URL without connecting. Raises BackdateError or ValueError."""
+    from urllib.parse import urlsplit
+
+    from backdate.errors import UsageError
+
+    if not url.startswith(TARGET_SCHEMES):
+        raise UsageError("unknown target: use sqlite:///path/home-assistant_v2.db, mysql://, "
+                         "postgresql://, http(s)://host:8123, influxdb://, influxdb2:// or "
+                         "mqtt://")
+    if url.startswith(("influxdb://", "influxdb2://", "influxdbs://", "influxdb2s://")):
+        from backdate.targets.influx import check_target_url
+
+        check_target_url(url, env)
+        return
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
+            raise UsageError("a SQLite target is sqlite:///relative/path or "
+                             "sqlite:////absolute/path")
+        return
+    parts = urlsplit(url)
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    if not parts.hostname:
+        raise UsageError("the URL names no host")
+
+
+def check_urls(fields: JobFields, targets: list[str], env: Mapping[str, str], path: Path,
+               text: str, loc: tuple[Any, ...]) -> None:
+    """Every source and target parsed at load: ConfigError with the line of the setting, the
+    URL itself never repeated (it may hold a secret; the parsers mask theirs)."""
+    try:
+        check_source(fields.source, env)
+    except BackdateError as err:
+        raise ConfigError(f"source: {_problem(err)}", path=str(path),
+                          line=_line_of(text, (*loc, "source"))) from None
+    for index, target in enumerate(targets, 1):
+        try:
+            check_target(target, env)
+        except (BackdateError, ValueError) as err:
+            raise ConfigError(f"targets[{index}]: {_problem(err)}", path=str(path),
+                              line=_line_of(text, (*loc, "targets"))) from None
+
+
+def _problem(err: BaseException) -> str:
+    return str(getattr(err, "problem", None) or err)
+
+
+def implicit_config(env: Mapping[str, str]) -> SyncConfig | None:
+    """The WattiVahti sync's users' setup without a file: one job `wattivahti` from source
+    `wattivahti:` (metering point and REFRESH_TOKEN_FILE from the environment) into the
+    InfluxDB of INFLUXDB_URL and the HA of HA_URL, whichever are set. None: not that setup."""
+    from backdate.engine.prepare import slugify
+
+    point = (env.get("WATTIVAHTI_METERING_POINT") or "").strip()
+    if not point:
+        return None
+    targets = [alias for alias, var in (("influxdb", "INFLUXDB_URL"), ("ha", "HA_URL"))
+               if env.get(var)]
+    if not targets:
+        raise ConfigError("WATTIVAHTI_METERING_POINT is set but neither INFLUXDB_URL nor "
+                          "HA_URL: set one of them, or pass --config FILE")
+    fields = JobFields(name=IMPLICIT_JOB, source="wattivahti:", targets=targets,
+                       statistic_id=f"backdate:wattivahti_{slugify(point)}_consumption",
+                       metering_point=point)
+    section = _apply_env_defaults(SyncSection(), env)
+    where = Path("<environment>")
+    job = _resolve_job(fields, section, dict(env), where, "", ("jobs", IMPLICIT_JOB))
+    return SyncConfig(path=None, state_file=default_state_file(dict(env)), jobs=[job])
 
 
 # ----------------------------------------------------------------------------- error positions

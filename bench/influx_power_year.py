@@ -11,7 +11,9 @@ in ~/.cache/backdate/influx-bench and reused), then times:
   parse of the answers, plan, write (with read-back);
 * reference, same run: InfluxDB's own single `SELECT integral(home, 1h) ... GROUP BY time(1h)`
   over the whole year (the server's work alone);
-* with --raw: `integral=backdate` (every sample transferred and integrated by backdate).
+* with --raw: `integral=backdate` (every sample transferred and integrated by backdate), and
+  the InfluxDB 2.x path's client-side integral (`influxql_hour_integrals`) over the same year,
+  checked against and timed beside InfluxDB's own.
 
 It checks that the hourly sums written equal InfluxDB's own integral and prints the figures.
 """
@@ -39,7 +41,7 @@ from influx_service import InfluxServer  # noqa: E402
 from backdate.app.importing import ImportOptions, apply_imports, plan_imports  # noqa: E402
 from backdate.app.targets import open_target  # noqa: E402
 from backdate.sources.base import SourceRange  # noqa: E402
-from backdate.sources.influx import open_influx_source  # noqa: E402
+from backdate.sources.influx import influxql_hour_integrals, open_influx_source  # noqa: E402
 from backdate.targets.fresh import create_recorder_sqlite  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "backdate" / "influx-bench"
@@ -202,6 +204,17 @@ def main() -> None:
                 print(f"\nintegral=backdate (every sample transferred): read {t1 - t0:.2f} s "
                       f"({len(series):,} samples; InfluxDB {source.timing['query']:.2f} s, "
                       f"parse {source.timing['parse']:.2f} s), plan + write {t2 - t1:.2f} s")
+                # The 2.x path's client-side rule (InfluxQL's integral) on the same samples.
+                t3 = time.perf_counter()
+                starts, wh = influxql_hour_integrals(series.times, series.values)
+                t4 = time.perf_counter()
+                server_wh = np.array([v for _, v in own])
+                same_hours = starts.astype(int).tolist() == [int(t) for t, _ in own]
+                worst_rule = float(np.max(np.abs(wh - server_wh))) if same_hours else math.inf
+                print(f"2.x rule on the client (influxql_hour_integrals) over the year: "
+                      f"{t4 - t3:.2f} s vs InfluxDB's own integral {reference:.2f} s "
+                      f"({(t4 - t3) / reference:.2f}x); same hours: {same_hours}, largest "
+                      f"difference {worst_rule:.2e} Wh")
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finally:

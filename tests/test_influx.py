@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +38,7 @@ from influx_service import InfluxServer, free_port
 from backdate.errors import InputError, TargetError
 from backdate.models import Kind
 from backdate.sources.base import SourceRange
-from backdate.sources.influx import open_influx_source
+from backdate.sources.influx import influxql_hour_integrals, open_influx_source
 from backdate.targets.fresh import create_recorder_sqlite
 from backdate.targets.influx import line_protocol, open_influx_target
 
@@ -119,14 +120,20 @@ def src_url(db: InfluxDatabase, query: str) -> str:
 
 
 def test_power_hours_equal_influx_integral(influx_db: InfluxDatabase) -> None:
-    """Chunked reading (6-hour chunks, gaps across chunk edges) gives exactly InfluxDB's own
-    one-query integral for every hour; hours without samples have no reading (no zeros);
-    hours away from gaps equal the trapezoid of the samples computed here."""
+    """Chunked reading (3-hour chunks, the 20:15-23:05 gap across the 21:00 chunk edge) gives
+    exactly InfluxDB's own one-query integral for every hour; hours without samples have no
+    reading (no zeros); hours away from gaps equal the trapezoid of the samples computed
+    here."""
     times, watts = powerwall_samples()
     write_power(influx_db, times, watts)
     expected = influx_hours(influx_db)
+    chunk = 0.125 * 86400
+    first_hour = int(times[0] // H * H)
+    edges = [first_hour + k * chunk for k in range(1, 17)]
+    assert any(T0 + a < edge < T0 + b for a, b in GAPS for edge in edges), \
+        "a gap must cross a chunk edge"
     source = open_influx_source(src_url(influx_db, "measurement=http&field=home&kind=power"
-                                                   "&unit=W&chunk_days=0.25"))
+                                                   "&unit=W&chunk_days=0.125"))
     try:
         [series] = source.read(SourceRange())
     finally:
@@ -539,32 +546,93 @@ def _flux_range(flux: str) -> tuple[float, float]:
     return ts(m.group(1), 0.0), ts(m.group(2), 4e9)
 
 
+def _iso_ms(t: float) -> str:
+    whole = math.floor(t)
+    ms = round((t - whole) * 1000)
+    return f"{datetime.fromtimestamp(whole, UTC):%Y-%m-%dT%H:%M:%S}.{ms:03d}Z"
+
+
+def test_client_integral_equals_influxql_on_a_real_server(influx_db: InfluxDatabase) -> None:
+    """The client-side rule used for 2.x (influxql_hour_integrals) gives, for every hour, what
+    InfluxDB 1.x's own `integral(home, 1h) GROUP BY time(1h)` gives on the same samples: the
+    Powerwall series with its gaps (inside an hour, over three hours, ending on an hour)."""
+    times, watts = powerwall_samples()
+    write_power(influx_db, times, watts)
+    server = influx_hours(influx_db)
+    starts, wh = influxql_hour_integrals(times, watts)
+    got = dict(zip(starts.astype(int).tolist(), wh.tolist(), strict=True))
+    assert set(got) == set(server)
+    for h, v in server.items():
+        assert got[h] == pytest.approx(v, rel=1e-9, abs=1e-9), datetime.fromtimestamp(h, UTC)
+    assert T0 + 23 * H in got and T0 + 21 * H not in got  # the gap lands after it, as 1.x
+
+
+@st.composite
+def _sample_sets(draw: st.DrawFn) -> tuple[list[int], list[float]]:
+    """Sample times in whole seconds over a few hours: some exactly on hour boundaries, some
+    clustered, some hours apart (multi-hour gaps); values of either sign."""
+    base = T0 + draw(st.integers(0, 3)) * H
+    offsets = draw(st.lists(st.one_of(st.integers(0, 6 * H), st.sampled_from(
+        [0, H, 2 * H, 3 * H, H - 1, H + 1, 5 * H])), min_size=1, max_size=40, unique=True))
+    times = sorted(base + o for o in offsets)
+    values = draw(st.lists(st.floats(-5000, 5000, allow_nan=False).map(lambda x: round(x, 3)),
+                           min_size=len(times), max_size=len(times)))
+    return times, values
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples=_sample_sets())
+def test_client_integral_rule_matches_influxql_property(influx_db: InfluxDatabase,
+                                                        samples: tuple[list[int], list[float]]
+                                                        ) -> None:
+    """For any samples (hour-edge samples, single samples in an hour, multi-hour gaps, a last
+    sample exactly on an hour), the client rule equals the real 1.x server's hourly integral
+    over the whole-hour query range the source uses."""
+    times, values = samples
+    measurement = f"p{uuid.uuid4().hex}"  # not `random`: hypothesis seeds it
+    influx_db.write([f"{measurement} home={v!r} {t}" for t, v in zip(times, values,
+                                                                      strict=True)])
+    lo, hi = times[0] // H * H, times[-1] // H * H + 2 * H
+    server = influx_hours(influx_db, f"time >= {lo}s AND time < {hi}s", measurement)
+    starts, wh = influxql_hour_integrals(np.array(times, float), np.array(values))
+    got = dict(zip(starts.astype(int).tolist(), wh.tolist(), strict=True))
+    assert set(got) == set(server), (times, values)
+    for h, v in server.items():
+        assert got[h] == pytest.approx(v, rel=1e-9, abs=1e-6), (h, times, values)
+
+
 def test_v2_source_flux_requests_and_csv(recorder: Callable[..., Recorder],
+                                         influx_db: InfluxDatabase,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """influxdb2:// power: Token from INFLUXDB_TOKEN, org in the URL, Flux with InfluxDB's own
-    hourly integral; the CSV answer (two tables' worth of headers) becomes hourly Wh."""
-    first, last = T0 + 17.0, T0 + 5 * H + 3000.0
-    hour_wh = {T0 + k * H: 100.0 + k for k in range(6)}
+    """influxdb2:// power: Token from INFLUXDB_TOKEN, org in the URL; Flux reads the raw
+    samples chunk by chunk (reaching to the samples around each chunk) and the hours come out
+    equal to what InfluxDB 1.x's integral gives for the same samples (the real 1.x server
+    holds them too): the 2.x path has 1.x's semantics."""
+    times, watts = powerwall_samples(days=1.0)
+    write_power(influx_db, times, watts)
+    expected = influx_hours(influx_db)
+
+    def rows(lo: float, hi: float) -> list[tuple[float, float]]:
+        keep = (times >= lo) & (times < hi)
+        return list(zip(times[keep].tolist(), watts[keep].tolist(), strict=True))
 
     def answer(req: dict[str, Any]) -> tuple[int, str, str]:
         flux = json.loads(req["body"])["query"]
         if "schema.measurementFieldKeys" in flux:
             return 200, "text/csv", (",result,table,_value\r\n,_result,0,home\r\n"
                                      ",_result,0,solar\r\n")
+        found = rows(*_flux_range(flux))
         if "|> first()" in flux or "|> last()" in flux:
-            lo, hi = _flux_range(flux)
-            pts = [t for t in (first, last) if lo <= t < hi]
-            if not pts:
-                return 200, "text/csv", "\r\n"
-            t = min(pts) if "first()" in flux else max(pts)
-            return 200, "text/csv", f",result,table,_time,_value\r\n,_result,0,{_iso(t)},5\r\n"
-        lo, hi = _flux_range(flux)
-        rows = [(t, v) for t, v in hour_wh.items() if lo <= t + H and t < hi]
-        half = len(rows) // 2
+            found = found[:1] if "first()" in flux else found[-1:]
+        if not found:
+            return 200, "text/csv", "\r\n"
+        half = max(1, len(found) // 2)  # two header blocks of one table
         text = ",result,table,_time,_value\r\n" + "".join(
-            f",_result,0,{_iso(t)},{v}\r\n" for t, v in rows[:half])
-        text += "\r\n,result,table,_time,_value\r\n" + "".join(
-            f",_result,0,{_iso(t)},{v}\r\n" for t, v in rows[half:])
+            f",_result,0,{_iso_ms(t)},{v!r}\r\n" for t, v in found[:half])
+        if found[half:]:
+            text += "\r\n,result,table,_time,_value\r\n" + "".join(
+                f",_result,0,{_iso_ms(t)},{v!r}\r\n" for t, v in found[half:])
         return 200, "text/csv", text
 
     server = recorder(answer)
@@ -574,7 +642,10 @@ def test_v2_source_flux_requests_and_csv(recorder: Callable[..., Recorder],
     assert "SECRET" not in source.url
     [series] = source.read(SourceRange(None, None))
     source.close()
-    assert dict(zip(series.times.tolist(), series.values.tolist(), strict=True)) == hour_wh
+    got = dict(zip(series.times.astype(int).tolist(), series.values.tolist(), strict=True))
+    assert set(got) == set(expected)
+    for h, v in expected.items():
+        assert got[h] == pytest.approx(v, rel=1e-9), datetime.fromtimestamp(h, UTC)
     assert series.unit == "Wh" and series.kind is Kind.DELTA
     for req in server.requests:
         assert req["method"] == "POST" and req["path"] == "/api/v2/query"
@@ -583,16 +654,17 @@ def test_v2_source_flux_requests_and_csv(recorder: Callable[..., Recorder],
         assert req["headers"]["accept"] == "application/csv"
         body = json.loads(req["body"])
         assert body["type"] == "flux" and body["dialect"]["annotations"] == []
-    integrals = [json.loads(r["body"])["query"] for r in server.requests
-                 if "aggregateWindow" in r["body"]]
-    assert len(integrals) == 2  # two 3-hour chunks
-    assert integrals[0] == (
+    queries = [json.loads(r["body"])["query"] for r in server.requests]
+    assert not any("aggregateWindow" in q or "integral" in q for q in queries)
+    raw = [q for q in queries if "first()" not in q and "last()" not in q
+           and "schema." not in q]
+    assert len(raw) == 8  # eight 3-hour chunks of one day
+    # The first chunk [00:00, 03:00) reaches on to the hour of the sample after it.
+    assert raw[0] == (
         'from(bucket: "pw")\n'
-        f"  |> range(start: {_iso(T0)}, stop: {_iso(T0 + 6 * H)})\n"
+        f"  |> range(start: {_iso(T0)}, stop: {_iso(T0 + 4 * H)})\n"
         '  |> filter(fn: (r) => r._measurement == "http" and r._field == "home" and '
         'r["site"] == "a")\n'
-        "  |> aggregateWindow(every: 1h, fn: (tables=<-, column) => tables |> integral(unit: "
-        '1h, column: column), timeSrc: "_start", createEmpty: false)\n'
         '  |> keep(columns: ["_time", "_value", "table"])\n')
 
 
@@ -668,3 +740,130 @@ def test_v2_csv_parsing_and_url_defaults(monkeypatch: pytest.MonkeyPatch,
     target.close()
     with httpx.Client() as http:  # the recorder really is what answered
         assert http.get(f"http://127.0.0.1:{server.port}/x").status_code == 200
+
+
+# ------------------------------------------------------------ retries, clocks, precision
+
+
+def test_retries_jitter_and_retry_after(recorder: Callable[..., Recorder]) -> None:
+    """429/503 with Retry-After (seconds, or an HTTP date) wait what the server asks; other
+    retries wait a jittered backoff (never all the same length); retries= must be a number."""
+    from email.utils import format_datetime
+
+    from backdate.errors import UsageError
+    from backdate.sources.influx import MAX_RETRY_AFTER
+
+    answers = [(503, {"Retry-After": "7"}), (429, {"Retry-After": "100000"}),
+               (429, {"Retry-After": format_datetime(datetime.fromtimestamp(
+                   time.time() + 60, UTC), usegmt=True)}),
+               (500, {}), (500, {}), (500, {}), (204, {})]
+    seen: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, headers = answers[len(seen)]
+            seen.append(status)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = open_influx_target(f"influxdb2://127.0.0.1:{server.server_address[1]}/b"
+                                    "?org=o&token=t&retries=7&backoff=1")
+        waits: list[float] = []
+        target.http.sleep = waits.append
+        assert target.write_readings("1", np.array([T0]), np.array([T0 + 900.0]),
+                                     np.array([1.0])) == 1
+        target.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [503, 429, 429, 500, 500, 500, 204]
+    assert waits[0] == 7.0 and waits[1] == MAX_RETRY_AFTER
+    assert 50 < waits[2] <= 60
+    for attempt, wait in zip((4, 5, 6), waits[3:], strict=True):
+        plain = 1.0 * 2 ** (attempt - 1)
+        assert 0.5 * plain <= wait <= 1.5 * plain
+    assert len({w / 2 ** a for a, w in zip((3, 4, 5), waits[3:], strict=True)}) == 3  # jitter
+    for bad in ("many", "0", "-1", "2.5"):
+        with pytest.raises(UsageError, match="retries="):
+            open_influx_source(f"influxdb://127.0.0.1:1/x?measurement=m&field=f&retries={bad}")
+
+
+def test_edge_queries_have_a_short_read_timeout(recorder: Callable[..., Recorder],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small first()/last() queries give up after EDGE_TIMEOUT; a long data query may
+    take longer than that (it keeps the long timeout)."""
+    import backdate.sources.influx as influx_module
+
+    monkeypatch.setattr(influx_module, "EDGE_TIMEOUT", 0.5)
+
+    def answer(req: dict[str, Any]) -> tuple[int, str, str]:
+        flux = json.loads(req["body"])["query"]
+        if "schema.measurementFieldKeys" in flux:
+            return 200, "text/csv", ",result,table,_value\r\n,_result,0,home\r\n"
+        time.sleep(1.0)  # slower than the edge timeout
+        return 200, "text/csv", f",result,table,_time,_value\r\n,_result,0,{_iso(T0)},5\r\n"
+
+    server = recorder(answer)
+    url = (f"influxdb2://127.0.0.1:{server.port}/pw?org=o&token=t&measurement=http"
+           "&field=home&integral=backdate&retries=1")
+    source = open_influx_source(url)
+    with pytest.raises(TargetError, match="ReadTimeout"):
+        source.read(SourceRange())
+    source.close()
+    source = open_influx_source(url)
+    times, _ = source._flux_columns(source._flux("home", T0, T0 + H, ""))  # slow, no timeout
+    source.close()
+    assert times.tolist() == [T0]
+
+
+def test_target_latest_ignores_future_points(influx_db: InfluxDatabase) -> None:
+    """A point three days ahead (a clock gone wrong) is not the target's newest: latest()
+    stops at now on 1.x, as the 2.x range() does."""
+    target = open_influx_target(f"influxdb://{influx_db.host_port}/{influx_db.name}")
+    hour = math.floor(time.time() / H) * H
+    starts = np.array([hour - 5 * H, hour + 3 * 86400.0])
+    target.write_readings("mp", starts, starts + H, np.array([1.0, 2.0]))
+    assert target.latest("mp") == hour - 5 * H
+    target.close()
+
+
+def test_subsecond_starts_are_rounded_and_merged(influx_db: InfluxDatabase) -> None:
+    """Starts with fractions of a second are stored rounded to the second; two readings in
+    one second after rounding are merged (energy summed, nothing overwritten); the sync's
+    InfluxDB target then sees nothing to rewrite on the next run."""
+    from backdate.app.sync import InfluxTarget
+    from backdate.config import Job
+    from backdate.models import Series
+    from backdate.targets.influx import to_write_precision
+
+    t = np.array([T0 + 0.4 + 60 * i for i in range(10)] + [T0 + 600.9, T0 + 540.2])
+    v = np.array([0.01] * 10 + [0.02, 0.005])
+    starts, ends, kwh = to_write_precision(t, t + 60, v)
+    assert starts.tolist() == [T0 + 60 * i for i in range(10)] + [T0 + 601]
+    assert kwh[9] == pytest.approx(0.015) and kwh.sum() == pytest.approx(v.sum())
+    assert ends[9] == pytest.approx(T0 + 600.4)  # the later end of the two
+    job = Job(name="j", source="x", targets=[], statistic_id=None, statistic_name=None,
+              tz=None, metering_point="mp", kind=None, unit=None, initial_sync=86400,
+              buffer=3600, correction=0, interval=3600, jitter=0)
+    series = Series(source="x", times=t[:11], values=v[:11], lines=np.arange(1, 12),
+                    ends=None, kind=Kind.DELTA, unit="kWh", statistic_id="backdate:x",
+                    name="x")
+    target = InfluxTarget(job, f"influxdb://{influx_db.host_port}/{influx_db.name}")
+    try:
+        assert target.write([series], (T0, T0 + H)) == 11
+        assert target.write([series], (T0, T0 + H)) == 0  # the same data: nothing to send
+        held = target.target.read_readings("mp", None, None)
+        assert len(held) == 11 and held.values.sum() == pytest.approx(v[:11].sum())
+    finally:
+        target.close()

@@ -213,18 +213,20 @@ def _job(initial_days: float, buffer_hours: float, correction_days: float) -> Jo
                correction=correction_days * DAY, interval=3600, jitter=0)
 
 
-@given(latest_age=st.floats(0, 5000 * DAY), origin_age=st.none() | st.floats(0, 5000 * DAY),
+@given(latest_age=st.floats(-30 * DAY, 5000 * DAY), origin_age=st.none() | st.floats(0, 5000 * DAY),
        initial=st.floats(0.01, 400), buffer=st.floats(0, 200), correction=st.floats(0, 400))
 def test_window_never_leaves_a_blind_spot(latest_age: float, origin_age: float | None,
                                           initial: float, buffer: float,
                                           correction: float) -> None:
     """However long the sync was off, the window starts at or before (newest held - buffer),
-    and it never reaches before where the job first started unless the buffer demands it."""
+    and it never reaches before where the job first started unless the buffer demands it.
+    The newest held counts at most up to the last complete hour (a point in the future, a
+    negative age here, must not stop the sync)."""
     now = 1_790_000_000.0
     job = _job(initial, buffer, correction)
-    latest = now - latest_age
+    latest = min(now - latest_age, math.floor(now / HOUR) * HOUR)
     origin = None if origin_age is None else now - origin_age
-    start = window_start_for(job, latest, origin, now)
+    start = window_start_for(job, now - latest_age, origin, now)
     first = origin if origin is not None else now - job.initial_sync
     wanted = min(latest - job.buffer, max(now - job.correction, first))
     assert start % HOUR == 0
@@ -289,7 +291,8 @@ def test_config_errors_name_file_line_and_field(tmp_path: Path) -> None:
                   'targets = ["influxdb://127.0.0.1:1/y?token=tok3nsecret"]\nkind = "watts"\n',
                   "backdate.toml:6:", "kind", secret="hunter2secret")
     # Unknown job and missing file.
-    path = write_config(tmp_path, [{"name": "a", "source": "x.csv", "targets": ["y"]}])
+    path = write_config(tmp_path, [{"name": "a", "source": "x.csv",
+                                    "targets": ["influxdb://127.0.0.1:1/y"]}])
     proc = sync(path, "--once", "--job", "b", expect=1)
     assert "no job named 'b'" in proc.stderr
     proc = sync(tmp_path / "nope.toml", "--once", expect=1)
@@ -300,7 +303,7 @@ def test_config_forms_defaults_and_environment(tmp_path: Path) -> None:
     """Both job forms; [sync] defaults; the environment overrides the file (system 3's names);
     "ha"/"influxdb" targets come from HA_URL/INFLUXDB_URL; a relative state file sits next to
     the configuration, the default one in $XDG_STATE_HOME."""
-    from backdate.config import load_config
+    from backdate.config import ConfigError, load_config
 
     path = tmp_path / "backdate.toml"
     path.write_text("""
@@ -318,7 +321,7 @@ statistic_id = "backdate:pw"
 initial_sync_days = 3
 
 [jobs.meter]
-source = "wattivahti:?refresh_token_file=rt.txt"
+source = "wattivahti:?token_file=rt.txt"
 targets = ["influxdb://127.0.0.1:8086/energy"]
 correction_days = 7
 interval = "2h"
@@ -342,10 +345,252 @@ interval = "2h"
     assert pw.metering_point == "pw"  # not a WattiVahti job
     # WattiVahti-sync users have INFLUXDB_URL=http://host:8086 (2.x, token/org/bucket in env)
     env["INFLUXDB_URL"] = "http://127.0.0.1:8086"
+    with pytest.raises(ConfigError, match="org="):  # 2.x without its org: refused at load
+        load_config(path, env)
+    env |= {"INFLUXDB_ORG": "home", "INFLUXDB_BUCKET": "energy"}
     assert load_config(path, env).jobs[0].targets[1] == "influxdb2://"
     path.write_text('[jobs.x]\nsource = "a.csv"\ntargets = ["influxdb://h/db"]\n')
     assert load_config(path, {"XDG_STATE_HOME": str(tmp_path / "xdg")}).state_file == (
         tmp_path / "xdg" / "backdate" / "sync.db")
+
+
+def test_config_checks_every_url_and_value_at_load(tmp_path: Path) -> None:
+    """A typo in a source or target URL, a job-level kind/unit that would fight a remote
+    source's own, and infinite or NaN durations are found when the file is loaded: file:line
+    of the setting, exit 1, no run recorded (nothing written)."""
+    state = f'[sync]\nstate_file = "{tmp_path / "state" / "sync.db"}"\n'
+    src = 'source = "influxdb://127.0.0.1:1/x?measurement=m&field=f"\n'
+    tgt = 'targets = ["influxdb://127.0.0.1:1/y"]\n'
+    job = '\n[[sync.jobs]]\nname = "a"\n'
+    # Source: an unknown parameter, a bad kind, a bad port, retries that is not a number.
+    for bad, words in ((src.replace("field=f", "fild=f"), ["unknown parameter", "fild"]),
+                       (src.replace("field=f", "field=f&kind=watts"), ["kind='watts'"]),
+                       (src.replace(":1/", ":99999/"), ["port"]),
+                       (src.replace("field=f", "field=f&retries=many"), ["retries="]),
+                       ('source = "influxdb2://127.0.0.1:1/b?measurement=m&field=f"\n',
+                        ["org="]),
+                       ('source = "wattivahti:123?tokenfile=x"\n', ["tokenfile"])):
+        _config_error(tmp_path, state + job + bad + tgt, "backdate.toml:6:", "source:", *words,
+                      env=env_for(INFLUXDB_ORG=""))
+    # Targets: an unknown parameter, an unknown scheme, a SQLite URL without a path.
+    for bad, words in ((tgt.replace("/y", "/y?bacth=5"), ["bacth"]),
+                       ('targets = ["sqlit:///ha.db"]\n', ["unknown target"]),
+                       ('targets = ["influxdb://127.0.0.1:1/y", "sqlite:/ha.db"]\n',
+                        ["targets[2]", "sqlite:///"])):
+        _config_error(tmp_path, state + job + src + bad + 'statistic_id = "backdate:a"\n',
+                      "backdate.toml:7:", *words)
+    # A password in a bad URL never reaches the output.
+    _config_error(tmp_path, state + job + src + 'targets = ["influxdb://u:s3cretpw@127.0.0.1:1'
+                  '/y?oops=1"]\n', "backdate.toml:7:", "oops", secret="s3cretpw")
+    # kind/unit on the job with an InfluxDB source (it carries its own in the URL).
+    _config_error(tmp_path, state + job + src + tgt + 'kind = "power"\n', "backdate.toml:8:",
+                  "kind", "source URL")
+    _config_error(tmp_path, state + job + src + tgt + 'unit = "W"\n', "backdate.toml:8:",
+                  "unit")
+    # Infinite and NaN durations (TOML has both), in the file and the environment.
+    _config_error(tmp_path, state + "initial_sync_days = inf\n" + job + src + tgt,
+                  "backdate.toml:3:", "initial_sync_days", "finite")
+    _config_error(tmp_path, state + job + src + tgt + "correction_days = nan\n",
+                  "backdate.toml:8:", "correction_days")
+    _config_error(tmp_path, state + job + src + tgt + "interval = inf\n",
+                  "backdate.toml:8:", "interval", "finite")
+    _config_error(tmp_path, state + job + src + tgt, "INITIAL_SYNC_DAYS",
+                  env=env_for(INITIAL_SYNC_DAYS="inf"))
+
+
+def test_sync_from_the_environment_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """The WattiVahti sync's users have no backdate.toml, only its environment variables:
+    one job `wattivahti` (source `wattivahti:`) into INFLUXDB_URL (a 2.x http:// URL becomes
+    influxdb2:// with token/org/bucket from the environment) and HA_URL."""
+    from backdate.app.sync import declared_names
+    from backdate.config import ConfigError, load_config
+
+    monkeypatch.chdir(tmp_path)  # no ./backdate.toml
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    token_file = tmp_path / "refresh_token.txt"
+    env = {"WATTIVAHTI_METERING_POINT": "643007572000123456",
+           "REFRESH_TOKEN_FILE": str(token_file), "INFLUXDB_URL": "http://127.0.0.1:8086",
+           "INFLUXDB_TOKEN": "tok", "INFLUXDB_ORG": "home", "INFLUXDB_BUCKET": "energy",
+           "HA_URL": "http://ha.local:8123", "INITIAL_SYNC_DAYS": "3",
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    cfg = load_config(None, env)
+    assert cfg.path is None and cfg.state_file == tmp_path / "state" / "backdate" / "sync.db"
+    [job] = cfg.jobs
+    assert (job.name, job.source) == ("wattivahti", "wattivahti:")
+    assert job.targets == ["influxdb2://", "http://ha.local:8123"]
+    assert job.metering_point == "643007572000123456"
+    assert job.statistic_id == "backdate:wattivahti_643007572000123456_consumption"
+    assert job.initial_sync == 3 * DAY
+    # The source reads the same environment: its one series is named for the point.
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert declared_names(job) == ["WattiVahti 643007572000123456 consumption"]
+    # Only one of the targets set: only that one.
+    only_influx = {k: v for k, v in env.items() if k != "HA_URL"}
+    assert load_config(None, only_influx).jobs[0].targets == ["influxdb2://"]
+    with pytest.raises(ConfigError, match="neither INFLUXDB_URL nor HA_URL"):
+        load_config(None, {"WATTIVAHTI_METERING_POINT": "1"})
+    with pytest.raises(ConfigError, match="no backdate.toml"):
+        load_config(None, {})
+
+
+def test_window_counts_a_future_point_only_up_to_now() -> None:
+    """A target holding a point in the future (a clock gone wrong) with correction_days=0:
+    the window still starts at (the last complete hour - buffer), never after it (the old
+    code started it at the future point - buffer: nothing read until the clock caught up).
+    The targets themselves also ignore points after now (InfluxDB: test_influx.py)."""
+    now = 1_790_000_123.0
+    end = math.floor(now / HOUR) * HOUR
+    for buffer in (1.0, 6.0, 24.0):
+        job = _job(30, buffer, 0)
+        start = window_start_for(job, now + 3 * DAY, now - 10 * DAY, now)
+        assert start == end - buffer * HOUR
+
+
+def test_lock_files_differ_for_names_that_read_alike(tmp_path: Path) -> None:
+    """"house a" and "house/a" are two jobs: two lock files, and one runs while the other
+    holds its lock."""
+    from backdate.app.sync_state import lock_path
+
+    state = tmp_path / "sync.db"
+    assert lock_path(state, "house a") != lock_path(state, "house/a")
+    assert lock_path(state, "house a").parent == tmp_path
+    with job_lock(state, "house a", wait=False), job_lock(state, "house/a", wait=False):
+        pass
+
+
+def test_recorded_latest_is_a_backstop_for_the_window(tmp_path: Path) -> None:
+    """The window starts no later than (the newest end the state file recorded for the target
+    after the last run - buffer), even when the target reports something newer (one of its
+    statistics written behind the sync's back, say)."""
+    from backdate.app.sync import run_job
+    from backdate.app.sync_state import SyncState
+    from backdate.config import load_config
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    hour = current_hour()
+    csv = tmp_path / "house.csv"
+    csv.write_text("start,delta\n" + "".join(f"{hour - i * HOUR},0.25\n"
+                                             for i in range(10 * 24, 0, -1)))
+    db = create_recorder_sqlite(tmp_path / "ha.db")
+    config = write_config(tmp_path, [{"name": "house", "source": str(csv),
+                                      "targets": [f"sqlite:///{db}"],
+                                      "statistic_id": "backdate:backstop"}],
+                          initial_sync_days=12, sync_buffer_hours=2, correction_days=1)
+    cfg = load_config(config, {})
+    state = SyncState(cfg.state_file)
+    try:
+        first = run_job(cfg.jobs[0], state, now=hour + 1)
+        assert not first.failed, first
+        [target] = first.targets
+        state._conn.execute("UPDATE cursors SET latest = ?", (hour - 5 * DAY,))
+        second = run_job(cfg.jobs[0], state, now=hour + 1)
+        assert not second.failed, second
+        assert second.targets[0].window_start == hour - 5 * DAY - 2 * HOUR
+        assert state.latest("house", target.url) == hour  # the run put it back
+    finally:
+        state.close()
+
+
+# -------------------------------------------------------------------- several fields per job
+
+
+def _two_field_config(tmp_path: Path, db: InfluxDatabase, ha_db: Path, target_db: str,
+                      initial_days: float) -> Path:
+    return write_config(tmp_path, [{
+        "name": "pw", "source": (f"influxdb://{db.host_port}/{db.name}?measurement=http"
+                                 "&field=home,solar&kind=power&unit=W"),
+        "targets": [f"sqlite:///{ha_db}", f"influxdb://{db.host_port}/{target_db}"],
+        "statistic_id": "backdate:pw"}], initial_sync_days=initial_days)
+
+
+def _recorder_hours(ha_db: Path) -> dict[str, list[int]]:
+    con = sqlite3.connect(ha_db)
+    try:
+        rows = con.execute("SELECT m.statistic_id, s.start_ts FROM statistics s JOIN "
+                           "statistics_meta m ON m.id = s.metadata_id ORDER BY 1, 2").fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[int]] = {}
+    for sid, ts in rows:
+        out.setdefault(sid, []).append(int(ts))
+    return out
+
+
+def test_two_fields_after_an_outage_leave_no_blind_spot(influx_db: InfluxDatabase,
+                                                        tmp_path: Path) -> None:
+    """field=home,solar writes backdate:pw_http_home/_solar and points pw_http_home/_solar;
+    the cursor looks there. Synced 6 days ago, then off for longer than initial_sync_days:
+    the next run fills every hour in between, in all four, once."""
+    from backdate.app.sync import run_job
+    from backdate.app.sync_state import SyncState
+    from backdate.config import load_config
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    now = current_hour()
+    influx_db.write([f"http home={500 + (t % 7000) / 10},solar={(t % 5000) / 10} {t}"
+                     for t in range(now - 10 * DAY, now, 60)])
+    ha_db = create_recorder_sqlite(tmp_path / "ha.db")
+    target_db = influx_db.client.create_database("two_fields")
+    try:
+        cfg = load_config(_two_field_config(tmp_path, influx_db, ha_db, target_db, 1), {})
+        state = SyncState(cfg.state_file)
+        try:
+            first = run_job(cfg.jobs[0], state, now=now - 6 * DAY + 1)
+            second = run_job(cfg.jobs[0], state, now=now + 1)
+        finally:
+            state.close()
+        assert not first.failed and not second.failed, (first, second)
+        expected = list(range(now - 7 * DAY, now, HOUR))
+        held = _recorder_hours(ha_db)
+        assert set(held) == {"backdate:pw_http_home", "backdate:pw_http_solar"}
+        for sid, hours in held.items():
+            missing = sorted(set(expected) - set(hours))
+            assert not missing, f"{sid}: {len(missing)} hours missing, first {_when(missing[0])}"
+            assert hours == list(range(hours[0], hours[-1] + HOUR, HOUR)), f"{sid}: a hole"
+        target = InfluxDatabase(influx_db.server, influx_db.client, target_db)
+        for point in ("pw_http_home", "pw_http_solar"):
+            hours = sorted(target_points(target, point))  # fails on a duplicate
+            assert set(expected) <= set(hours), point
+            assert hours == list(range(hours[0], hours[-1] + HOUR, HOUR)), f"{point}: a hole"
+    finally:
+        influx_db.client.drop_database(target_db)
+
+
+def test_statistic_names_do_not_depend_on_which_fields_had_data(influx_db: InfluxDatabase,
+                                                               tmp_path: Path) -> None:
+    """Solar stops reporting two days ago: the next run still writes home to
+    backdate:pw_http_home (not to a bare backdate:pw because only one field had data)."""
+    from backdate.app.sync import run_job
+    from backdate.app.sync_state import SyncState
+    from backdate.config import load_config
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    now = current_hour()
+    influx_db.write([f"http home=1000 {t}" for t in range(now - 3 * DAY, now, 60)])
+    influx_db.write([f"http solar=500 {t}" for t in range(now - 3 * DAY, now - 2 * DAY, 60)])
+    ha_db = create_recorder_sqlite(tmp_path / "ha.db")
+    target_db = influx_db.client.create_database("stable_names")
+    try:
+        cfg = load_config(_two_field_config(tmp_path, influx_db, ha_db, target_db, 1), {})
+        state = SyncState(cfg.state_file)
+        try:
+            for when in (now - 2 * DAY + 6 * HOUR + 1, now + 1):
+                outcome = run_job(cfg.jobs[0], state, now=when)
+                assert not outcome.failed, outcome
+        finally:
+            state.close()
+        held = _recorder_hours(ha_db)
+        assert set(held) == {"backdate:pw_http_home", "backdate:pw_http_solar"}
+        assert set(range(now - 3 * DAY, now, HOUR)) <= set(held["backdate:pw_http_home"])
+        assert max(held["backdate:pw_http_solar"]) < now - 2 * DAY + HOUR
+        points = {row[1] for s in influx_db.client.query(
+            'SHOW TAG VALUES FROM electricity_consumption WITH KEY = "metering_point"',
+            target_db) for row in s["values"]}
+        assert points == {"pw_http_home", "pw_http_solar"}
+    finally:
+        influx_db.client.drop_database(target_db)
 
 
 # --------------------------------------------------------------------------- a Powerwall series
@@ -417,8 +662,10 @@ def test_powerwall_power_becomes_hourly_energy_in_ha_and_influxdb(
 def test_killed_and_failed_runs_resume_with_no_gap_and_no_duplicate(
         ha: HomeAssistant, influx_db: InfluxDatabase, tmp_path: Path) -> None:
     """The sync was off for 45 days (longer than the 30-day correction window); the next run
-    is killed mid-way, then the InfluxDB target is down for one run; the runs after fill
-    exactly what is missing: every hour once, equal to InfluxDB's integral, in both targets."""
+    is killed mid-way, after HA is written and while the InfluxDB target holds part of the
+    new hours (one point per POST); then the InfluxDB target is down for one run; the runs
+    after fill exactly what is missing: every hour once, equal to InfluxDB's integral, in both
+    targets."""
     now_hour = current_hour()
     data_start, off_since = now_hour - 60 * DAY, now_hour - 45 * DAY
     influx_db.write(powerwall_lines(data_start, off_since, step=30))
@@ -427,7 +674,7 @@ def test_killed_and_failed_runs_resume_with_no_gap_and_no_duplicate(
     target_root = tmp_path / "influx_target"
     target_server = InfluxServer(target_root, port=target_port).start()
     target_server.client().query('CREATE DATABASE "sync_target"', post=True)
-    target_url = f"influxdb://127.0.0.1:{target_port}/sync_target?retries=1"
+    target_url = f"influxdb://127.0.0.1:{target_port}/sync_target?retries=1&batch=1"
     config = write_config(tmp_path, [power_job("house", influx_db, [ha.db_url, target_url],
                                                sid)],
                           initial_sync_days=61, correction_days=30, sync_buffer_hours=24)
@@ -437,8 +684,15 @@ def test_killed_and_failed_runs_resume_with_no_gap_and_no_duplicate(
         assert max(off_hours) == off_since - HOUR
         # Then the source fills up to now (the sync was off), and the next run is killed.
         influx_db.write(powerwall_lines(off_since, int(time.time()), step=30))
-        assert _kill_mid_run(config, tmp_path), "the run ended before it could be killed"
+        new_hours = (now_hour - off_since) // HOUR
+        with target_server.client() as client:
+            written = _kill_mid_write(config, client, off_since)
+        assert 0 < written < new_hours, f"killed after {written} of {new_hours} new points"
         assert runs(tmp_path)[-1][1] == "running", "the killed run stays recorded as unfinished"
+        # What the kill left: HA whole (one transaction), the InfluxDB target in part.
+        assert_hours_equal(ha_hours(ha, sid, off_since, now_hour, new_hours),
+                           influx_integrals(influx_db, list(range(off_since, now_hour, HOUR))),
+                           "HA after the kill")
         # The InfluxDB target is down for the next run: HA is written, the failure is named.
         target_server.stop()
         down = sync(config, "--once", expect=3)
@@ -462,24 +716,25 @@ def test_killed_and_failed_runs_resume_with_no_gap_and_no_duplicate(
         target_server.stop()
 
 
-def _kill_mid_run(config: Path, config_dir: Path) -> bool:
-    """Start a sync and SIGKILL it as soon as its run is recorded (before it ends)."""
-    before = len(runs(config_dir))
+def _kill_mid_write(config: Path, target: Any, since: int) -> int:
+    """Start a sync, SIGKILL it as soon as the InfluxDB target holds a first point at or
+    after `since` (it writes one point per POST, in time order), and return how many such
+    points the target holds after the kill."""
+    q = (f"SELECT count(consumption_kwh) FROM electricity_consumption WHERE time >= {since}s")
     proc = subprocess.Popen([BACKDATE, "sync", "--config", str(config), "--once"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for())
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if len(runs(config_dir)) > before:
-                    time.sleep(0.05)
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait(30)
-                    return proc.returncode == -signal.SIGKILL
-            except sqlite3.OperationalError:
-                pass
-            time.sleep(0.005)
-        return False
+            rows = target.points(q, "sync_target")
+            if rows and rows[0][1] > 0:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+                assert proc.returncode == -signal.SIGKILL
+                rows = target.points(q, "sync_target")
+                return int(rows[0][1])
+            time.sleep(0.01)
+        raise AssertionError("the run ended before it wrote part of the InfluxDB target")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -557,8 +812,9 @@ def test_correction_of_last_week_reaches_both_targets_without_a_seam(
 
 
 def test_a_second_run_of_the_same_job_exits_or_waits(tmp_path: Path) -> None:
-    """While one run holds the job's lock, another exits 4 with a clear message; with --wait
-    it runs as soon as the first is done. Another job is not blocked."""
+    """While one run holds the job's lock, another exits 1 (refused, nothing written) with a
+    clear message, and so does --verify (it takes the lock shared); with --wait it runs as soon
+    as the first is done. Another job is not blocked."""
     from backdate.targets.fresh import create_recorder_sqlite
 
     db = create_recorder_sqlite(tmp_path / "ha.db")
@@ -582,9 +838,13 @@ def test_a_second_run_of_the_same_job_exits_or_waits(tmp_path: Path) -> None:
     thread.start()
     try:
         assert held.wait(10)
-        busy = sync(config, "--once", "--job", "house", expect=4)
-        assert "job 'house' is already running" in busy.stderr
+        before = runs(tmp_path) if (tmp_path / "state" / "sync.db").exists() else []
+        busy = sync(config, "--once", "--job", "house", expect=1)
+        assert "job 'house' is already running" in " ".join(busy.stderr.split())
         assert f"pid {os.getpid()}" in busy.stderr and "--wait" in busy.stderr
+        verifying = sync(config, "--verify", "--job", "house", expect=1)
+        assert "already running" in verifying.stderr
+        assert (runs(tmp_path) if (tmp_path / "state" / "sync.db").exists() else []) == before
         sync(config, "--once", "--job", "other")  # another job runs meanwhile
         started = time.monotonic()
         waiting = subprocess.Popen([BACKDATE, "sync", "--config", str(config), "--once",

@@ -11,6 +11,11 @@ Why it is built this way (seed-systems.md, system 3, and its lessons):
   data after the fact. Home Assistant targets go through `plan_imports`/`apply_imports`, which
   rewrite only the rows that changed and keep both seams closed; InfluxDB rewrites are
   idempotent by timestamp, and only points that differ are sent.
+* Which statistic ids and metering points a job writes comes from the source's declared
+  fields (the URL's field= list), never from which fields happened to have data in a window:
+  the names stay stable, and the cursor looks where the writes go (the minimum over them, so
+  one field lagging behind is read again). The state file's own record of the newest end each
+  target held is a backstop (the window never starts after it - buffer).
 * Only complete hours are synced (the window ends at the start of the current hour), the same
   hours for every target, so `--verify` can compare them one to one.
 * A failing target does not stop the others; a failing source or target is recorded with its
@@ -169,6 +174,48 @@ def slice_series(series: Series, start: float, end: float) -> Series:
     return out
 
 
+# --------------------------------------------------------------------------- declared names
+
+
+def declared_names(job: Job) -> list[str] | None:
+    """The names of the series the job's source yields, from its spec alone (no I/O): one per
+    InfluxDB field, one per WattiVahti direction. None: only the data can tell (files)."""
+    spec = job.source
+    if spec.startswith(("influxdb://", "influxdb2://", "influxdbs://", "influxdb2s://")):
+        from backdate.sources.influx import check_source_spec
+
+        parsed = check_source_spec(spec)
+        return [parsed.series_name(f) for f in parsed.fields]
+    if spec.startswith("wattivahti:"):
+        from backdate.sources.wattivahti import open_wattivahti_source
+
+        try:
+            source = open_wattivahti_source(spec)
+        except BackdateError:
+            return None  # reading the source names the problem, where it belongs
+        try:
+            return [source.name(d) for d in source.directions]
+        finally:
+            source.close()
+    return None
+
+
+class _Names:
+    """Maps a series to its slot among the declared names (or, without any, among the series
+    of this run, as `import` does)."""
+
+    def __init__(self, job: Job):
+        self.declared = declared_names(job)
+
+    def several(self, series: list[Series]) -> bool:
+        if self.declared is not None:
+            return len(self.declared) > 1
+        return len({(s.source, s.name) for s in series}) > 1 and any(s.name for s in series)
+
+    def all(self) -> list[str] | None:
+        return self.declared
+
+
 # ------------------------------------------------------------------------------- targets
 
 
@@ -204,6 +251,7 @@ class HATarget(SyncTarget):
         from backdate.app.targets import open_target
 
         self.job = job
+        self.names = _Names(job)
         self.target = open_target(url)
         self.url = self.target.info().url
         self.state = state
@@ -214,29 +262,58 @@ class HATarget(SyncTarget):
                              kind=job.kind, unit=job.unit, tz=job.tz, short_term=job.short_term,
                              backup=False, report_tz=job.tz)
 
+    def _id_for(self, name: str | None, several: bool) -> str | None:
+        """The statistic a series named `name` goes to: the job's statistic_id, suffixed with
+        the series name when the source declares several (what `import` does)."""
+        if not self.job.statistic_id:
+            return None
+        if several and name:
+            return f"{self.job.statistic_id}_{slugify(name)}"
+        return self.job.statistic_id
+
     def _ids(self) -> list[str]:
+        """Where this job's writes go: from the declared names when the source has them."""
+        declared = self.names.all()
+        if declared is not None and self.job.statistic_id:
+            several = len(declared) > 1
+            return sorted({i for n in declared if (i := self._id_for(n, several))})
         ids = {self.job.statistic_id} if self.job.statistic_id else set()
         if self.state is not None:
             ids.update(self.state.statistics(self.job.name, self.url))
         return sorted(ids)
 
     def latest_end(self) -> float | None:
+        """The oldest of the newest hours over the job's statistics (a field that lags is
+        read again); statistics never written are ignored (a field without data yet)."""
         ends = []
-        # "The newest row" = the last one before tomorrow (HA's API searches back from there
-        # in growing windows, so this stays one or two small queries).
-        horizon = time.time() + 86400
+        # "The newest row" = the last one starting before now (HA's API searches back from
+        # there in growing windows, so this stays one or two small queries); a row in the
+        # future must not hold the cursor.
+        horizon = time.time()
         for sid in self._ids():
             before = self.target.neighbourhood(Table.HOURLY, sid, horizon, horizon + 1).before
-            if before is None:
-                return None  # one statistic holds nothing yet: read from the beginning
-            ends.append(before.start_ts + HOUR)
+            if before is not None:
+                ends.append(before.start_ts + HOUR)
         return min(ends) if ends else None
 
+    def _named(self, series: list[Series]) -> list[Series]:
+        """The series with the statistic id each goes to, decided by the declared names."""
+        several = self.names.several(series)
+        out = []
+        for s in series:
+            sid = self._id_for(s.name, several)
+            out.append(s if sid is None else dataclasses.replace(s, statistic_id=sid))
+        return out
+
     def write(self, series: list[Series], window: tuple[float, float]) -> int:
-        series = [s for s in series if len(s)]
+        named = self._named(series)
+        series = [s for s in named if len(s)]
         if not series:
             return 0
-        imports = plan_imports(self.target, series, self._options())
+        opts = self._options()
+        if self.job.statistic_id:
+            opts.statistic_id = None  # each series carries its id (decided above)
+        imports = plan_imports(self.target, series, opts)
         written = apply_imports(self.target, imports)
         if self.state is not None:
             self.state.record_statistics(self.job.name, self.url,
@@ -247,10 +324,10 @@ class HATarget(SyncTarget):
     def hourly(self, series: list[Series], start: float, end: float
                ) -> dict[str, dict[int, float]]:
         opts = self._options()
-        several = len({(s.source, s.name) for s in series}) > 1 and any(s.name for s in series)
+        several = self.names.several(series)
         out: dict[str, dict[int, float]] = {}
         for s in series:
-            sid = statistic_id_for(s, opts, several)
+            sid = self._id_for(s.name, several) or statistic_id_for(s, opts, several)
             meta = self.target.get_metadata(sid)
             if meta is None:
                 out[sid] = {}
@@ -279,42 +356,61 @@ class InfluxTarget(SyncTarget):
         from backdate.targets.influx import open_influx_target
 
         self.job = job
+        self.names = _Names(job)
         self.target = open_influx_target(url)
         self.url = self.target.url
 
-    def _point(self, index: int, s: Series, count: int) -> str:
-        if count == 1:
+    def _point_for(self, name: str | None, several: bool, index: int) -> str:
+        """The metering point tag: the job's, suffixed with the series name when the source
+        declares several series."""
+        if not several:
             return self.job.metering_point
-        return f"{self.job.metering_point}_{slugify(s.name or str(index))}"
+        return f"{self.job.metering_point}_{slugify(name or str(index))}"
+
+    def _point(self, index: int, s: Series, series: list[Series]) -> str:
+        return self._point_for(s.name, self.names.several(series), index)
+
+    def _points(self) -> list[str]:
+        declared = self.names.all()
+        if declared is None:
+            return [self.job.metering_point]
+        several = len(declared) > 1
+        return sorted({self._point_for(n, several, i) for i, n in enumerate(declared)})
 
     def latest_end(self) -> float | None:
-        latest = self.target.latest(self.job.metering_point)
-        # The newest point's start; its end is at least that (the buffer covers the rest).
-        return None if latest is None else float(latest)
+        """The oldest of the newest points over the job's metering points (never-written ones
+        ignored). The newest point's start; its end is at least that (the buffer covers the
+        rest)."""
+        found = [t for t in (self.target.latest(p) for p in self._points()) if t is not None]
+        return float(min(found)) if found else None
 
     def write(self, series: list[Series], window: tuple[float, float]) -> int:
+        from backdate.targets.influx import to_write_precision
+
         total = 0
         for i, s in enumerate(series):
             kind = resolve_kind(s, ImportOptions(kind=self.job.kind))
             iv = energy_intervals(s, kind, self.job.unit or s.unit)
             if not len(iv):
                 continue
-            point = self._point(i, s, len(series))
-            held = self.target.read_readings(point, float(iv.starts[0]), float(iv.ends[-1]))
+            # Compare what will be stored (whole seconds, merged) with what is held.
+            starts, ends, kwh = to_write_precision(iv.starts, iv.ends, iv.kwh)
+            point = self._point(i, s, series)
+            held = self.target.read_readings(point, float(starts[0]), float(ends.max()))
             old = dict(zip(held.times.tolist(), held.values.tolist(), strict=True))
             changed = np.array([not (t in old and abs(old[t] - v) <= 1e-12)
-                                for t, v in zip(iv.starts.tolist(), iv.kwh.tolist(),
-                                                strict=True)], dtype=bool)
+                                for t, v in zip(starts.tolist(), kwh.tolist(), strict=True)],
+                               dtype=bool)
             if changed.any():
-                total += int(self.target.write_readings(point, iv.starts[changed],
-                                                        iv.ends[changed], iv.kwh[changed]))
+                total += int(self.target.write_readings(point, starts[changed], ends[changed],
+                                                        kwh[changed]))
         return total
 
     def hourly(self, series: list[Series], start: float, end: float
                ) -> dict[str, dict[int, float]]:
         out: dict[str, dict[int, float]] = {}
         for i, s in enumerate(series):
-            point = self._point(i, s, len(series))
+            point = self._point(i, s, series)
             held = self.target.read_readings(point, start, end)
             out[point] = hourly_energy(held, Kind.DELTA, held.unit or "kWh")
         return out
@@ -419,11 +515,13 @@ def window_start_for(job: Job, latest: float | None, origin: float | None,
 
     Nothing held: now - initial_sync. Otherwise the earlier of (newest held - buffer) and the
     correction window (never before where this job first started), so data the sync missed
-    while it was off is read however old it is.
+    while it was off is read however old it is. `latest` counts at most up to the window's
+    end (the last complete hour): a point in the future must not stop the sync.
     """
     if latest is None:
         start = now - job.initial_sync
     else:
+        latest = min(latest, math.floor(now / HOUR) * HOUR)
         first = origin if origin is not None else now - job.initial_sync
         start = min(latest - job.buffer, max(now - job.correction, first))
     return math.floor(start / HOUR) * HOUR
@@ -446,6 +544,9 @@ def run_job(job: Job, state: SyncState, *, now: float | None = None) -> JobOutco
                 opened = open_sync_target(job, url, state)
                 result.url = opened.url
                 latest = opened.latest_end()
+                recorded = state.latest(job.name, opened.url) if opened.keeps_cursor else None
+                if latest is not None and recorded is not None:
+                    latest = min(latest, recorded)  # backstop: what the last run left
                 result.window_start = window_start_for(
                     job, latest, state.origin(job.name, opened.url), now)
                 result.window_end = end
@@ -536,10 +637,16 @@ def run_locked(config: SyncConfig, job: Job, state: SyncState, *, wait: bool) ->
         return run_job(job, state)
 
 
+def verify_locked(config: SyncConfig, job: Job, *, wait: bool) -> VerifyResult:
+    """--verify under the job's lock, shared: never compares while a run is writing."""
+    with job_lock(config.state_file, job.name, wait=wait, shared=True):
+        return verify_job(config, job)
+
+
 def run_once(config: SyncConfig, jobs: list[Job], *, wait: bool,
              on_outcome: Callable[[JobOutcome], None] | None = None) -> list[JobOutcome]:
     """Every job once (for cron). A job whose lock is held elsewhere is skipped with the
-    reason (exit code 4); the other jobs still run."""
+    reason (exit code 1: refused, nothing written); the other jobs still run."""
     state = SyncState(config.state_file)
     outcomes = []
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import sqlite3
@@ -57,9 +58,10 @@ CREATE TABLE IF NOT EXISTS run_targets (
 
 
 class JobLockedError(BackdateError):
-    """Another run of the same job holds its lock. Exit 4 (documented in `sync --help`)."""
+    """Another run of the same job holds its lock: refused, nothing written (exit 1, as
+    PRODUCT.md defines the exit codes)."""
 
-    exit_code = 4
+    exit_code = 1
 
 
 @dataclass(slots=True)
@@ -105,6 +107,12 @@ class SyncState:
 
     def origin(self, job: str, target: str) -> float | None:
         row = self._conn.execute("SELECT origin FROM cursors WHERE job=? AND target=?",
+                                 (job, target)).fetchone()
+        return None if row is None else row[0]
+
+    def latest(self, job: str, target: str) -> float | None:
+        """The newest data end the target held after the last run that reached it."""
+        row = self._conn.execute("SELECT latest FROM cursors WHERE job=? AND target=?",
                                  (job, target)).fetchone()
         return None if row is None else row[0]
 
@@ -157,34 +165,42 @@ class SyncState:
 
 
 def lock_path(state_file: Path, job: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job) or "job"
-    return state_file.parent / f"{state_file.name}.{safe}.lock"
+    """One lock file per job name: a readable part and a hash of the exact name, so names that
+    read alike ("house a", "house/a") never share a lock."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job)[:40] or "job"
+    digest = hashlib.sha256(job.encode()).hexdigest()[:16]
+    return state_file.parent / f"{state_file.name}.{safe}.{digest}.lock"
 
 
 @contextlib.contextmanager
-def job_lock(state_file: Path, job: str, *, wait: bool) -> Iterator[None]:
+def job_lock(state_file: Path, job: str, *, wait: bool, shared: bool = False
+             ) -> Iterator[None]:
     """An fcntl lock per job next to the state file: two runs of one job never overlap.
 
     The kernel drops the lock when the process dies, so a killed run never blocks the next.
-    Without `wait`, a held lock is JobLockedError (exit 4) naming the holder's pid.
+    Without `wait`, a held lock is JobLockedError (exit 1) naming the holder's pid. `shared`
+    (for --verify): any number of readers, but never while a run writes.
     """
     path = lock_path(state_file, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, mode | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
             raise JobLockedError(
                 f"job {job!r} is already running (pid {holder}, lock {path}); "
                 "this run exits: use --wait to wait for it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if not shared:
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

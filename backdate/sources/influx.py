@@ -17,24 +17,31 @@ URL forms (README "InfluxDB"):
 password or INFLUXDB_TOKEN; org and bucket default to INFLUXDB_ORG/INFLUXDB_BUCKET and the host
 to INFLUXDB_URL. Secrets never appear in `url`, errors or logs.
 
-Power hours: a window of whole hours [H, H+1h) is integrated by InfluxDB exactly as one query
-over the whole database would (each chunk reaches to the sample just before it and just after
-it, so chunk edges change nothing): linear interpolation at hour boundaries; a gap between
-samples is bridged linearly by InfluxDB and lands in the hour of the first sample after it.
-Only complete hours are returned (never the running hour). `integral=backdate` instead hands the
-raw samples to backdate's engine, which adds nothing across gaps longer than an hour.
+Power hours: a window of whole hours [H, H+1h) gets InfluxQL's `integral(F, 1h) ... GROUP BY
+time(1h)` of one query over the whole database (each chunk reaches to the sample just before it
+and just after it, so chunk edges change nothing): linear between consecutive samples, split at
+hour boundaries by linear interpolation; across a gap, the part up to the end of the last
+sample's hour stays in that hour and the rest of the straight line lands in the hour of the
+first sample after the gap; hours without a sample have no reading. On 1.x InfluxDB computes
+it; 2.x (Flux) has no integral with these rules (`aggregateWindow(fn: integral)` neither
+interpolates at hour edges nor bridges gaps), so for 2.x the raw samples are read and
+`influxql_hour_integrals` applies exactly the rules above on the client (a test proves it equal
+to a real 1.x server's integral). `integral=backdate` instead hands the raw samples to
+backdate's engine, which adds nothing across gaps longer than an hour.
 """
 
 from __future__ import annotations
 
 import csv
+import email.utils
 import io
 import json
 import logging
 import math
 import os
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -52,6 +59,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_DAYS = 30.0
 RETRY_STATUS = {429, 500, 502, 503, 504}
+RETRY_AFTER_STATUS = {429, 503}
+MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped (the next round retries)
+EDGE_TIMEOUT = 30.0  # read timeout of the small first()/last() queries
 
 # ---------------------------------------------------------------------------------- endpoint
 
@@ -94,8 +104,10 @@ def mask_url(spec: str) -> str:
     return f"{out}?{query}" if query else out
 
 
-def parse_endpoint(spec: str) -> Endpoint:
-    """Parse influxdb[s]:// and influxdb2[s]:// URLs (sources and targets alike)."""
+def parse_endpoint(spec: str, env: Mapping[str, str] | None = None) -> Endpoint:
+    """Parse influxdb[s]:// and influxdb2[s]:// URLs (sources and targets alike); `env`
+    (default os.environ) fills INFLUXDB_URL/TOKEN/ORG/BUCKET."""
+    env = os.environ if env is None else env
     parts = urlsplit(spec)
     scheme = parts.scheme.lower()
     if scheme not in ("influxdb", "influxdbs", "influxdb2", "influxdb2s"):
@@ -104,13 +116,16 @@ def parse_endpoint(spec: str) -> Endpoint:
     tls = scheme.endswith("s")
     params = parse_qs(parts.query, keep_blank_values=True)
     host = parts.hostname
-    port = parts.port
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"{mask_url(spec)}: the port is not a number from 0 to 65535") from None
     if not host:
-        env_url = os.environ.get("INFLUXDB_URL")
+        env_url = env.get("INFLUXDB_URL")
         if not env_url:
             raise UsageError(f"{mask_url(spec)}: no host (give one, or set INFLUXDB_URL)")
-        env = urlsplit(env_url)
-        host, port, tls = env.hostname, env.port, env.scheme == "https"
+        given = urlsplit(env_url)
+        host, port, tls = given.hostname, given.port, given.scheme == "https"
     base = f"{'https' if tls else 'http'}://{host}:{port or 8086}"
     database = unquote(parts.path.lstrip("/"))
     token = (params.get("token") or [None])[-1]
@@ -118,27 +133,32 @@ def parse_endpoint(spec: str) -> Endpoint:
     password = unquote(parts.password) if parts.password else None
     org = (params.get("org") or [None])[-1]
     if version == 2:
-        token = token or password or os.environ.get("INFLUXDB_TOKEN")
-        org = org or os.environ.get("INFLUXDB_ORG")
-        database = database or os.environ.get("INFLUXDB_BUCKET", "")
+        token = token or password or env.get("INFLUXDB_TOKEN")
+        org = org or env.get("INFLUXDB_ORG")
+        database = database or env.get("INFLUXDB_BUCKET", "")
         if not org:
             raise UsageError(f"{mask_url(spec)}: InfluxDB 2.x needs org= (or INFLUXDB_ORG)")
     if not database:
         what = "bucket (or INFLUXDB_BUCKET)" if version == 2 else "database"
         raise UsageError(f"{mask_url(spec)}: no {what} in the URL path")
+    shown = mask_url(spec) if parts.hostname else f"{mask_url(spec)} ({base}/{database})"
     return Endpoint(version, base, database, params, username, password, token, org,
-                    url=mask_url(spec))
+                    url=shown)
 
 
 class InfluxHTTP:
-    """HTTP to one InfluxDB: error JSON becomes TargetError with the status; retries 5xx and
-    connection errors with backoff (reads and idempotent writes alike)."""
+    """HTTP to one InfluxDB: error JSON becomes TargetError with the status; retries 429, 5xx
+    and connection errors with jittered exponential backoff (full jitter, so many homes
+    restarting at once do not retry in step), honouring Retry-After on 429/503; reads and
+    idempotent writes alike."""
 
     def __init__(self, endpoint: Endpoint, *, retries: int = 3, backoff: float = 0.5,
-                 timeout: float = 300.0):
+                 timeout: float = 300.0, rng: random.Random | None = None):
         self.endpoint = endpoint
         self.retries = max(1, retries)
         self.backoff = backoff
+        self.rng = rng or random.Random()
+        self.sleep = time.sleep  # replaceable, so a test can record the waits
         headers = {"Accept-Encoding": "gzip"}
         auth = None
         if endpoint.version == 2:
@@ -156,6 +176,7 @@ class InfluxHTTP:
         """One request, retried on connection errors and 5xx; raises TargetError on failure."""
         where = self.endpoint.url
         for attempt in range(1, self.retries + 1):
+            wait = self.backoff * 2 ** (attempt - 1) * self.rng.uniform(0.5, 1.5)
             try:
                 resp = self.http.request(method, path, **kw)  # type: ignore[arg-type]
             except httpx.HTTPError as err:
@@ -169,10 +190,33 @@ class InfluxHTTP:
                 if resp.status_code not in RETRY_STATUS or attempt == self.retries:
                     raise TargetError(
                         f"InfluxDB at {where}: HTTP {resp.status_code}: {error_message(resp)}")
-                log.warning("InfluxDB at %s: HTTP %d (attempt %d of %d)", where,
-                            resp.status_code, attempt, self.retries)
-            time.sleep(self.backoff * 2 ** (attempt - 1))
+                after = retry_after(resp) if resp.status_code in RETRY_AFTER_STATUS else None
+                if after is not None:
+                    wait = after
+                log.warning("InfluxDB at %s: HTTP %d (attempt %d of %d, next in %.1f s)", where,
+                            resp.status_code, attempt, self.retries, wait)
+            self.sleep(wait)
         raise AssertionError("unreachable")
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """Seconds the server asks to wait (Retry-After: seconds or an HTTP date), capped."""
+    text = resp.headers.get("retry-after", "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def error_message(resp: httpx.Response) -> str:
@@ -258,6 +302,13 @@ class SourceSpec:
     interval: float | None = None  # delta: seconds each reading covers
     chunk: float = DEFAULT_CHUNK_DAYS * 86400
 
+    def series_name(self, fld: str) -> str:
+        """The name of the series read from `fld` (the sync derives statistic ids and
+        metering points from it, so it must not depend on what data came back)."""
+        if self.name:
+            return f"{self.name} {fld}" if len(self.fields) > 1 else self.name
+        return f"{self.measurement} {fld}"
+
 
 KNOWN_PARAMS = {"measurement", "field", "where", "kind", "unit", "statistic_id", "name", "rp",
                 "integral", "interval", "chunk_days", "org", "token", "retries"}
@@ -331,9 +382,25 @@ def parse_source_spec(ep: Endpoint) -> SourceSpec:
 def open_influx_source(spec: str) -> InfluxSource:
     """A ReadingSource for an influxdb:// or influxdb2:// URL (module docstring)."""
     endpoint = parse_endpoint(spec)
-    retries = endpoint.one("retries")
-    return InfluxSource(endpoint, parse_source_spec(endpoint),
-                        retries=int(retries) if retries and retries.isdigit() else 3)
+    return InfluxSource(endpoint, parse_source_spec(endpoint), retries=source_retries(endpoint))
+
+
+def source_retries(endpoint: Endpoint) -> int:
+    """`retries=` (attempts per request, default 3): a whole number of at least 1."""
+    text = endpoint.one("retries")
+    if text is None:
+        return 3
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UsageError(f"{endpoint.url}: retries={text!r}; give a whole number of at least 1")
+    return int(text)
+
+
+def check_source_spec(spec: str, env: Mapping[str, str] | None = None) -> SourceSpec:
+    """Parse a source URL completely without contacting the server (config load)."""
+    endpoint = parse_endpoint(spec, env)
+    parsed = parse_source_spec(endpoint)
+    source_retries(endpoint)
+    return parsed
 
 
 @dataclass(slots=True)
@@ -399,9 +466,7 @@ class InfluxSource:
         spec = self.spec
         several = len(spec.fields) > 1
         statistic_id = spec.statistic_id or f"backdate:{slugify(f'{spec.measurement}_{fld}')}"
-        name = spec.name or f"{spec.measurement} {fld}"
-        if several and spec.name:
-            name = f"{spec.name} {fld}"
+        name = spec.series_name(fld)
         source = self.url if not several else f"{self.url} (field {fld})"
         return Series(source=source, times=times.astype(np.float64),
                       values=values.astype(np.float64),
@@ -477,11 +542,12 @@ class InfluxSource:
                  f"WHERE {self._where(lo, hi)} "
                  f"GROUP BY time(1h), * fill(none)")
             return self._influxql_columns(q, epoch="s")
-        flux = self._flux(fld, lo, hi,
-                          "  |> aggregateWindow(every: 1h, fn: (tables=<-, column) => "
-                          "tables |> integral(unit: 1h, column: column), timeSrc: \"_start\", "
-                          "createEmpty: false)\n")
-        return self._flux_columns(flux)
+        # Flux's integral has other rules (module docstring): raw samples, InfluxQL's rules.
+        times, values = self._flux_columns(self._flux(fld, lo, hi, ""))
+        t0 = time.perf_counter()
+        out = influxql_hour_integrals(times, values)
+        self.timing["parse"] += time.perf_counter() - t0
+        return out
 
     def _raw_chunk(self, fld: str, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
         if self.endpoint.version == 1:
@@ -504,13 +570,14 @@ class InfluxSource:
             terms.append(f"time < {ns(hi)}")
         return " AND ".join(terms) if terms else "time > 0"
 
-    def _influxql(self, q: str, *, epoch: str = "s") -> list[dict]:
+    def _influxql(self, q: str, *, epoch: str = "s",
+                  timeout: httpx.Timeout | None = None) -> list[dict]:
         """The series of one InfluxQL statement (error JSON -> TargetError)."""
         params = {"db": self.endpoint.database, "q": q, "epoch": epoch}
         if self.spec.rp:
             params["rp"] = self.spec.rp
         t0 = time.perf_counter()
-        resp = self.http.request("GET", "/query", params=params)
+        resp = self.http.request("GET", "/query", params=params, timeout=timeout)
         t1 = time.perf_counter()
         body = resp.json()
         self.timing["query"] += t1 - t0
@@ -519,6 +586,10 @@ class InfluxSource:
             message = body.get("error") or results[0]["error"]
             raise TargetError(f"InfluxDB at {self.url}: HTTP {resp.status_code}: {message}")
         return list(results[0].get("series") or [])
+
+    @property
+    def _edge_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(EDGE_TIMEOUT, connect=10.0)
 
     def _one_series(self, series: list[dict]) -> dict | None:
         if len(series) > 1:
@@ -555,7 +626,7 @@ class InfluxSource:
         fn = "last" if last else "first"
         q = (f"SELECT {fn}({ident(fld)}) FROM {self._from()} WHERE {self._where(start, end)} "
              "GROUP BY *")
-        series = self._one_series(self._influxql(q, epoch="ms"))
+        series = self._one_series(self._influxql(q, epoch="ms", timeout=self._edge_timeout))
         if series is None or not series["values"]:
             return None
         return float(series["values"][0][0]) / 1000.0
@@ -603,7 +674,8 @@ class InfluxSource:
                 f"{tail}"
                 f"  |> keep(columns: [\"_time\", \"_value\", \"table\"])\n")
 
-    def flux_query(self, flux: str) -> Iterator[dict[str, str]]:
+    def flux_query(self, flux: str, timeout: httpx.Timeout | None = None
+                   ) -> Iterator[dict[str, str]]:
         """Rows of a Flux query's CSV answer (tables separated by blank lines)."""
         body = {"query": flux, "type": "flux",
                 "dialect": {"header": True, "annotations": [], "delimiter": ","}}
@@ -612,15 +684,16 @@ class InfluxSource:
                                  params={"org": self.endpoint.org or ""},
                                  headers={"Accept": "application/csv",
                                           "Content-Type": "application/json"},
-                                 content=json.dumps(body).encode())
+                                 content=json.dumps(body).encode(), timeout=timeout)
         self.timing["query"] += time.perf_counter() - t0
         return parse_flux_csv(resp.text, self.url)
 
-    def _flux_columns(self, flux: str) -> tuple[np.ndarray, np.ndarray]:
+    def _flux_columns(self, flux: str, timeout: httpx.Timeout | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
         times: list[float] = []
         values: list[float] = []
         tables: set[str] = set()
-        for row in self.flux_query(flux):
+        for row in self.flux_query(flux, timeout):
             tables.add(row.get("table", "0"))
             if len(tables) > 1:
                 raise InputError("the query matches more than one series; add "
@@ -641,7 +714,7 @@ class InfluxSource:
     def _edge_v2(self, fld: str, start: float | None, end: float | None,
                  last: bool) -> float | None:
         tail = "  |> last()\n" if last else "  |> first()\n"
-        times, _ = self._flux_columns(self._flux(fld, start, end, tail))
+        times, _ = self._flux_columns(self._flux(fld, start, end, tail), self._edge_timeout)
         return float(times.max() if last else times.min()) if len(times) else None
 
     def _check_names_v2(self) -> None:
@@ -656,6 +729,40 @@ class InfluxSource:
                     f"InfluxDB at {self.url}: field {fld!r} not found in measurement "
                     f"{self.spec.measurement!r} of bucket {self.endpoint.database!r} "
                     f"(it has: {', '.join(sorted(f for f in fields if f)) or 'none'})")
+
+
+def influxql_hour_integrals(times: np.ndarray, values: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """InfluxQL's `integral(F, 1h) ... GROUP BY time(1h) fill(none)` on the client (InfluxDB
+    1.x's FloatIntegralReducer): trapezoids between consecutive samples; a pair crossing an hour
+    boundary is split there by linear interpolation, the part up to the end of the first
+    sample's hour staying in that hour and the whole rest (however many hours the gap spans)
+    going to the hour of the second sample. Every hour holding a sample is returned, except a
+    last hour whose only sample sits exactly on its start (InfluxDB drops it: no area). Same
+    timestamps: the later value wins. Result in value x hours, by hour start."""
+    t = np.asarray(times, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if t.size == 0:
+        return np.empty(0), np.empty(0)
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    last_of_time = np.append(t[1:] != t[:-1], True)  # InfluxDB keeps the later duplicate
+    t, v = t[last_of_time], v[last_of_time]
+    hours = np.floor(t / HOUR) * HOUR
+    t0, t1, v0, v1 = t[:-1], t[1:], v[:-1], v[1:]
+    h0, h1 = hours[:-1], hours[1:]
+    cross = h1 != h0
+    boundary = np.where(cross, h0 + HOUR, t1)
+    at_boundary = v0 + (v1 - v0) * (boundary - t0) / np.where(t1 > t0, t1 - t0, 1.0)
+    first_part = 0.5 * (v0 + at_boundary) * (boundary - t0) / HOUR
+    rest = np.where(cross, 0.5 * (at_boundary + v1) * (t1 - boundary) / HOUR, 0.0)
+    starts, index = np.unique(hours, return_inverse=True)
+    sums = np.zeros(starts.size)
+    np.add.at(sums, index[:-1], first_part)
+    np.add.at(sums, index[1:], rest)
+    if t[-1] == hours[-1] and (t.size == 1 or hours[-2] != hours[-1]):
+        starts, sums = starts[:-1], sums[:-1]  # the last hour holds only a sample at its start
+    return starts, sums
 
 
 def energy_unit(power_unit: str) -> str:

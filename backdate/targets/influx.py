@@ -4,13 +4,17 @@ Why: `sync` keeps meter data in InfluxDB incrementally next to (or instead of) H
 Each reading is one point: measurement `electricity_consumption` (or `measurement=`), tag
 `metering_point`, fields `consumption_kwh` (float), `consumption_wh` (float) and `resolution`
 (string: "PT15MIN" and "PT1H" as WattiVahti writes them, ISO 8601 otherwise), timestamp = the
-interval start in UTC, to the second. InfluxDB replaces a point with the same series and
+interval start in UTC, to the second (a start with a fraction of a second is rounded to the
+nearest second; readings that then share a second are merged by summing their energy, the merged
+interval running to the latest end, so no energy is lost and no point overwrites another).
+InfluxDB replaces a point with the same series and
 timestamp, so rewriting a range is idempotent and a corrected value replaces the old one.
 
 URLs: `influxdb://[user:pass@]host:8086/DATABASE[?rp=RP]` (1.x, `/write`) and
 `influxdb2://host:8086/BUCKET?org=ORG[&token=T]` (2.x, `/api/v2/write`, Token auth; the token
 from `token=`, the password or INFLUXDB_TOKEN). Options: `measurement=`, `batch=` (points per
-POST, default 5000), `retries=` (attempts per POST, default 5; backoff 0.5 s doubling).
+POST, default 5000), `retries=` (attempts per POST, default 5; backoff 0.5 s doubling, with
+jitter; Retry-After honoured on 429/503).
 INFLUXDB_URL/INFLUXDB_ORG/INFLUXDB_BUCKET fill what the URL leaves out.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -75,6 +79,24 @@ def resolution_seconds(text: str) -> float | None:
     return None
 
 
+def to_write_precision(starts: np.ndarray, ends: np.ndarray, kwh: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Readings as they are stored: starts rounded to whole seconds (half up), sorted, those
+    sharing a second merged (energy summed, the latest end kept). The sync compares these with
+    what the target holds, so sub-second sources do not rewrite every point on every run."""
+    starts = np.floor(np.asarray(starts, dtype=np.float64) + 0.5)
+    ends = np.asarray(ends, dtype=np.float64)
+    kwh = np.asarray(kwh, dtype=np.float64)
+    if starts.size == 0:
+        return starts, ends, kwh
+    order = np.argsort(starts, kind="stable")
+    starts, ends, kwh = starts[order], ends[order], kwh[order]
+    unique, first = np.unique(starts, return_index=True)
+    if unique.size == starts.size:
+        return starts, ends, kwh
+    return unique, np.maximum.reduceat(ends, first), np.add.reduceat(kwh, first)
+
+
 def escape_key(text: str) -> str:
     """Line protocol: measurement names and tag keys/values escape commas, spaces and `=`
     (a backslash is taken literally there, so names with one are refused before)."""
@@ -94,7 +116,7 @@ def line_protocol(measurement: str, metering_point: str, starts: np.ndarray, end
         res = escape_string_field(resolution_text(end - start))
         lines.append(f"{head} consumption_kwh={float(value)!r},"
                      f"consumption_wh={float(value) * 1000.0!r},resolution={res} "
-                     f"{int(round(start))}")
+                     f"{math.floor(start + 0.5)}")
     return lines
 
 
@@ -102,24 +124,10 @@ class InfluxReadingsTarget:
     """Writes and reads meter readings in InfluxDB 1.x or 2.x (module docstring)."""
 
     def __init__(self, endpoint: Endpoint):
-        unknown = sorted(set(endpoint.params) - KNOWN_PARAMS)
-        if unknown:
-            raise UsageError(f"{endpoint.url}: unknown parameter(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(KNOWN_PARAMS))})")
         self.endpoint = endpoint
         self.url = endpoint.url
-        self.measurement = endpoint.one("measurement") or MEASUREMENT
-        if any(c in self.measurement for c in "\\\n\r"):
-            raise UsageError(f"{self.url}: measurement= holds a backslash or line break")
+        self.measurement, self.batch, retries, backoff = target_options(endpoint)
         self.rp = endpoint.one("rp")
-        try:
-            self.batch = int(endpoint.one("batch") or DEFAULT_BATCH)
-            retries = int(endpoint.one("retries") or DEFAULT_RETRIES)
-            backoff = float(endpoint.one("backoff") or 0.5)
-        except ValueError:
-            raise UsageError(f"{self.url}: batch=, retries= and backoff= take numbers") from None
-        if self.batch < 1 or retries < 1 or backoff < 0:
-            raise UsageError(f"{self.url}: batch= and retries= must be at least 1")
         self.http = InfluxHTTP(endpoint, retries=retries, backoff=backoff)
         self._database_checked = False
 
@@ -151,9 +159,8 @@ class InfluxReadingsTarget:
                              f"amount over a positive interval ({starts[i]}, {ends[i]}, {kwh[i]})")
         if len(starts) == 0:
             return 0
-        order = np.argsort(starts, kind="stable")
-        lines = line_protocol(self.measurement, metering_point, starts[order], ends[order],
-                              kwh[order])
+        starts, ends, kwh = to_write_precision(starts, ends, kwh)
+        lines = line_protocol(self.measurement, metering_point, starts, ends, kwh)
         self._ensure_database()
         for i in range(0, len(lines), self.batch):
             self._post("\n".join(lines[i:i + self.batch]).encode())
@@ -188,12 +195,13 @@ class InfluxReadingsTarget:
     # ------------------------------------------------------------------------------- read
 
     def latest(self, metering_point: str) -> float | None:
-        """UTC epoch start of the newest point held for the metering point (None: none)."""
+        """UTC epoch start of the newest point held for the metering point, not after now
+        (None: none). A point in the future (a clock gone wrong) must not hold the cursor."""
         if self.endpoint.version == 1:
             if self.endpoint.database not in self._databases():
                 return None
             q = (f"SELECT last(consumption_kwh) FROM {self._from()} "
-                 f"WHERE {ident(TAG)} = {literal(metering_point)}")
+                 f"WHERE {ident(TAG)} = {literal(metering_point)} AND time <= now()")
             series = self._influxql(q)
             rows = series[0]["values"] if series else []
             return float(rows[0][0]) if rows else None
@@ -275,6 +283,33 @@ class InfluxReadingsTarget:
                                           "Content-Type": "application/json"},
                                  content=json.dumps(body).encode())
         return parse_flux_csv(resp.text, self.url)
+
+
+def target_options(endpoint: Endpoint) -> tuple[str, int, int, float]:
+    """measurement, batch, retries and backoff of a target URL, checked (also at config load,
+    before anything is contacted)."""
+    unknown = sorted(set(endpoint.params) - KNOWN_PARAMS)
+    if unknown:
+        raise UsageError(f"{endpoint.url}: unknown parameter(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(KNOWN_PARAMS))})")
+    measurement = endpoint.one("measurement") or MEASUREMENT
+    if any(c in measurement for c in "\\\n\r"):
+        raise UsageError(f"{endpoint.url}: measurement= holds a backslash or line break")
+    try:
+        batch = int(endpoint.one("batch") or DEFAULT_BATCH)
+        retries = int(endpoint.one("retries") or DEFAULT_RETRIES)
+        backoff = float(endpoint.one("backoff") or 0.5)
+    except ValueError:
+        raise UsageError(f"{endpoint.url}: batch=, retries= and backoff= take numbers") from None
+    if batch < 1 or retries < 1 or not backoff >= 0 or not math.isfinite(backoff):
+        raise UsageError(f"{endpoint.url}: batch= and retries= must be at least 1, backoff= a "
+                         "finite number of seconds")
+    return measurement, batch, retries, backoff
+
+
+def check_target_url(url: str, env: Mapping[str, str] | None = None) -> None:
+    """Parse an InfluxDB target URL completely without contacting the server."""
+    target_options(parse_endpoint(url, env))
 
 
 def open_influx_target(url: str) -> InfluxReadingsTarget:
