@@ -980,3 +980,53 @@ def _runs(config_dir: Path) -> list[tuple[Any, ...]]:
     except sqlite3.OperationalError:
         return []
 
+
+
+def test_status_only_targets_do_not_widen_the_read_window(tmp_path: Path) -> None:
+    """An mqtt:// target keeps no cursor: after the first run, the next one reads from the
+    HA target's newest hour minus the buffer, not the whole initial range again (a year, for a
+    first backfill)."""
+    from backdate.app.sync import run_job
+    from backdate.app.sync_state import SyncState
+    from backdate.config import load_config
+    from backdate.targets.fresh import create_recorder_sqlite
+    from backdate.targets.mqtt import open_mqtt_target
+
+    db = create_recorder_sqlite(tmp_path / "ha.db")
+    csv = tmp_path / "house.csv"
+    hour = current_hour()
+    csv.write_text("start,delta\n" + "".join(f"{hour - i * HOUR},0.25\n"
+                                             for i in range(30 * 24, 0, -1)))
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    broker = f"mqtt://127.0.0.1:1883?prefix={tag}_ha&topic={tag}"
+    config = write_config(tmp_path, [{"name": "house", "source": str(csv),
+                                      "targets": [f"sqlite:///{db}", broker],
+                                      "statistic_id": "backdate:widen", "tz": "Europe/Vienna",
+                                      "initial_sync_days": 20, "sync_buffer_hours": 3,
+                                      "correction_days": 0}])
+    job = load_config(config, env_for()).jobs[0]
+    state = SyncState(tmp_path / "state" / "sync.db")
+    try:
+        first = run_job(job, state)
+        assert first.exit_code == 0 and first.window is not None
+        assert first.window[0] <= hour - 20 * 24 * HOUR + HOUR
+        second = run_job(job, state)
+        assert second.exit_code == 0 and second.window is not None
+        assert second.window[0] >= hour - 4 * HOUR, (
+            f"second run read from {(hour - second.window[0]) / HOUR:.0f} h back")
+    finally:
+        state.close()
+        target = open_mqtt_target(broker)
+        target.remove("house")
+        target.close()
+
+
+def test_secrets_are_masked_in_urls() -> None:
+    from backdate.app.sync import mask_url
+
+    masked = mask_url("wnsm:AT001?auth=api&client_id=c1&client_secret=S3CR3T&api_key=K3Y"
+                      "&refresh_token=R7&mode=portal")
+    assert "S3CR3T" not in masked and "K3Y" not in masked and "R7" not in masked
+    assert "client_id=c1" in masked and "auth=api" in masked and "mode=portal" in masked
+    masked = mask_url("influxdb://me:pw1@h:8086/db?u=me&p=pw2&measurement=m")
+    assert "pw1" not in masked and "pw2" not in masked and "measurement=m" in masked

@@ -61,8 +61,9 @@ VERIFY_TOLERANCE = 1e-6  # kWh per hour
 # ---------------------------------------------------------------------------------- secrets
 
 
-_SECRET_KEYS = re.compile(r"^(token|password|pass|pw|secret|api_key|apikey|auth|key|"
-                          r"refresh_token|access_token|u|p)$", re.IGNORECASE)
+# Query keys that hold secrets: any name with secret/password/token/key in it (client_secret,
+# api_key, refresh_token, ...), and InfluxDB 1.x's short u/p.
+_SECRET_KEYS = re.compile(r"(secret|passw|token|key|^pass$|^pw$|^u$|^p$)", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
@@ -78,7 +79,7 @@ def mask_url(url: str) -> str:
         netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
     query = parts.query
     if query:
-        pairs = [(k, "***" if _SECRET_KEYS.match(k) else v)
+        pairs = [(k, "***" if _SECRET_KEYS.search(k) else v)
                  for k, v in parse_qsl(query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*:/")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
@@ -561,7 +562,12 @@ def run_job(job: Job, state: SyncState, *, now: float | None = None) -> JobOutco
         if not targets:
             outcome.error = outcome.error or "no target could be opened"
             return outcome
-        start = min(r.window_start for _t, r in targets if r.window_start is not None)
+        # Targets without a cursor of their own (MQTT status sensors) follow the others: they
+        # must not widen every run to the initial range.
+        cursors = [r.window_start for t, r in targets
+                   if r.window_start is not None and t.keeps_cursor]
+        start = min(cursors or [r.window_start for _t, r in targets
+                                if r.window_start is not None])
         outcome.window = (start, end)
         if start >= end:
             return outcome
