@@ -73,6 +73,9 @@ class Series:
     # When several files were merged: the index into `file_names` of each reading.
     files: np.ndarray | None = None
     file_names: list[str] | None = None
+    # The source states unit and kind itself (a utility portal's answer, converted to kWh):
+    # a --unit or --kind that disagrees is an error, never an override.
+    unit_fixed: bool = False
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
@@ -121,6 +124,7 @@ class Series:
             states=pick(cat("states")),
             kind=first.kind, unit=first.unit, statistic_id=first.statistic_id, name=first.name,
             hourly_sums=first.hourly_sums, files=files[order], file_names=names,
+            unit_fixed=any(p.unit_fixed for p in parts),
         )
 
 

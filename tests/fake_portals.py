@@ -197,6 +197,11 @@ class FakeWienerNetze(FakeServer):
         self._codes: dict[str, dict[str, str]] = {}
         self._access: dict[str, float] = {}  # token -> expiry
         self._refresh: set[str] = set()
+        self.failed_logins = 0
+        # app-config.json may move the B2C API (b2cApiUrl); the old path then answers 404
+        self.b2c_moved: bool = False
+        # days (the UTC date of zeitpunktVon) answered with `values: null` (an outage)
+        self.null_days: set[date] = set()
 
     @property
     def urls(self) -> dict[str, str]:
@@ -245,8 +250,11 @@ class FakeWienerNetze(FakeServer):
         if p == "/portal/assets/app-config.json":
             if not self._authorized(req):
                 return _json(401, {"error": "unauthorized"})
-            return _json(200, {"b2cApiKey": self.b2c_key, "b2bApiKey": "b2b-key"})
-        if p == "/b2c/zaehlpunkte":
+            config = {"b2cApiKey": self.b2c_key, "b2bApiKey": "b2b-key"}
+            if self.b2c_moved:
+                config["b2cApiUrl"] = self.base_url + "/b2c-v2/"
+            return _json(200, config)
+        if p == ("/b2c-v2/zaehlpunkte" if self.b2c_moved else "/b2c/zaehlpunkte"):
             if not self._authorized(req):
                 return _json(401, {"error": "unauthorized"})
             if req.headers.get("x-gateway-apikey") != self.b2c_key:
@@ -255,6 +263,8 @@ class FakeWienerNetze(FakeServer):
         if p == "/sm/api/user/messwerte/bewegungsdaten":
             if not self._authorized(req):
                 return _json(401, {"error": "unauthorized"})
+            if "application/json" not in req.headers.get("accept", ""):
+                return 406, {"Content-Type": "text/plain"}, b"Not Acceptable"
             return self._bewegungsdaten(req)
         m = re.fullmatch(r"/api/zaehlpunkte/([^/]+)/messwerte", p)
         if m:
@@ -275,23 +285,37 @@ class FakeWienerNetze(FakeServer):
         q = req.query
         if q.get("client_id") != "wn-smartmeter" or q.get("response_type") != "code":
             return _html("<html>Invalid parameter: client_id or response_type</html>")
+        if not q.get("redirect_uri", "").startswith(("http://", "https://")) or \
+                "openid" not in q.get("scope", "").split() or \
+                q.get("response_mode") != "fragment":
+            return _html("<html>Invalid parameter: redirect_uri, scope or response_mode</html>")
         if q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
             return _html("<html>Missing parameter: code_challenge_method</html>")  # PKCE
         session = secrets.token_urlsafe(8)
+        cookie = secrets.token_urlsafe(12)
         self._sessions[session] = {"challenge": q["code_challenge"],
-                                   "redirect_uri": q.get("redirect_uri", ""), "user": ""}
-        return self._login_page(session, "user")
+                                   "redirect_uri": q.get("redirect_uri", ""), "user": "",
+                                   "cookie": cookie}
+        status, headers, body = self._login_page(session, "user")
+        # Keycloak binds the login-action POSTs to the browser session of the auth GET
+        headers = {**headers, "Set-Cookie": f"AUTH_SESSION_ID={cookie}; Path={self.REALM}/; "
+                   "HttpOnly"}
+        return status, headers, body
 
     def _authenticate(self, req: Request) -> Response:
         session = req.query.get("session_code", "")
         state = self._sessions.get(session)
         if state is None:
             return _html("<html>Your login attempt timed out.</html>")
+        if f"AUTH_SESSION_ID={state['cookie']}" not in req.headers.get("cookie", ""):
+            return _html("<html>Cookie not found. Please make sure cookies are enabled in your "
+                         "browser.</html>")
         if req.query.get("execution") == "user":
             state["user"] = req.form.get("username", "")
             return self._login_page(session, "password")
         if (req.form.get("username") != self.username or state["user"] != self.username
                 or req.form.get("password") != self.password):
+            self.failed_logins += 1
             return self._login_page(session, "password", "Invalid username or password.")
         code = secrets.token_urlsafe(16)
         self._codes[code] = state
@@ -355,6 +379,10 @@ class FakeWienerNetze(FakeServer):
         bis = datetime.fromisoformat(q["zeitpunktBis"].replace("Z", "+00:00")).timestamp()
         data = meter.consumption if role.startswith("V") else meter.feedin
         scale = 1000.0 if meter.einheit == "WH" else 1.0
+        if datetime.fromtimestamp(von, UTC).date() in self.null_days:  # an outage
+            return _json(200, {"descriptor": {"zaehlpunktnummer": q["zaehlpunktnummer"],
+                                              "rolle": role, "aggregat": "NONE",
+                                              "einheit": meter.einheit}, "values": None})
         values: list[dict[str, Any]] = []
         if role.endswith("2"):
             for t in sorted(data):
@@ -431,6 +459,8 @@ class FakeWattiVahti(FakeServer):
     api_url = base/api/onlineapi/v1. Times go out as naive Finnish local times, ordered by
     local wall clock (so the repeated autumn hour comes as pairs); answers whose number is in
     `wrong_z` carry a trailing Z on every time. PT15MIN answers nothing before `pt15_from`.
+    `rotate`: True rotates on every refresh, False never, an int n every n-th refresh (B2C's
+    answer "may be missing" the refresh token).
     """
 
     TOKEN_PATH = "/pesv.onmicrosoft.com/b2c_1_tunnistus_signinv2/oauth2/v2.0/token"
@@ -438,8 +468,8 @@ class FakeWattiVahti(FakeServer):
     SCOPE = "https://pesv.onmicrosoft.com/salpa/customer.read openid profile offline_access"
 
     def __init__(self, *, client_id: str = "wv-client-id", metering_point: str = "1234567",
-                 refresh_token: str = "rt-initial", rotate: bool = True,
-                 access_ttl: int = 3600) -> None:
+                 refresh_token: str = "rt-initial", rotate: bool | int = True,
+                 access_ttl: int = 3600, naive_bounds: bool = False) -> None:
         super().__init__()
         self.client_id = client_id
         self.metering_point = metering_point
@@ -450,10 +480,17 @@ class FakeWattiVahti(FakeServer):
         self.consumption: dict[int, float | None] = {}  # UTC quarter start -> kWh
         self.production: dict[int, float | None] = {}
         self.pt15_from: float = 0.0
+        # UTC [start, end) ranges PT15MIN answers nothing for (PT1H still does): gaps in the
+        # middle or at the end of an answer
+        self.pt15_gaps: list[tuple[float, float]] = []
         self.wrong_z: set[int] = set()  # 1-based numbers of meterdata2 answers with a 'Z'
         self._answers = 0
         self._access: dict[str, float] = {}
         self.refresh_seen: list[str] = []
+        self.token_calls = 0
+        # Read start/stop as naive local times, ignoring any offset (the first occurrence of
+        # a repeated time), as an API that only knows Finnish wall clock would.
+        self.naive_bounds = naive_bounds
 
     @property
     def urls(self) -> dict[str, str]:
@@ -483,6 +520,9 @@ class FakeWattiVahti(FakeServer):
             return _json(400, {"error": "invalid_request",
                                "error_description": "AADB2C90117: The scope or client is wrong"})
         rt = f.get("refresh_token", "")
+        with self.lock:
+            self.token_calls += 1
+            number = self.token_calls
         self.refresh_seen.append(rt)
         if rt not in self.valid_refresh:
             return _json(400, {"error": "invalid_grant", "error_description":
@@ -492,7 +532,8 @@ class FakeWattiVahti(FakeServer):
             self._access[access] = time.monotonic() + self.access_ttl
         answer: dict[str, Any] = {"access_token": access, "token_type": "Bearer",
                                   "expires_in": self.access_ttl}
-        if self.rotate:
+        rotate = self.rotate if isinstance(self.rotate, bool) else number % self.rotate == 0
+        if rotate:
             new = "rt-" + secrets.token_urlsafe(16)
             self.valid_refresh = {new}  # the used one is spent
             self.issued_refresh.append(new)
@@ -508,8 +549,10 @@ class FakeWattiVahti(FakeServer):
         if data is None or step is None:
             return 400, {"Content-Type": "text/plain"}, b"Bad measurementType or resultStep"
         try:
-            lo = datetime.fromisoformat(q["start"]).timestamp()
-            hi = datetime.fromisoformat(q["stop"]).timestamp()
+            bounds = [datetime.fromisoformat(q["start"]), datetime.fromisoformat(q["stop"])]
+            if self.naive_bounds:
+                bounds = [b.replace(tzinfo=HELSINKI, fold=0) for b in bounds]
+            lo, hi = (b.timestamp() for b in bounds)
         except (KeyError, ValueError):
             return 400, {"Content-Type": "text/plain"}, b"Bad start/stop"
         with self.lock:
@@ -519,7 +562,7 @@ class FakeWattiVahti(FakeServer):
         if step == QUARTER:
             lo_q = max(lo, self.pt15_from)
             rows = [(datetime.fromtimestamp(t, HELSINKI), v) for t, v in data.items()
-                    if lo_q <= t < hi]
+                    if lo_q <= t < hi and not any(a <= t < b for a, b in self.pt15_gaps)]
         else:
             hours: dict[int, list[float | None]] = {}
             for t, v in data.items():

@@ -10,6 +10,7 @@ and a clean removal. MQTT is set up in HA through the config-flow REST API, as a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -46,6 +47,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def enable_mqtt(instance: HomeAssistant) -> None:
+    """Set up HA's MQTT integration through the config flow, as a user would (real Mosquitto)."""
+    flow = instance.request("POST", "/api/config/config_entries/flow", {"handler": "mqtt"})
+    assert flow["type"] == "form" and flow["step_id"] == "broker", flow
+    done = instance.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}",
+                            {"broker": BROKER, "port": 1883})
+    assert done["type"] == "create_entry", done
+    with instance.ws() as ws:
+        wait_for("the MQTT entry to load", lambda: any(
+            e["domain"] == "mqtt" and e["state"] == "loaded"
+            for e in ws.call("config_entries/get", domain="mqtt")))
+
+
 @pytest.fixture(scope="module")
 def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
     """HA with the MQTT integration set up through the config flow (real Mosquitto)."""
@@ -53,15 +67,7 @@ def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home
                              extra_config="config:\n")
     instance.start()
     try:
-        flow = instance.request("POST", "/api/config/config_entries/flow", {"handler": "mqtt"})
-        assert flow["type"] == "form" and flow["step_id"] == "broker", flow
-        done = instance.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}",
-                                {"broker": BROKER, "port": 1883})
-        assert done["type"] == "create_entry", done
-        with instance.ws() as ws:
-            wait_for("the MQTT entry to load", lambda: any(
-                e["domain"] == "mqtt" and e["state"] == "loaded"
-                for e in ws.call("config_entries/get", domain="mqtt")))
+        enable_mqtt(instance)
         yield instance
     finally:
         instance.stop()
@@ -230,3 +236,99 @@ def test_midnight_after_latest_day() -> None:
     got = latest_complete_day(series, VIENNA)
     assert got is not None and got.day == "2024-10-27"
     assert got.kwh == pytest.approx(float(series.values[96:].sum()), abs=1e-9)  # 100 quarters
+
+
+def retained(topics: list[str], timeout: float = 5.0) -> dict[str, bytes]:
+    """The retained messages the broker holds for `topics` (a real client, real Mosquitto)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    got: dict[str, bytes] = {}
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex}")
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        got[msg.topic] = msg.payload
+        if set(got) >= set(topics):
+            done.set()
+
+    client.on_message = on_message
+    client.connect(BROKER, 1883)
+    client.loop_start()
+    try:
+        for t in topics:
+            client.subscribe(t, qos=1)
+        done.wait(timeout)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got
+
+
+def test_last_day_is_the_sources_local_day_without_tz(topic: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ?tz= and no $TZ: the day is the zone the caller passes (the portal's, Helsinki for
+    WattiVahti), not a UTC day; without one it is UTC."""
+    monkeypatch.delenv("TZ", raising=False)
+    helsinki = ZoneInfo("Europe/Helsinki")
+    # 26 October 00:00 Helsinki (21:00 UTC on the 25th) to 28 October 10:00 Helsinki
+    start = datetime(2024, 10, 26, tzinfo=helsinki)
+    series = quarter_series(start, 96 + 100 + 44, 5, "backdate:wattivahti_1_consumption", "C")
+    device = f"wv_{uuid.uuid4().hex[:6]}"
+    state_topic = f"{topic}/{device}/last_day_energy/state"
+    target = open_mqtt_target(f"mqtt://{BROKER}:1883?topic={topic}&prefix={topic}_ha")
+    try:
+        target.publish(device, "WattiVahti", [series], "ok", time_zone="Europe/Helsinki")
+        got = retained([state_topic, state_topic + "/attributes"])
+        attrs = json.loads(got[state_topic + "/attributes"])
+        assert attrs["day"] == "2024-10-27"  # the 25-hour Finnish day
+        local = sum(v for t, v in zip(series.times, series.values, strict=True)
+                    if datetime.fromtimestamp(t, helsinki).date().isoformat() == "2024-10-27")
+        assert float(got[state_topic]) == pytest.approx(local, abs=1e-6)
+        target.publish(device, "WattiVahti", [series], "ok")  # no zone known: UTC days
+        got = retained([state_topic + "/attributes"])
+        attrs = json.loads(got[state_topic + "/attributes"])
+        assert attrs["day"] == "2024-10-27" and attrs["day_start"].endswith("+00:00")
+    finally:
+        target.remove(device)
+        target.close()
+
+
+def test_expire_after_and_availability_per_device(ha: HomeAssistant, topic: str) -> None:
+    """Between runs the process is cleanly gone, so its `online` stays: `expire_after` makes a
+    sensor nobody refreshed unavailable; each device has its own availability topic beside the
+    process's last will, so one job's device going away leaves the other's alone."""
+    import json
+
+    first, second = (f"dev_{uuid.uuid4().hex[:6]}" for _ in range(2))
+    start = datetime(2024, 3, 29, tzinfo=VIENNA)
+    series = quarter_series(start, 96 * 2 + 10, 9, "backdate:x_consumption", "X")
+    url = f"mqtt://{BROKER}:1883?topic={topic}&tz=Europe/Vienna"
+    target = open_mqtt_target(url)
+    try:
+        target.publish(first, "First", [series], "ok", expire_after=4)
+        target.publish(second, "Second", [series], "ok")
+        config_topic = f"homeassistant/sensor/backdate_{first}/last_day_energy/config"
+        config = json.loads(retained([config_topic])[config_topic])
+        assert config["expire_after"] == 4 and config["availability_mode"] == "all"
+        assert [a["topic"] for a in config["availability"]] == [
+            f"{topic}/availability", f"{topic}/{first}/availability"]
+        other = f"homeassistant/sensor/backdate_{second}/newest_value/config"
+        assert json.loads(retained([other])[other])["expire_after"] == 2 * 86400
+
+        entity = {d: f"sensor.backdate_{d}_last_day_energy" for d in (first, second)}
+        wait_for("both energies", lambda: all(
+            state(ha, e)["state"] not in ("unknown", "unavailable") for e in entity.values()))
+        wait_for("the first device's energy to expire", lambda: state(
+            ha, entity[first])["state"] == "unavailable", timeout=30)
+        assert state(ha, entity[second])["state"] not in ("unknown", "unavailable")
+        assert state(ha, f"sensor.backdate_{first}_sync_status")["state"] == "ok"
+
+        target.remove(first)  # its availability goes with it; the second stays available
+        wait_for("the first device to go", lambda: device_of(ha, f"backdate_{first}") is None)
+        assert state(ha, entity[second])["state"] not in ("unknown", "unavailable")
+    finally:
+        target.remove(first)
+        target.remove(second)
+        target.close()

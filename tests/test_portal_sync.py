@@ -16,13 +16,16 @@ import stat
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import influx_fixtures
 import pytest
 from fake_portals import QUARTER, FakeWattiVahti, FakeWienerNetze, Meter
 from ha_harness import HomeAssistant
 from influx_fixtures import InfluxDatabase
+from test_mqtt import device_of, enable_mqtt, entities_of, state, wait_for
 from test_portals import hourly, quarters, spec_query
 from test_sync import assert_hours_equal, env_for, ha_hours, runs, sync, write_config
 
@@ -35,13 +38,17 @@ pytestmark = pytest.mark.ha
 
 HOUR = 3600
 DAY = 86400
+VIENNA = ZoneInfo("Europe/Vienna")
 
 
 @pytest.fixture(scope="module")
 def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
-    instance = HomeAssistant(tmp_path_factory.mktemp("ha_portal_sync"), venv=ha_venv)
+    """HA with its MQTT integration on the real Mosquitto (the live sensors' judge)."""
+    instance = HomeAssistant(tmp_path_factory.mktemp("ha_portal_sync"), venv=ha_venv,
+                             extra_config="config:\n")
     instance.start()
     try:
+        enable_mqtt(instance)
         yield instance
     finally:
         instance.stop()
@@ -51,6 +58,20 @@ def portal_days() -> tuple[int, int]:
     """Three whole UTC days ending at today's midnight: what a portal delivers a day late."""
     today = math.floor(time.time() / DAY) * DAY
     return today - 3 * DAY, today
+
+
+def last_complete_local_day(data: dict[int, float | None], tz: ZoneInfo) -> tuple[str, float]:
+    """The newest local day whose every quarter hour the portal holds a value for, and its
+    kWh (the test's own reckoning, independent of the MQTT target's)."""
+    days = sorted({datetime.fromtimestamp(t, tz).date() for t in data}, reverse=True)
+    for d in days:
+        start = datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
+        nxt = d + timedelta(days=1)
+        end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp()
+        quarters_ = [int(start) + QUARTER * k for k in range(int(end - start) // QUARTER)]
+        if all(data.get(t) is not None for t in quarters_):
+            return d.isoformat(), float(sum(data[t] for t in quarters_))  # type: ignore[misc]
+    raise AssertionError("no complete local day in the test data")
 
 
 def influx_hours(db: InfluxDatabase, point: str) -> dict[int, float]:
@@ -78,7 +99,7 @@ def test_sync_wiener_netze_into_ha_influxdb_and_mqtt(ha: HomeAssistant,
     meter.einheit = "WH"
     fake.meters[zp] = meter
     tag = f"t{uuid.uuid4().hex[:8]}"
-    broker = f"mqtt://127.0.0.1:1883?prefix={tag}_ha&topic={tag}"
+    broker = f"mqtt://127.0.0.1:1883?topic={tag}"  # HA's own discovery prefix
     target_db = influx_db.client.create_database("wnsm_target")
     with fake:
         config = write_config(tmp_path, [{
@@ -100,6 +121,26 @@ def test_sync_wiener_netze_into_ha_influxdb_and_mqtt(ha: HomeAssistant,
             target = InfluxDatabase(influx_db.server, influx_db.client, target_db)
             assert_hours_equal(influx_hours(target, zp), expected, "InfluxDB")
             assert set(influx_hours(target, zp)) == set(expected)
+
+            # The live sensors: one device for the job, the last complete *Vienna* day's
+            # energy (the two missing hours make the newest Vienna day incomplete).
+            day, kwh = last_complete_local_day(meter.consumption, VIENNA)
+            dev = wait_for("the job's MQTT device", lambda: device_of(ha, "backdate_wnsm_house"))
+            ents = wait_for("its three sensors", lambda: (e := entities_of(ha, dev["id"]))
+                            and len(e) == 3 and e)
+            by_obj = {uid.removeprefix("backdate_wnsm_house_"): e["entity_id"]
+                      for uid, e in ents.items()}
+            assert set(by_obj) == {"last_day_energy", "newest_value", "sync_status"}
+            energy = wait_for("the day's energy", lambda: (s := state(
+                ha, by_obj["last_day_energy"]))["state"] not in ("unknown", "unavailable") and s)
+            assert energy["attributes"]["day"] == day
+            assert energy["attributes"]["device_class"] == "energy"
+            assert energy["attributes"]["unit_of_measurement"] == "kWh"
+            assert "state_class" not in energy["attributes"]
+            assert float(energy["state"]) == pytest.approx(kwh, abs=1e-6)
+            newest = state(ha, by_obj["newest_value"])["state"]
+            assert datetime.fromisoformat(newest).timestamp() == hi - 2 * HOUR
+            assert state(ha, by_obj["sync_status"])["state"] == "ok"
 
             # The portal delivers the two missing hours; the next run fills exactly them.
             for k in range(1, 9):

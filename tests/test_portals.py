@@ -31,7 +31,7 @@ from ha_harness import REPO_ROOT, HomeAssistant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backdate.errors import InputError, TargetError
+from backdate.errors import InputError, RefusedError, TargetError
 from backdate.hass.client import statistics_during_period_sync
 from backdate.sources.base import SourceRange, open_source
 from backdate.sources.files import read_file
@@ -269,13 +269,32 @@ def test_wnsm_outage_is_exit_3_and_writes_nothing(wn: FakeWienerNetze, recorder_
     assert recorder_db.read_bytes() == before
 
 
-def test_wnsm_wrong_password_is_exit_3_without_the_password(wn: FakeWienerNetze,
+def test_wnsm_wrong_password_is_exit_1_without_the_password(wn: FakeWienerNetze,
                                                             recorder_db: Path) -> None:
     proc = run_backdate("plan", wnsm_spec(wn), "--to", f"sqlite:///{recorder_db}",
                         "--start", "2024-10-25", "--end", "2024-10-26",
-                        env={"WNSM_PASSWORD": "not-the-password"}, expect=3)
+                        env={"WNSM_PASSWORD": "not-the-password"}, expect=1)
     out = proc.stdout + proc.stderr
     assert "WNSM_PASSWORD" in out and "not-the-password" not in out
+    assert "Traceback" not in out and wn.failed_logins == 1
+
+
+def test_wnsm_refused_login_is_never_retried_in_a_process(wn: FakeWienerNetze,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """log.wien shows a CAPTCHA after a failed login (#316): a daemon must not try the same
+    password every interval; a changed password is tried."""
+    monkeypatch.setenv("WNSM_PASSWORD", "wrong-one")
+    lo, hi = utc(2024, 10, 25), utc(2024, 10, 26)
+    for _ in range(3):
+        with pytest.raises(RefusedError, match="WNSM_PASSWORD") as err:
+            read(wnsm_spec(wn), lo, hi)
+        assert err.value.exit_code == 1 and "wrong-one" not in str(err.value)
+    assert wn.failed_logins == 1
+    assert len(wn.calls("/login-actions/authenticate")) == 2  # user name, then password once
+    monkeypatch.setenv("WNSM_PASSWORD", wn.password)
+    _, (series,) = read(wnsm_spec(wn), lo, hi)
+    assert len(series) > 90
 
 
 def test_wnsm_password_from_a_file_and_unknown_zaehlpunkt(wn: FakeWienerNetze,
@@ -303,7 +322,8 @@ def test_bewegungsdaten_file_is_read_like_the_api(wn: FakeWienerNetze, tmp_path:
     import httpx
 
     doc = httpx.get(wn.base_url + answer.path, params=answer.query,
-                    headers={"Authorization": answer.headers["authorization"]}).json()
+                    headers={"Authorization": answer.headers["authorization"],
+                             "Accept": "application/json"}).json()
     path.write_text(json.dumps(doc, indent=2))
     (from_file,) = read_file(path)
     keep = (from_file.times >= lo) & (from_file.times < hi)
@@ -383,9 +403,10 @@ def test_local_times_round_trip_over_dst_days(day: tuple[int, int, int], offset:
     local = [datetime.fromtimestamp(t, HELSINKI) for t in times]
     order = (sorted(range(count), key=lambda i: (local[i].replace(tzinfo=None), local[i].fold))
              if pairs else list(range(count)))
+    texts = [local[i].strftime("%Y-%m-%dT%H:%M:%S") + ("Z" if wrong_z else "") for i in order]
     clock = _LocalClock(not_before=base)
-    got = [clock.epoch(local[i].strftime("%Y-%m-%dT%H:%M:%S") + ("Z" if wrong_z else ""),
-                       "answer", i + 1) for i in order]
+    clock.count_all(texts)  # as parse_meterdata2 does: pairs are known over the whole answer
+    got = [clock.epoch(text, "answer", k + 1) for k, text in enumerate(texts)]
     assert got == [times[i] for i in order]
 
 
@@ -435,6 +456,8 @@ def test_wattivahti_always_401_is_exit_3(wv: FakeWattiVahti, recorder_db: Path) 
                         expect=3)
     assert "HTTP 401" in proc.stdout + proc.stderr
     assert recorder_db.read_bytes() == before
+    # one refresh after the first 401, then give up: no retry storm against the portal
+    assert len(wv.calls("meterdata2")) == 2 and wv.token_calls == 2
 
 
 def test_wattivahti_missing_or_expired_token_file(wv: FakeWattiVahti, recorder_db: Path,
@@ -602,3 +625,267 @@ def test_spec_usage_errors_and_masked_secrets(monkeypatch: pytest.MonkeyPatch) -
         assert wv.statistic_id("production") == f"backdate:wattivahti_{MP}_production"
     finally:
         wv.close()
+
+
+# ================================================== review findings (issue 6, second round)
+
+
+def test_wattivahti_full_disk_stops_before_the_token_is_spent(
+        wv: FakeWattiVahti, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new token's file is created before the refresh POST: when it cannot be (disk full,
+    read-only directory), the stored token is never sent and stays valid."""
+    import errno
+    import tempfile
+
+    def no_space(*_a: Any, **_k: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_space)
+    token_file = Path(os.environ["REFRESH_TOKEN_FILE"])
+    with pytest.raises(TargetError, match="No space left") as err:
+        read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert str(token_file) in str(err.value) and "still valid" in str(err.value)
+    assert wv.refresh_seen == []  # never spent
+    assert token_file.read_text().strip() == "rt-first" and "rt-first" in wv.valid_refresh
+    monkeypatch.undo()
+    monkeypatch.setenv("WATTIVAHTI_CLIENT_ID", wv.client_id)
+    monkeypatch.setenv("REFRESH_TOKEN_FILE", str(token_file))
+    _, (series,) = read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert len(series) == 96
+
+
+def test_wattivahti_token_write_failure_after_rotation_is_exit_3_and_says_so(
+        wv: FakeWattiVahti, recorder_db: Path) -> None:
+    """When the rename fails after B2C rotated the token, the error names the file, says the
+    old token was spent and what to do; no traceback, exit 3."""
+    wrapper = ("import errno, os\n"
+               "real = os.replace\n"
+               "def broken(src, dst, *a, **k):\n"
+               "    if str(dst).endswith('refresh_token.txt'):\n"
+               "        raise OSError(errno.EROFS, 'Read-only file system')\n"
+               "    return real(src, dst, *a, **k)\n"
+               "os.replace = broken\n"
+               "from backdate.cli import main\nmain()\n")
+    token_file = Path(os.environ["REFRESH_TOKEN_FILE"])
+    proc = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-c", wrapper, "plan", wv_spec(wv),
+         "--to", f"sqlite:///{recorder_db}", "--start", "2024-10-26", "--end", "2024-10-27"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 3, out
+    assert "Traceback" not in out and "Read-only file system" in out
+    assert str(token_file) in out and "spent" in out and "wattivahti.fi" in out
+    assert wv.issued_refresh[0] not in out  # the new token is a secret too
+    assert [p.name for p in token_file.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_wattivahti_two_processes_share_one_rotation(wv: FakeWattiVahti,
+                                                     tmp_path: Path) -> None:
+    """cron and a manual run at once: the lock on <file>.lock makes the second wait and use
+    the rotated token, instead of spending the same one and being told to log in again."""
+    import threading
+
+    arrived = [0]
+    meeting = threading.Condition()
+
+    def meet(req: Request) -> None:
+        """Hold the first refresh until the second arrives (or 3 s pass): without the lock
+        both spend the same token; with it the second only comes after the first is done."""
+        if req.path.endswith("/token"):
+            with meeting:
+                arrived[0] += 1
+                meeting.notify_all()
+                meeting.wait_for(lambda: arrived[0] >= 2, timeout=3.0)
+
+    wv.before = meet
+    script = ("import sys\nfrom backdate.sources.base import open_source, SourceRange\n"
+              "s = open_source(sys.argv[1])\n"
+              "s.read(SourceRange(float(sys.argv[2]), float(sys.argv[3])))\n")
+    args = [str(REPO_ROOT / ".venv" / "bin" / "python"), "-c", script, wv_spec(wv),
+            str(utc(2024, 10, 26)), str(utc(2024, 10, 27))]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert wv.refresh_seen == ["rt-first", wv.issued_refresh[0]]
+    token_file = Path(os.environ["REFRESH_TOKEN_FILE"])
+    assert token_file.read_text().strip() == wv.issued_refresh[1]
+
+
+def test_wattivahti_token_file_changed_meanwhile_is_retried_once(wv: FakeWattiVahti) -> None:
+    """Another writer (a hand edit, a tool without the lock) put a new token in the file after
+    it was read: invalid_grant, re-read, one retry with the new token."""
+    token_file = Path(os.environ["REFRESH_TOKEN_FILE"])
+
+    def swap(req: Request) -> None:
+        if req.path.endswith("/token") and not wv.refresh_seen:
+            wv.valid_refresh = {"rt-pasted"}
+            token_file.write_text("rt-pasted\n")
+
+    wv.before = swap
+    _, (series,) = read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert len(series) == 96
+    assert wv.refresh_seen == ["rt-first", "rt-pasted"]
+    assert token_file.read_text().strip() == wv.issued_refresh[-1]
+
+
+def test_wattivahti_token_errors_name_the_b2c_code(wv: FakeWattiVahti,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expired token says AADB2C90080 and how to log in; a wrong client id says
+    AADB2C90117 and WATTIVAHTI_CLIENT_ID, not "log in again"."""
+    wv.valid_refresh = {"something-else"}
+    with pytest.raises(InputError, match="AADB2C90080") as err:
+        read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert "wattivahti.fi" in str(err.value) and "invalid_grant" in str(err.value)
+    assert len(wv.refresh_seen) == 1  # the file did not change: no second try
+    monkeypatch.setenv("WATTIVAHTI_CLIENT_ID", "not-the-client")
+    with pytest.raises(InputError, match="AADB2C90117") as err:
+        read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert "WATTIVAHTI_CLIENT_ID" in str(err.value) and "wattivahti.fi" not in str(err.value)
+
+
+def test_wattivahti_token_not_rotated_leaves_the_file(wv: FakeWattiVahti) -> None:
+    """B2C's answer may lack a refresh token: the file stays, no temporary file is left."""
+    wv.rotate = 2  # every second refresh rotates
+    token_file = Path(os.environ["REFRESH_TOKEN_FILE"])
+    read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert token_file.read_text().strip() == "rt-first" and wv.issued_refresh == []
+    read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert token_file.read_text().strip() == wv.issued_refresh[0]
+    read(wv_spec(wv), utc(2024, 10, 26), utc(2024, 10, 27))
+    assert wv.refresh_seen == ["rt-first", "rt-first", wv.issued_refresh[0]]
+    assert sorted(p.name for p in token_file.parent.iterdir()) == [
+        "refresh_token.txt", "refresh_token.txt.lock"]
+
+
+def test_wattivahti_range_from_the_second_0300_with_naive_bounds(wv: FakeWattiVahti) -> None:
+    """An API that reads start/stop as Finnish wall clock answers from the *first* 03:00 when
+    asked from the second: the answer holds the whole pair, which must parse as a pair and then
+    be cut to the range."""
+    wv.naive_bounds = True
+    lo = datetime(2024, 10, 27, 3, 0, tzinfo=HELSINKI, fold=1).timestamp()  # 01:00 UTC
+    hi = utc(2024, 10, 28)
+    _, (series,) = read(wv_spec(wv, chunk_days="1"), lo, hi)
+    times, values = known(wv.consumption, lo, hi)
+    np.testing.assert_array_equal(series.times, times)
+    np.testing.assert_allclose(series.values, values, atol=1e-12)
+    first = wv.calls("meterdata2")[0].query["start"]
+    assert first.startswith("2024-10-27T03:00:00")
+
+
+def test_meterdata2_pair_at_the_start_of_a_range() -> None:
+    """A pair at the very start of the answer with the range starting at the second 03:00."""
+    times = ["2024-10-27T03:00:00", "2024-10-27T03:00:00", "2024-10-27T03:15:00",
+             "2024-10-27T03:15:00"]
+    doc = {"getconsumptionsresult": {"consumptiondata": {"timeseries": {
+        "resolution": "PT15MIN", "values": {"tsv": [
+            {"quantity": 0.1 * (k + 1), "time": t} for k, t in enumerate(times)]}}}}}
+    second = datetime(2024, 10, 27, 3, 0, tzinfo=HELSINKI, fold=1).timestamp()
+    into = Readings()
+    parse_meterdata2(doc, "answer", into, clock=_LocalClock(not_before=second),
+                     window=(second, second + 7200))
+    assert into.starts == [second, second + 900]
+    assert into.values == pytest.approx([0.2, 0.4])
+
+
+def test_portal_unit_and_kind_are_not_overridden(wn: FakeWienerNetze, tmp_path: Path,
+                                                 recorder_db: Path) -> None:
+    """A bewegungsdaten answer says its unit (converted to kWh); --unit Wh would make every
+    value 1000 times too small, --kind cumulative nonsense: both are errors naming the
+    source, exit 1, nothing written."""
+    import httpx
+
+    wn.meters[ZP].einheit = "WH"
+    read(wnsm_spec(wn), utc(2024, 10, 25), utc(2024, 10, 26))
+    call = wn.calls("bewegungsdaten")[0]
+    doc = httpx.get(wn.base_url + call.path, params=call.query,
+                    headers={"Authorization": call.headers["authorization"],
+                             "Accept": "application/json"}).json()
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps(doc))
+    before = recorder_db.read_bytes()
+    for flags in (["--unit", "Wh"], ["--kind", "cumulative"]):
+        proc = run_backdate("import", answer, "--to", f"sqlite:///{recorder_db}", *flags,
+                            "--yes", "--no-backup", env={}, expect=1)
+        out = " ".join((proc.stdout + proc.stderr).split())
+        assert "answer.json" in out and flags[0] in out, out
+        proc = run_backdate("import", wnsm_spec(wn), "--to", f"sqlite:///{recorder_db}",
+                            "--start", "2024-10-25", "--end", "2024-10-26", *flags, "--yes",
+                            "--no-backup", env={}, expect=1)
+        out = " ".join((proc.stdout + proc.stderr).split())
+        assert f"wnsm:{ZP}" in out and flags[0] in out, out
+    assert recorder_db.read_bytes() == before
+    run_backdate("plan", answer, "--to", f"sqlite:///{recorder_db}", "--unit", "kWh",
+                 env={}, expect=0)
+
+
+def test_naive_bounds_are_the_portals_local_days(wn: FakeWienerNetze,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--start 2024-10-26` for a Wiener Netze source is Vienna's 26 October (from 22:00 UTC
+    the day before), unless --tz says otherwise."""
+    from backdate.app.importing import read_sources
+    from backdate.cli import _options
+
+    monkeypatch.delenv("TZ", raising=False)
+    opts = _options(None, None, None, None, None, None, None, True, start="2024-10-26",
+                    end="2024-10-27")
+    (series,) = read_sources([wnsm_spec(wn)], opts)
+    lo = datetime(2024, 10, 26, tzinfo=ZoneInfo("Europe/Vienna")).timestamp()
+    hi = datetime(2024, 10, 27, tzinfo=ZoneInfo("Europe/Vienna")).timestamp()
+    np.testing.assert_array_equal(series.times, known(wn.meters[ZP].consumption, lo, hi)[0])
+    utc_opts = _options(None, None, None, None, "UTC", None, None, True, start="2024-10-26",
+                        end="2024-10-27")
+    (in_utc,) = read_sources([wnsm_spec(wn)], utc_opts)
+    assert in_utc.times[0] == utc(2024, 10, 26)
+
+
+def test_daily_values_only_whole_days_inside_the_range(wn: FakeWienerNetze) -> None:
+    """Resolution day: a day reaching past --end is left out, a day starting at --start kept."""
+    vienna = ZoneInfo("Europe/Vienna")
+    lo = datetime(2024, 10, 26, tzinfo=vienna).timestamp()
+    hi = datetime(2024, 10, 27, 12, tzinfo=vienna).timestamp()
+    _, (daily,) = read(wnsm_spec(wn, resolution="day", direction="feedin"), lo, hi)
+    assert daily.times.tolist() == [lo]
+    assert daily.ends.tolist() == [datetime(2024, 10, 27, tzinfo=vienna).timestamp()]
+    expected = sum(v for t, v in wn.meters[ZP].feedin.items()
+                   if v is not None and lo <= t < daily.ends[0])
+    assert float(daily.values[0]) == pytest.approx(expected, abs=1e-6)
+    assert wn.calls("bewegungsdaten")[0].query["zeitpunktVon"] == "2024-10-25T22:00:00.000Z"
+
+
+def test_wnsm_moved_b2c_api_and_outage_days_with_null_values(wn: FakeWienerNetze) -> None:
+    """app-config.json's b2cApiUrl moves the B2C API; a day the portal answers `values:
+    null` (an outage) yields nothing for that day, a note, and every other day."""
+    wn.b2c_moved = True
+    wn.null_days = {datetime(2024, 10, 26).date()}
+    lo, hi = utc(2024, 10, 25), utc(2024, 10, 28)
+    source, (series,) = read(wnsm_spec(wn, chunk_days="1"), lo, hi)
+    assert wn.calls("/b2c-v2/zaehlpunkte") and not wn.calls("/b2c/zaehlpunkte")
+    kept = [t for t in known(wn.meters[ZP].consumption, lo, hi)[0]
+            if not utc(2024, 10, 26) <= t < utc(2024, 10, 27)]
+    np.testing.assert_array_equal(series.times, kept)
+    assert any("delivered no values" in n for n in source.notes)
+
+
+def test_wattivahti_pt15min_gaps_in_the_middle_and_at_the_end(wv: FakeWattiVahti) -> None:
+    """PT15MIN answers nothing for some hours in the middle and at the end of a range: those
+    whole hours come from PT1H, nothing is counted twice, nothing invented."""
+    lo, hi = utc(2024, 10, 26), utc(2024, 10, 27)
+    middle = (utc(2024, 10, 26, 8), utc(2024, 10, 26, 10))
+    end = (utc(2024, 10, 26, 21), utc(2024, 10, 27))
+    wv.pt15_gaps = [middle, end]
+    _, (series,) = read(wv_spec(wv, chunk_days="1"), lo, hi)
+    in_gap = np.array([any(a <= t < b for a, b in (middle, end)) for t in series.times])
+    assert set((series.ends - series.times)[in_gap]) == {3600.0}
+    assert int(in_gap.sum()) == 2 + 3
+    assert set((series.ends - series.times)[~in_gap]) == {900.0}
+    expected = hourly({t: v for t, v in wv.consumption.items() if lo <= t < hi})
+    got: dict[int, float] = {}
+    for t, v in zip(series.times, series.values, strict=True):
+        got[int(t) - int(t) % 3600] = got.get(int(t) - int(t) % 3600, 0.0) + float(v)
+    assert got.keys() == expected.keys()
+    for h, v in expected.items():
+        assert got[h] == pytest.approx(v, abs=1e-9)
+    steps = [r.query["resultStep"] for r in wv.calls("meterdata2")]
+    assert steps == ["PT15MIN", "PT1H"]  # one hour request spanning both gaps

@@ -50,6 +50,9 @@ class ImportOptions:
     # files are read whole.
     start: float | None = None
     end: float | None = None
+    # --start/--end as given: without --tz, a naive bound means the remote source's own local
+    # time where it has one (a Wiener Netze day is a Vienna day), else UTC.
+    bounds_text: tuple[str | None, str | None] = (None, None)
 
 
 @dataclass(slots=True)
@@ -93,7 +96,7 @@ def read_sources(paths: list[str], opts: ImportOptions,
         if is_remote(path):
             source = open_source(path)
             try:
-                out.extend(source.read(SourceRange(opts.start, opts.end)))
+                out.extend(source.read(SourceRange(*_source_bounds(source, opts))))
             finally:
                 source.close()
             continue
@@ -112,6 +115,19 @@ def read_sources(paths: list[str], opts: ImportOptions,
                       value_column=opts.value_column, unit=opts.unit, progress=report)
         )
     return out
+
+
+def _source_bounds(source: object, opts: ImportOptions) -> tuple[float | None, float | None]:
+    """--start/--end for one remote source: naive bounds in its zone when --tz is not given."""
+    from backdate.app.exporting import parse_bound
+
+    zone = getattr(source, "time_zone", None)
+    if opts.tz or not zone:
+        return opts.start, opts.end
+    start_text, end_text = opts.bounds_text
+    tz = ZoneInfo(zone)
+    return (parse_bound(start_text, tz) if start_text else opts.start,
+            parse_bound(end_text, tz) if end_text else opts.end)
 
 
 def statistic_id_for(series: Series, opts: ImportOptions, several: bool) -> str:
@@ -169,12 +185,23 @@ def _drop_repeats(series: Series) -> Series:
 
 
 def _input_unit(series: Series, opts: ImportOptions, kind: Kind) -> str | None:
-    """--unit, else the file's, else kWh for energy (W for power)."""
+    """--unit, else the file's, else kWh for energy (W for power); a source that states its
+    unit itself (a utility portal) is not overridden."""
+    if series.unit_fixed and opts.unit and units.normalize_unit(opts.unit) != \
+            units.normalize_unit(series.unit):
+        raise InputError(
+            f"the source states its own unit (read as {series.unit}), but --unit says "
+            f"{opts.unit}; leave --unit out", path=series.source)
     return units.normalize_unit(opts.unit or series.unit) or (
         "W" if kind is Kind.POWER else ("kWh" if kind is not Kind.MEAN else None))
 
 
 def resolve_kind(series: Series, opts: ImportOptions) -> Kind:
+    if opts.kind and series.kind and opts.kind is not series.kind and series.unit_fixed:
+        raise InputError(
+            f"the source states its values are kind {series.kind.value} (energy per "
+            f"interval), but --kind says {opts.kind.value}; leave --kind out",
+            path=series.source)
     if opts.kind and series.kind and opts.kind is not series.kind:
         raise InputError(
             f"the file's columns say kind {series.kind.value}, but --kind says {opts.kind.value}",

@@ -8,12 +8,10 @@ and nothing is ever invented in its place (the original add-on fell back to mock
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,35 +151,6 @@ class PortalHTTP:
 
     def close(self) -> None:
         self.client.close()
-
-
-def write_secret_file(path: Path, text: str) -> None:
-    """Replace `path` atomically with `text`, mode 0600 from the first byte.
-
-    A crash leaves either the old token or the new one, never half a file; the temporary file
-    lives in the same directory so `os.replace` is a rename on one file system.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:  # the rename itself must survive a power cut too
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def day_chunks(start: float, end: float, days: int) -> Iterator[tuple[float, float]]:

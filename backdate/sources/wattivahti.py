@@ -5,27 +5,41 @@ times and no offset (some answers carry a wrong trailing `Z`), the repeated autu
 of equal times, nothing at all at 15 minutes for older ranges, and sits behind an Azure AD B2C
 refresh token that rotates. So:
 
-* the refresh token lives in REFRESH_TOKEN_FILE; each new one is written atomically, mode 0600,
-  *before* the access token it came with is used, so a crash never loses the only valid token;
-  a missing file or a refused token is an error naming the file and what to put in it;
-* a naive time that occurs twice in the repeated hour is the first (summer) then the second
-  (winter) occurrence; a time the spring-forward gap skips is an error naming its position;
-* PT15MIN first, PT1H for a range where PT15MIN gives nothing; `null` is not available (left
-  out), 0 is 0; consumption (measurementType 1) and production (6) are separate Series.
+* the refresh token lives in REFRESH_TOKEN_FILE; using it spends it, so the refresh runs under
+  an exclusive lock on `<file>.lock` (a cron run and a manual run never spend the same token),
+  the file for the new token is created and its space reserved *before* the POST (a full or
+  read-only disk stops the run with the old token still valid), and the new token is written
+  atomically, mode 0600, *before* the access token is used; a write that still fails is an
+  error naming the file and saying the old token is spent. A missing file or a refused token
+  is an error naming the file, the B2C error code and what to do;
+* a naive time the answer holds twice in the repeated hour is a pair: first summer, then
+  winter time, wherever the answer starts; a time held once is placed by the range asked for;
+  a time the spring-forward gap skips is an error naming its position;
+* PT15MIN first, PT1H for the whole hours PT15MIN said nothing about (older ranges, gaps in
+  the middle or at the end); only intervals wholly inside the range are kept; `null` is not
+  available (left out), 0 is 0; consumption (measurementType 1) and production (6) are
+  separate Series.
 
     wattivahti:1234567?direction=both
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+import re
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import numpy as np
 
 from backdate.engine.prepare import slugify
@@ -42,7 +56,6 @@ from backdate.sources.portal_http import (
     secret,
     timeout_param,
     window_bounds,
-    write_secret_file,
 )
 from backdate.sources.wnsm import Readings, to_series
 
@@ -66,14 +79,42 @@ ENERGY_SCALE = {"kwh": 1.0, "wh": 1e-3, "mwh": 1e3}
 
 @dataclass(slots=True)
 class _LocalClock:
-    """Turns naive Finnish wall-clock times into UTC, telling the repeated hour apart by
-    order: the first 03:15 of the autumn day is summer time, the second winter time."""
+    """Turns naive Finnish wall-clock times into UTC, telling the repeated hour apart.
+
+    A naive time the answer holds twice is a pair: the first is summer time (fold 0), the
+    second winter time (fold 1), wherever the answer starts (the API may read the range's
+    bounds as naive local times and answer from the first 03:00 when asked from the second).
+    Only a time the answer holds once is placed by `not_before`: when the first occurrence
+    lies before the range asked for, it is the second.
+    """
 
     tz: ZoneInfo = TZ
     seen: dict[datetime, int] = field(default_factory=dict)
-    # The start of the range asked for: an answer that begins inside the repeated hour begins
-    # with its second occurrence when the first lies before the range.
+    # How often each naive time occurs in the whole answer (`count_all`); None: not counted.
+    totals: dict[datetime, int] | None = None
     not_before: float | None = None
+
+    @staticmethod
+    def _naive(text: Any) -> datetime | None:
+        if not isinstance(text, str):
+            return None
+        raw = text.strip()
+        if raw.endswith(("Z", "z")):  # WattiVahti's wrong `Z`: the time is local, not UTC
+            raw = raw[:-1]
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+        return dt if dt.tzinfo is None else None
+
+    def count_all(self, texts: list[Any]) -> None:
+        """Count every naive time of the answer first, so pairs are known as pairs."""
+        totals: dict[datetime, int] = {}
+        for text in texts:
+            dt = self._naive(text)
+            if dt is not None:
+                totals[dt] = totals.get(dt, 0) + 1
+        self.totals = totals
 
     def epoch(self, text: Any, where: str, pos: int) -> float:
         if not isinstance(text, str) or not text.strip():
@@ -92,17 +133,21 @@ class _LocalClock:
         if datetime.fromtimestamp(first.timestamp(), self.tz).replace(tzinfo=None) != dt:
             raise InputError(f"local time {raw} does not exist in Finland (the clocks skip "
                              "that hour in spring)", path=where, line=pos)
-        if first.utcoffset() != second.utcoffset():  # in the repeated hour
-            count = self.seen.get(dt, 0)
-            if count >= 2:
-                raise InputError(f"local time {raw} occurs more than twice on the autumn "
-                                 "change day", path=where, line=pos)
-            if not count and self.not_before is not None and first.timestamp() < \
-                    self.not_before <= second.timestamp():
-                count = 1
-            self.seen[dt] = count + 1
+        if first.utcoffset() == second.utcoffset():
+            return first.timestamp()
+        count = self.seen.get(dt, 0)  # in the repeated hour
+        total = None if self.totals is None else self.totals.get(dt, 0)
+        if count >= 2 or (total is not None and total > 2):
+            raise InputError(f"local time {raw} occurs more than twice on the autumn "
+                             "change day", path=where, line=pos)
+        self.seen[dt] = count + 1
+        if total == 2 or count == 1:  # a pair: first, then second
             return (second if count else first).timestamp()
-        return first.timestamp()
+        late = self.not_before is not None and \
+            first.timestamp() < self.not_before <= second.timestamp()
+        if total is None and late:
+            self.seen[dt] = 2  # uncounted: a later equal time would be a third
+        return (second if late else first).timestamp()
 
 
 def parse_meterdata2(doc: Any, where: str, into: Readings, *, clock: _LocalClock | None = None,
@@ -135,6 +180,7 @@ def parse_meterdata2(doc: Any, where: str, into: Readings, *, clock: _LocalClock
         raise InputError(f"unknown resolution {series.get('resolution')!r} (expected PT15MIN "
                          "or PT1H)", path=where)
     step = STEPS[resolution]
+    clock.count_all([item.get("time") if isinstance(item, dict) else None for item in tsv])
     default_unit = (data.get("sum") or {}).get("unit") if isinstance(data.get("sum"),
                                                                       dict) else None
     into.unit = "kWh"
@@ -143,10 +189,11 @@ def parse_meterdata2(doc: Any, where: str, into: Readings, *, clock: _LocalClock
         if not isinstance(item, dict):
             raise InputError(f"tsv item {k + 1} is not an object", path=where, line=pos)
         start = clock.epoch(item.get("time"), where, pos)
-        if window is not None and not window[0] <= start < window[1]:
-            continue
+        if window is not None and not (window[0] <= start and start + step <= window[1]):
+            continue  # only intervals wholly inside the range
         if into.first_item is None or start < into.first_item:
             into.first_item = start
+        into.answered.append(start)
         quantity = item.get("quantity")
         if quantity is None:  # not available: never a zero
             into.unavailable += 1
@@ -168,7 +215,16 @@ def parse_meterdata2(doc: Any, where: str, into: Readings, *, clock: _LocalClock
 
 
 class TokenFile:
-    """The rotating B2C refresh token on disk (REFRESH_TOKEN_FILE)."""
+    """The rotating B2C refresh token on disk (REFRESH_TOKEN_FILE).
+
+    Using the token spends it (B2C rotates it), so the one use is guarded: an exclusive lock
+    on `<file>.lock` keeps two processes from spending the same token (the second would be
+    told to log in again), and the temporary file for the new token is created, and its space
+    reserved, *before* the token is spent, so a full or read-only disk stops the run while the
+    old token is still valid.
+    """
+
+    RESERVE = 4096  # bytes written ahead so the new token's blocks exist before the POST
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -192,12 +248,86 @@ class TokenFile:
                              path=str(self.path))
         return token
 
-    def write(self, token: str) -> None:
-        write_secret_file(self.path, token)
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold `<file>.lock` exclusively (other backdate processes wait for the rotation)."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            raise InputError(f"no WattiVahti refresh token file: {self.instructions()}",
+                             path=str(self.path)) from None
+        except OSError as err:
+            raise TargetError(f"WattiVahti: cannot create the lock file {lock_path}: "
+                              f"{err.strerror}; the refresh token was not used") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def reserve(self) -> tuple[int, str]:
+        """The temporary file (fd, path) the next token goes into, with space reserved."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                       dir=self.path.parent)
+        except OSError as err:
+            raise TargetError(
+                f"WattiVahti: cannot create a file next to {self.path} for the rotated refresh "
+                f"token ({err.strerror}); the token was not used and is still valid: make "
+                "room or make the directory writable, then run again") from None
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, b"\n" * self.RESERVE)
+            os.fsync(fd)
+        except OSError as err:
+            self.discard(fd, tmp)
+            raise TargetError(
+                f"WattiVahti: cannot write next to {self.path} ({err.strerror}); the refresh "
+                "token was not used and is still valid: make room, then run again") from None
+        return fd, tmp
+
+    @staticmethod
+    def discard(fd: int, tmp: str) -> None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+    def commit(self, fd: int, tmp: str, token: str) -> None:
+        """Put `token` into the reserved file and rename it over the token file (atomic)."""
+        try:
+            data = (token + "\n").encode()
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, self.path)
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except OSError as err:
+            if fd >= 0:
+                self.discard(fd, tmp)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise TargetError(
+                f"WattiVahti: the rotated refresh token could not be written to {self.path} "
+                f"({err.strerror}). The token in the file was spent by this refresh and "
+                f"WattiVahti will refuse it: fix the file system, then {self.instructions()}"
+            ) from None
 
 
 class WattiVahtiSource:
     """`wattivahti:<metering point>`: consumption and production per 15 minutes (or hour)."""
+
+    time_zone = "Europe/Helsinki"  # the portal's days (MQTT's "last complete day", --start)
 
     def __init__(self, spec: str, *, now: float | None = None) -> None:
         self.url = mask(spec)
@@ -217,7 +347,6 @@ class WattiVahtiSource:
         self.api_url = (s.get("api_url", "WATTIVAHTI_API_URL", API_URL) or API_URL).rstrip("/")
         self.now = now
         self.notes: list[str] = []
-        self.resolutions: dict[str, list[tuple[float, float, str]]] = {}
         self.http = PortalHTTP("WattiVahti", timeout=timeout_param(s))
         self._access: str | None = None
         self._expires = 0.0
@@ -237,35 +366,79 @@ class WattiVahtiSource:
     # -- token -----------------------------------------------------------------------------
 
     def refresh(self) -> str:
-        """Trade the stored refresh token for an access token; store the rotated one first."""
+        """Trade the stored refresh token for an access token; store the rotated one first.
+
+        Under the token file's lock: read, reserve the new file, POST, write. When B2C says
+        invalid_grant and the file changed meanwhile (a process without the lock, a hand
+        edit), the new token is tried once.
+        """
         client_id = secret(self._spec, "client_id", "WATTIVAHTI_CLIENT_ID",
                            what="WattiVahti client id")
         if not client_id:
             raise UsageError("wattivahti: set WATTIVAHTI_CLIENT_ID, the client id of "
                              "WattiVahti's web app (Azure AD B2C tenant pesv)")
-        token = self.token_file.read()
-        resp = self.http.send("POST", self.token_url, ok=(200, 400, 401), data={
-            "client_id": client_id, "scope": SCOPE, "grant_type": "refresh_token",
-            "refresh_token": token, "client_info": "1"})
-        if resp.status_code != 200:
-            try:
-                error = str(self.http.json(resp).get("error") or "")
-            except (TargetError, AttributeError):
-                error = ""
-            raise InputError(
-                f"WattiVahti refused the refresh token (HTTP {resp.status_code}"
-                f"{' ' + error if error else ''}: expired, revoked or already used); "
-                f"{self.token_file.instructions()}", path=str(self.token_file.path))
-        answer = self.http.json(resp)
-        if not isinstance(answer, dict) or not answer.get("access_token"):
-            raise TargetError("WattiVahti: the token answer has no access_token")
-        new = answer.get("refresh_token")
-        if new and new != token:
-            self.token_file.write(str(new))  # before the access token is used
-            log.info("stored WattiVahti's rotated refresh token in %s", self.token_file.path)
+        with self.token_file.locked():
+            token = self.token_file.read()
+            for attempt in (1, 2):
+                fd, tmp = self.token_file.reserve()
+                try:
+                    resp = self.http.send("POST", self.token_url, ok=(200, 400, 401), data={
+                        "client_id": client_id, "scope": SCOPE, "grant_type": "refresh_token",
+                        "refresh_token": token, "client_info": "1"})
+                except BaseException:
+                    self.token_file.discard(fd, tmp)
+                    raise
+                if resp.status_code != 200:
+                    self.token_file.discard(fd, tmp)
+                    error, description = self._token_error(resp)
+                    if error == "invalid_grant" and attempt == 1:
+                        current = self.token_file.read()
+                        if current != token:
+                            log.info("the WattiVahti refresh token file changed meanwhile; "
+                                     "trying its new token")
+                            token = current
+                            continue
+                    raise self._refused(resp.status_code, error, description)
+                answer = self.http.json(resp)
+                if not isinstance(answer, dict) or not answer.get("access_token"):
+                    self.token_file.discard(fd, tmp)
+                    raise TargetError("WattiVahti: the token answer has no access_token")
+                new = answer.get("refresh_token")
+                if new and new != token:
+                    self.token_file.commit(fd, tmp, str(new))  # before the access token is used
+                    log.info("stored WattiVahti's rotated refresh token in %s",
+                             self.token_file.path)
+                else:  # B2C may keep the token: the file stays as it is
+                    self.token_file.discard(fd, tmp)
+                break
         self._access = str(answer["access_token"])
         self._expires = time.monotonic() + float(answer.get("expires_in") or 3600) - 30
         return self._access
+
+    def _token_error(self, resp: httpx.Response) -> tuple[str, str]:
+        """B2C's `error` and the AADB2C code (first words) of its `error_description`."""
+        try:
+            doc = resp.json()
+        except ValueError:
+            return "", ""
+        if not isinstance(doc, dict):
+            return "", ""
+        description = re.sub(r"\s+", " ", str(doc.get("error_description") or "")).strip()
+        return str(doc.get("error") or ""), description.split(" Correlation ID")[0][:200]
+
+    def _refused(self, status: int, error: str, description: str) -> Exception:
+        """invalid_grant is a spent or expired token (log in again); anything else is a
+        wrong client id or request, and logging in again would not help."""
+        said = ", ".join(x for x in (error, description) if x)
+        if error == "invalid_grant":
+            return InputError(
+                f"WattiVahti refused the refresh token (HTTP {status}: {said}; expired, "
+                f"revoked or already used); {self.token_file.instructions()}",
+                path=str(self.token_file.path))
+        return InputError(
+            f"WattiVahti's token endpoint refused the request (HTTP {status}"
+            f"{': ' + said if said else ''}); the refresh token was not accepted or spent: "
+            "check WATTIVAHTI_CLIENT_ID and token_url", path=str(self.token_file.path))
 
     def access(self) -> str:
         if self._access is None or time.monotonic() >= self._expires:
@@ -307,32 +480,15 @@ class WattiVahtiSource:
             into = Readings()
             position = 1
             sid = self.statistic_id(direction)
-            used = self.resolutions.setdefault(sid, [])
             for clo, chi in day_chunks(lo, hi, self.chunk_days):
                 quarter = Readings()
-                got, count = self._answer(direction, clo, chi, "PT15MIN", quarter, position)
+                _, count = self._answer(direction, clo, chi, "PT15MIN", quarter, position)
                 position += count
-                # Older ranges have no 15-minute values: hours for what PT15MIN left out at
-                # the start (all of the chunk when it answered nothing).
-                first = quarter.first_item if quarter.first_item is not None else chi
-                if first > clo:
-                    log.info("WattiVahti has no 15-minute values before %s; asking for hours",
-                             datetime.fromtimestamp(first, TZ))
-                    hours = Readings()
-                    _, n = self._answer(direction, clo, first, "PT1H", hours, position)
-                    position += n
-                    keep = [i for i, end in enumerate(hours.ends) if end <= first]
-                    for name in ("starts", "ends", "values", "positions", "estimated"):
-                        getattr(into, name).extend(getattr(hours, name)[i] for i in keep)
-                    into.unavailable += hours.unavailable
-                    if keep:
-                        used.append((clo, first, "PT1H"))
                 for name in ("starts", "ends", "values", "positions", "estimated"):
                     getattr(into, name).extend(getattr(quarter, name))
                 into.unavailable += quarter.unavailable
                 into.unit = "kWh"
-                if quarter.starts:
-                    used.append((first, chi, got or "PT15MIN"))
+                position += self._hours_for_gaps(direction, clo, chi, quarter, into, position)
             series, _estimated = to_series(into, self.url, statistic_id=sid,
                                            name=self.name(direction))
             if into.unavailable:
@@ -341,6 +497,30 @@ class WattiVahtiSource:
                 log.warning("%s", note)
             out.append(series)
         return out
+
+    def _hours_for_gaps(self, direction: str, lo: float, hi: float, quarter: Readings,
+                        into: Readings, position: int) -> int:
+        """PT1H for the whole hours of [lo, hi) PT15MIN said nothing about (older ranges have
+        no 15-minute values; a gap at the end or in the middle is filled the same way).
+        Returns how many items the PT1H answer held (for positions)."""
+        covered = {int(t // 3600) for t in quarter.answered}
+        first_hour = int(-(-lo // 3600))
+        needed = [h for h in range(first_hour, int(hi // 3600)) if h not in covered]
+        if not needed:
+            return 0
+        span = (needed[0] * 3600.0, needed[-1] * 3600.0 + 3600.0)
+        log.info("WattiVahti has no 15-minute values for %d hour(s) from %s; asking for hours",
+                 len(needed), datetime.fromtimestamp(span[0], TZ))
+        hours = Readings()
+        _, count = self._answer(direction, span[0], span[1], "PT1H", hours, position)
+        wanted = set(needed)
+        keep = [i for i, start in enumerate(hours.starts) if int(start // 3600) in wanted
+                and hours.ends[i] - start == 3600]
+        for name in ("starts", "ends", "values", "positions", "estimated"):
+            getattr(into, name).extend(getattr(hours, name)[i] for i in keep)
+        answered = sum(1 for t in hours.answered if int(t // 3600) in wanted)
+        into.unavailable += answered - len(keep)  # the nulls among the wanted hours
+        return count
 
     def close(self) -> None:
         self.http.close()

@@ -16,7 +16,9 @@ and feed-in are separate Series, and any failure stops the read with its HTTP st
     wnsm:AT00...?auth=api        (WNSM_CLIENT_ID, WNSM_CLIENT_SECRET, WNSM_API_KEY)
 
 Credentials come from WNSM_USERNAME / WNSM_PASSWORD (or *_FILE); every base URL is a
-parameter or an environment variable (README lists them).
+parameter or an environment variable (README lists them). A refused user name or password is
+exit 1 and is never sent again by the same process (log.wien asks for a CAPTCHA after a failed
+login, DarwinsBuddy #316). Daily values count only when the whole Vienna day lies in the range.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from backdate.engine.prepare import slugify
-from backdate.errors import InputError, TargetError, UsageError
+from backdate.errors import InputError, RefusedError, TargetError, UsageError
 from backdate.models import Kind, Series
 from backdate.sources.base import SourceRange
 from backdate.sources.portal_http import (
@@ -60,6 +63,7 @@ B2C_URL = "https://api.wstw.at/gateway/WN_SMART_METER_PORTAL_API_B2C/1.0"
 ALT_URL = "https://service.wienernetze.at/sm/api"
 API_URL = "https://api.wstw.at/gateway/WN_SMART_METER_API/1.0"
 CLIENT_ID = "wn-smartmeter"
+VIENNA = ZoneInfo("Europe/Vienna")
 
 KNOWN = {"username", "password", "client_id", "client_secret", "api_key", "zaehlpunkt",
          "auth", "direction", "resolution", "customer", "statistic_id", "name", "days", "timeout",
@@ -86,6 +90,7 @@ class Readings:
     unit: str | None = None  # always kWh once a value arrived (Wh answers are scaled)
     unavailable: int = 0  # null values: not yet delivered
     first_item: float | None = None  # earliest interval answered, null or not
+    answered: list[float] = field(default_factory=list)  # every start answered, null or not
 
 
 def _utc(text: Any, where: str, pos: int) -> float:
@@ -117,11 +122,11 @@ def parse_bewegungsdaten(doc: Any, where: str, into: Readings, *, zaehlpunkt: st
     """Add one `bewegungsdaten` answer to `into`; returns its role (V002, E002, ...).
 
     Positions are 1-based indexes into `values` (plus `first_position - 1`), or the file's
-    lines when `lines` is given. Readings outside `window` are dropped (answers cover whole
-    days).
+    lines when `lines` is given. Readings not wholly inside `window` are dropped (answers
+    cover whole days; a daily value that reaches past the range is not part of it).
     """
     if not isinstance(doc, dict) or not isinstance(doc.get("descriptor"), dict) or \
-            not isinstance(doc.get("values"), list):
+            not isinstance(doc.get("values"), list | None) or "values" not in doc:
         raise InputError("not a bewegungsdaten answer: needs 'descriptor' and 'values'",
                          path=where)
     desc = doc["descriptor"]
@@ -134,7 +139,7 @@ def parse_bewegungsdaten(doc: Any, where: str, into: Readings, *, zaehlpunkt: st
                          path=where)
     scale = 1e-3 if UNITS[einheit] == "Wh" else 1.0  # everything is kept in kWh
     into.unit = "kWh"
-    for k, item in enumerate(doc["values"]):
+    for k, item in enumerate(doc["values"] or []):  # null: nothing delivered (an outage)
         pos = lines[k] if lines is not None else first_position + k
         if not isinstance(item, dict):
             raise InputError(f"value {k + 1} is not an object", path=where, line=pos)
@@ -142,8 +147,8 @@ def parse_bewegungsdaten(doc: Any, where: str, into: Readings, *, zaehlpunkt: st
         end = _utc(item.get("zeitpunktBis"), where, pos)
         if end <= start:
             raise InputError("zeitpunktBis is not after zeitpunktVon", path=where, line=pos)
-        if window is not None and not window[0] <= start < window[1]:
-            continue
+        if window is not None and not (window[0] <= start and end <= window[1]):
+            continue  # only intervals wholly inside the range (a day is a whole day)
         wert = item.get("wert")
         if wert is None:  # not yet available: never a zero
             into.unavailable += 1
@@ -186,7 +191,7 @@ def parse_messwerte(doc: Any, where: str, by_direction: dict[str, Readings], *,
             into.unit = "kWh"
             start = _utc(item.get("zeitVon"), where, here)
             end = _utc(item.get("zeitBis"), where, here)
-            if window is not None and not window[0] <= start < window[1]:
+            if window is not None and not (window[0] <= start and end <= window[1]):
                 continue
             if item.get("messwert") is None:
                 into.unavailable += 1
@@ -225,7 +230,7 @@ def to_series(readings: Readings, source: str, *, statistic_id: str | None, name
             lines, estimated = lines[keep], estimated[keep]
     series = Series(source=source, times=starts, values=values, lines=lines, ends=ends,
                     kind=Kind.DELTA, unit=readings.unit or "kWh", statistic_id=statistic_id,
-                    name=name)
+                    name=name, unit_fixed=True)
     return series, estimated
 
 
@@ -265,13 +270,22 @@ class _Tokens:
             raise TargetError(f"{what}: the token answer has no Bearer access token")
         self.access = str(answer["access_token"])
         self.refresh = answer.get("refresh_token")
-        now = time.monotonic()
-        self.expires = now + float(answer.get("expires_in") or 300) - 10
-        self.refresh_expires = now + float(answer.get("refresh_expires_in") or 0) - 10
+        self.expires = time.monotonic() + float(answer.get("expires_in") or 300) - 10
 
     @property
     def fresh(self) -> bool:
         return time.monotonic() < self.expires
+
+
+# Credentials log.wien refused in this process (digests, never the secrets): one refused
+# login is never tried again in the same process (a `sync` daemon runs every interval), since
+# the portal shows a hidden CAPTCHA after the first failure (DarwinsBuddy #316) and may lock the
+# account. New credentials (a changed WNSM_PASSWORD) are tried.
+_REFUSED: dict[str, str] = {}
+
+
+def _credential_key(login_url: str, username: str, password: str) -> str:
+    return hashlib.sha256("\0".join((login_url, username, password)).encode()).hexdigest()
 
 
 class PortalSession:
@@ -293,7 +307,15 @@ class PortalSession:
         return self.portal_url + "/"
 
     def login(self) -> None:
-        """The two-step form of log.wien, then the code exchange (PKCE S256)."""
+        """The two-step form of log.wien, then the code exchange (PKCE S256).
+
+        A refused user name or password is an error of the input (exit 1), remembered so this
+        process never sends the same credentials again.
+        """
+        key = _credential_key(self.login_url, self._username, self._password)
+        if key in _REFUSED:
+            raise RefusedError(_REFUSED[key] + " (not tried again: log.wien refused these "
+                               "credentials earlier in this process)")
         verifier, challenge = _pkce()
         query = urlencode({
             "client_id": CLIENT_ID, "redirect_uri": self.redirect_uri,
@@ -316,10 +338,18 @@ class PortalSession:
         location = done.headers.get("location", "")
         code = parse_qs(urlsplit(location).fragment).get("code", [None])[0] or parse_qs(
             urlsplit(location).query).get("code", [None])[0]
-        if done.status_code == 200 or not code:
+        if done.status_code == 200 and _form_action(done.text, str(done.url)):
+            message = ("Wiener Netze login refused the user name or password; check "
+                       "WNSM_USERNAME and WNSM_PASSWORD (or the files WNSM_USERNAME_FILE / "
+                       "WNSM_PASSWORD_FILE name); backdate does not retry them, since log.wien "
+                       "asks for a CAPTCHA after failed logins")
+            _REFUSED[key] = message
+            raise RefusedError(message)
+        if not code:
             raise TargetError(
-                f"Wiener Netze login refused the user name or password (HTTP "
-                f"{done.status_code}); check WNSM_USERNAME and WNSM_PASSWORD")
+                f"Wiener Netze login: HTTP {done.status_code} without an authorization code "
+                "after the password form (the portal's login may have changed); try again "
+                "later")
         answer = self.http.send("POST", f"{self.login_url}/protocol/openid-connect/token", data={
             "grant_type": "authorization_code", "client_id": CLIENT_ID,
             "redirect_uri": self.redirect_uri, "code": code, "code_verifier": verifier,
@@ -383,6 +413,8 @@ class PortalSession:
 
 class WnsmSource:
     """`wnsm:<Zählpunkt>`: quarter-hour (or daily) consumption and feed-in."""
+
+    time_zone = "Europe/Vienna"  # the portal's days (MQTT's "last complete day", --start)
 
     def __init__(self, spec: str, *, now: float | None = None) -> None:
         self.url = mask(spec)
@@ -490,6 +522,9 @@ class WnsmSource:
             position = 1
             for clo, chi in day_chunks(lo, hi, self.chunk_days):
                 von = datetime.fromtimestamp(clo, UTC)
+                if self.resolution == "day":  # ask from the local midnight: whole days
+                    von = datetime.fromtimestamp(clo, VIENNA).replace(
+                        hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
                 bis = datetime.fromtimestamp(chi - 0.001, UTC)
                 doc = session.get(f"{alt}/user/messwerte/bewegungsdaten", {
                     "geschaeftspartner": customer, "zaehlpunktnummer": self.zaehlpunkt,
@@ -502,7 +537,13 @@ class WnsmSource:
                 if got and got != role:
                     raise InputError(f"asked for role {role}, the answer is for {got}",
                                      path=self.url)
-                position += len(doc["values"])
+                if not doc["values"]:
+                    note = (f"{self.statistic_id(direction)}: the portal delivered no values "
+                            f"from {von:%Y-%m-%d %H:%M} UTC to {bis:%Y-%m-%d} (not available "
+                            "yet, or an outage); nothing was filled in")
+                    self.notes.append(note)
+                    log.warning("%s", note)
+                position += len(doc["values"] or [])
 
     def _api_access(self, login_url: str) -> str:
         if self._api_token is None or not self._api_token.fresh:

@@ -11,9 +11,16 @@ Why no `state_class`: a state class makes HA compile long-term statistics from t
 time it arrives, so a day's energy published the next day would land in the wrong hour, which
 is exactly the original add-on's bug (it also used `measurement`, which HA refuses for energy).
 The history goes into statistics with correct timestamps through `sync`/`import`; these sensors
-only show what was synced and when. States and discovery configs are retained; availability
-has a last will (`offline`) so a crashed sync shows as unavailable; `remove` clears every
-retained message so HA deletes the device.
+only show what was synced and when. States and discovery configs are retained. Availability
+has two parts that must both be `online` (HA's `availability_mode: all`): the process's topic
+with its last will (`offline`), so a crashed sync shows as unavailable, and one topic per
+device, so removing or failing one job does not touch the others. `expire_after` (default two
+days; `?expire_after=SECONDS`, or per `publish`) makes HA show the sensors as unavailable when
+no sync refreshed them for that long, which a clean disconnect between runs cannot tell it.
+`remove` clears every retained message so HA deletes the device.
+
+"The last complete day" is a local day: of `?tz=` when given, else of the zone the caller
+passes (the portal's: a Wiener Netze day is a Vienna day), else of $TZ, else UTC.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 10.0
 STATUS_OK = "ok"
+EXPIRE_AFTER = 2 * 86400.0  # about twice a daily sync interval plus its jitter
 
 
 @dataclass(slots=True)
@@ -99,11 +107,9 @@ class MqttTarget:
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.prefix = params.get("prefix", "homeassistant").strip("/")
         self.base = params.get("topic", "backdate").strip("/")
-        tz_name = params.get("tz") or os.environ.get("TZ") or "UTC"
-        try:
-            self.tz = ZoneInfo(tz_name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise UsageError(f"mqtt: unknown time zone {tz_name!r}") from None
+        # None: the zone the caller passes to publish(), else $TZ, else UTC
+        self.tz = _zone(params["tz"]) if params.get("tz") else None
+        self.expire_after = _seconds(params.get("expire_after"), EXPIRE_AFTER)
         user = unquote(parts.username) if parts.username else os.environ.get("MQTT_USERNAME")
         password = unquote(parts.password) if parts.password else os.environ.get("MQTT_PASSWORD")
         self.url = f"{parts.scheme}://{user + ':***@' if user else ''}{self.host}:{self.port}" + (
@@ -141,8 +147,12 @@ class MqttTarget:
     # -- topics ----------------------------------------------------------------------------
 
     def _bridge_topic(self) -> str:
-        """One availability topic for everything this process publishes (its last will)."""
+        """The availability of this process (its last will), shared by its devices."""
         return f"{self.base}/availability"
+
+    def _device_availability(self, device_id: str) -> str:
+        """The availability of one device (job): offline when it is removed."""
+        return f"{self.base}/{_object_id(device_id)}/availability"
 
     def _node(self, device_id: str) -> str:
         return f"backdate_{_object_id(device_id)}"
@@ -175,7 +185,9 @@ class MqttTarget:
             "unique_id": f"{node}_{obj}",
             "state_topic": self._state_topic(device_id, obj),
             "json_attributes_topic": self._state_topic(device_id, obj) + "/attributes",
-            "availability_topic": self._bridge_topic(),
+            "availability": [{"topic": self._bridge_topic()},
+                             {"topic": self._device_availability(device_id)}],
+            "availability_mode": "all",
             "payload_available": "online",
             "payload_not_available": "offline",
             "device": {"identifiers": [node], "name": name, "manufacturer": "backdate",
@@ -184,12 +196,17 @@ class MqttTarget:
         }
 
     def publish(self, device_id: str, name: str, readings: list[Series], status: str,
-                error: str | None = None) -> None:
+                error: str | None = None, *, time_zone: str | None = None,
+                expire_after: float | None = None) -> None:
         """Announce the device (retained configs) and publish its current states.
 
         `readings` are the delta readings the sync just handled; with none (a failed sync),
         only the status changes and the energy sensors keep their last retained value.
+        `time_zone` is the source's zone (the portal's local days) when the URL names none;
+        `expire_after` (seconds) overrides the URL's, e.g. 2 x the job's interval + jitter.
         """
+        tz = self.tz or (_zone(time_zone) if time_zone else _env_zone())
+        expire = round(_seconds(expire_after, self.expire_after))
         configs: dict[str, dict[str, Any]] = {}
         states: dict[str, tuple[str, dict[str, Any]]] = {}
         newest: float | None = None
@@ -198,8 +215,9 @@ class MqttTarget:
             obj = "last_day_" + slugify(_suffix(series, readings))
             configs[obj] = self._config(device_id, name, obj, f"{label} last complete day", {
                 "device_class": "energy", "unit_of_measurement": "kWh",
-                "suggested_display_precision": 3, "icon": "mdi:calendar-today"})
-            day = latest_complete_day(series, self.tz)
+                "suggested_display_precision": 3, "icon": "mdi:calendar-today",
+                "expire_after": expire})
+            day = latest_complete_day(series, tz)
             if day is not None:
                 states[obj] = (f"{day.kwh:.6f}", {"day": day.day,
                                                    "statistic_id": series.statistic_id,
@@ -209,17 +227,19 @@ class MqttTarget:
                 last = float(np.nanmax(ends))
                 newest = last if newest is None else max(newest, last)
         configs["newest_value"] = self._config(device_id, name, "newest_value",
-                                               "Newest value", {"device_class": "timestamp"})
+                                               "Newest value", {"device_class": "timestamp",
+                                                                "expire_after": expire})
         if newest is not None:
-            when = datetime.fromtimestamp(newest, self.tz)
+            when = datetime.fromtimestamp(newest, tz)
             states["newest_value"] = (when.isoformat(), {})
         configs["sync_status"] = self._config(device_id, name, "sync_status", "Sync status", {
             "icon": "mdi:sync", "entity_category": "diagnostic"})
         states["sync_status"] = (status, {"error": error or "",
-                                          "at": datetime.now(self.tz).isoformat()})
+                                          "at": datetime.now(tz).isoformat()})
         for obj, config in configs.items():
             self._send(self._config_topic(device_id, obj), json.dumps(config))
         self._send(self._bridge_topic(), "online")
+        self._send(self._device_availability(device_id), "online")
         for obj, (state, attributes) in states.items():
             self._send(self._state_topic(device_id, obj) + "/attributes", json.dumps(attributes))
             self._send(self._state_topic(device_id, obj), state)
@@ -234,6 +254,7 @@ class MqttTarget:
             self._send(self._config_topic(device_id, obj), b"")
             self._send(self._state_topic(device_id, obj), b"")
             self._send(self._state_topic(device_id, obj) + "/attributes", b"")
+        self._send(self._device_availability(device_id), b"")
         self._devices.discard(device_id)
         self._known_objects.pop(device_id, None)
 
@@ -272,6 +293,35 @@ def _suffix(series: Series, readings: list[Series]) -> str:
     return sid.split(":")[-1].rsplit("_", 1)[-1] if "_" in sid else sid
 
 
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"mqtt: unknown time zone {name!r}") from None
+
+
+def _env_zone() -> ZoneInfo:
+    """$TZ when it names a zone (not a POSIX rule like CET-1CEST), else UTC."""
+    try:
+        return ZoneInfo(os.environ.get("TZ", "").lstrip(":") or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _seconds(value: str | float | None, default: float) -> float:
+    """A positive number of seconds (`expire_after`), or the default."""
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(f"mqtt: expire_after must be seconds, not {value!r}") from None
+    if not seconds > 0:
+        raise UsageError("mqtt: expire_after must be positive")
+    return seconds
+
+
 def open_mqtt_target(url: str) -> MqttTarget:
-    """`mqtt://[user:pass@]host:1883[?prefix=homeassistant&topic=backdate&tz=Europe/Vienna]`."""
+    """`mqtt://[user:pass@]host:1883[?prefix=homeassistant&topic=backdate&tz=Europe/Vienna
+    &expire_after=172800]`."""
     return MqttTarget(url)
