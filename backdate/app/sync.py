@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -447,8 +448,14 @@ class MqttTarget(SyncTarget):
             kind = resolve_kind(s, ImportOptions(kind=self.job.kind))
             readings.append(energy_intervals(s, kind, self.job.unit or s.unit).as_series(s))
         self.target.publish(self.device_id, self.job.statistic_name or self.job.name,
-                            readings, "ok")
+                            readings, "ok", **self._publish_options())
         return 0
+
+    def _publish_options(self) -> dict[str, Any]:
+        """The portal's own zone for "last complete day" (a Wiener Netze day is a Vienna day)
+        when the job names none, and sensors that expire when two runs were missed."""
+        return {"time_zone": self.job.tz or source_zone(self.job.source),
+                "expire_after": 2 * (self.job.interval + self.job.jitter)}
 
     def hourly(self, series: list[Series], start: float, end: float
                ) -> dict[str, dict[int, float]]:
@@ -456,10 +463,23 @@ class MqttTarget(SyncTarget):
 
     def report_failure(self, message: str) -> None:
         self.target.publish(self.device_id, self.job.statistic_name or self.job.name, [],
-                            "error", message)
+                            "error", message, **self._publish_options())
 
     def close(self) -> None:
         self.target.close()
+
+
+def source_zone(spec: str) -> str | None:
+    """The zone a remote source's days are in (the portals'), without opening it."""
+    if spec.startswith("wnsm:"):
+        from backdate.sources.wnsm import WnsmSource
+
+        return WnsmSource.time_zone
+    if spec.startswith("wattivahti:"):
+        from backdate.sources.wattivahti import WattiVahtiSource
+
+        return WattiVahtiSource.time_zone
+    return None
 
 
 def open_sync_target(job: Job, url: str, state: SyncState | None) -> SyncTarget:
