@@ -60,10 +60,11 @@ def enable_mqtt(instance: HomeAssistant) -> None:
             for e in ws.call("config_entries/get", domain="mqtt")))
 
 
-@pytest.fixture(scope="module")
-def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
-    """HA with the MQTT integration set up through the config flow (real Mosquitto)."""
-    instance = HomeAssistant(tmp_path_factory.mktemp("ha_mqtt"), venv=ha_venv,
+def home_assistant_with_mqtt(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory,
+                             name: str) -> Iterator[HomeAssistant]:
+    """A started HA with the MQTT integration set up through the config flow (real
+    Mosquitto); the `ha` fixtures of the MQTT and portal-sync tests."""
+    instance = HomeAssistant(tmp_path_factory.mktemp(name), venv=ha_venv,
                              extra_config="config:\n")
     instance.start()
     try:
@@ -71,6 +72,11 @@ def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="module")
+def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
+    yield from home_assistant_with_mqtt(ha_venv, tmp_path_factory, "ha_mqtt")
 
 
 @pytest.fixture

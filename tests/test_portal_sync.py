@@ -25,7 +25,7 @@ import pytest
 from fake_portals import QUARTER, FakeWattiVahti, FakeWienerNetze, Meter
 from ha_harness import HomeAssistant
 from influx_fixtures import InfluxDatabase
-from test_mqtt import device_of, enable_mqtt, entities_of, state, wait_for
+from test_mqtt import device_of, entities_of, home_assistant_with_mqtt, state, wait_for
 from test_portals import hourly, quarters, spec_query
 from test_sync import assert_hours_equal, env_for, ha_hours, runs, sync, write_config
 
@@ -44,14 +44,7 @@ VIENNA = ZoneInfo("Europe/Vienna")
 @pytest.fixture(scope="module")
 def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
     """HA with its MQTT integration on the real Mosquitto (the live sensors' judge)."""
-    instance = HomeAssistant(tmp_path_factory.mktemp("ha_portal_sync"), venv=ha_venv,
-                             extra_config="config:\n")
-    instance.start()
-    try:
-        enable_mqtt(instance)
-        yield instance
-    finally:
-        instance.stop()
+    yield from home_assistant_with_mqtt(ha_venv, tmp_path_factory, "ha_portal_sync")
 
 
 def portal_days() -> tuple[int, int]:
