@@ -58,13 +58,9 @@ def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory, ha_engine: str
     """One running HA for the tests that import while HA runs (each uses its own statistic),
     its recorder on ``ha_engine`` (a fresh database HA creates its schema in)."""
     with recorder_database(ha_engine, "import") as db_url:
-        instance = HomeAssistant(tmp_path_factory.mktemp(f"ha_import_{ha_engine}"),
-                                 venv=ha_venv, db_url=db_url)
-        instance.start()
-        try:
+        with HomeAssistant(tmp_path_factory.mktemp(f"ha_import_{ha_engine}"), venv=ha_venv,
+                           db_url=db_url) as instance:
             yield instance
-        finally:
-            instance.stop()
         assert_log_clean(instance)
 
 
@@ -73,14 +69,10 @@ def fresh_ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory, ha_engine:
              ) -> Iterator[HomeAssistant]:
     """A started HA of its own (fresh config dir and database on ``ha_engine``), for a test
     that stops it; stopped and its database dropped afterwards."""
-    with recorder_database(ha_engine, "fresh") as db_url:
-        instance = HomeAssistant(tmp_path_factory.mktemp(f"ha_fresh_{ha_engine}"),
-                                 venv=ha_venv, db_url=db_url)
-        instance.start()
-        try:
-            yield instance
-        finally:
-            instance.stop()
+    with (recorder_database(ha_engine, "fresh") as db_url,
+          HomeAssistant(tmp_path_factory.mktemp(f"ha_fresh_{ha_engine}"), venv=ha_venv,
+                        db_url=db_url) as instance):
+        yield instance
 
 
 def assert_log_clean(instance: HomeAssistant) -> None:

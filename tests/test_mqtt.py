@@ -64,14 +64,10 @@ def home_assistant_with_mqtt(ha_venv: Path, tmp_path_factory: pytest.TempPathFac
                              name: str) -> Iterator[HomeAssistant]:
     """A started HA with the MQTT integration set up through the config flow (real
     Mosquitto); the `ha` fixtures of the MQTT and portal-sync tests."""
-    instance = HomeAssistant(tmp_path_factory.mktemp(name), venv=ha_venv,
-                             extra_config="config:\n")
-    instance.start()
-    try:
+    with HomeAssistant(tmp_path_factory.mktemp(name), venv=ha_venv,
+                       extra_config="config:\n") as instance:
         enable_mqtt(instance)
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="module")

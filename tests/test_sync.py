@@ -56,12 +56,8 @@ FIELD = "home"
 @pytest.fixture(scope="module")
 def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
     """One running HA for the module (each test uses its own statistic)."""
-    instance = HomeAssistant(tmp_path_factory.mktemp("ha_sync"), venv=ha_venv)
-    instance.start()
-    try:
+    with HomeAssistant(tmp_path_factory.mktemp("ha_sync"), venv=ha_venv) as instance:
         yield instance
-    finally:
-        instance.stop()
     assert_log_clean(instance)
 
 
