@@ -261,6 +261,8 @@ def _plan_sum(meta, metadata_exists, prepared, fetch, policy, cutoff, notes) -> 
 
     if not policy.supports_short_term:
         nb_s = fetch(Table.SHORT_TERM, h_start, h_end)
+        if keep_meter and hours.states is None:  # HA's meter from its 5-minute rows
+            _borrow_meter(hourly, nb_h, nb_s, walk.shift)
         notes.append("this target writes hourly rows only: no 5-minute rows")
         short = shift_only(Table.SHORT_TERM, h_end, hourly_shift, nb_s.after, old_end,
                            nb_s.after_count)

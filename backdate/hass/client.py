@@ -1,7 +1,28 @@
 """backdate's one Home Assistant WebSocket API client.
 
-Why one module: the online import path, the live mirror and the tests all talk to HA through the
-same handshake, request ids, timeouts and error mapping, so they fail in the same, clear way.
+Why one module: the online import path, the live mirror, the migration and the tests all talk to
+HA through the same handshake, request ids, timeouts, reconnects and error mapping, so they fail
+in the same, clear way (exit 3, never a retry storm, never the token in a message).
+
+The API (everything else is private):
+
+* ``HAClient`` (asyncio): ``await HAClient.connect(url, token, timeout)`` authenticates
+  (``auth_required`` -> ``auth`` -> ``auth_ok``) and returns a client; ``await
+  HAClient.connect_retrying(url, token, backoff=Backoff(...))`` does the same with exponential
+  backoff until HA answers and runs (after a restart). ``call(type, **fields)`` /
+  ``call_message(dict)`` send one request with the next request id and return its ``result``;
+  calls may run concurrently (a reader task matches replies by id). ``subscribe(...)`` returns
+  an ``HASubscription`` (async iterator of events). ``ping()``, ``close()``; ``ha_version``.
+* ``SyncHAClient``: the same on a private event loop thread for blocking code (CLI, tests);
+  ``SyncHAClient.connect_retrying(...)``; ``run(func)`` runs an async helper on its loop.
+* ``Backoff``: the retry schedule (first delay, factor, cap, overall deadline); one object per
+  outage so repeated failures never retry faster than the schedule.
+* Errors (all ``TargetError``, exit code 3): ``HAError`` (``success: false``, ``code`` is HA's
+  code), ``HAAuthError`` (token rejected or user not an administrator), ``HAUnreachableError``
+  (no connection, or it dropped), ``HATimeoutError`` (no answer within the timeout),
+  ``HAMessageTooBigError`` (a request over ``MAX_MESSAGE_BYTES``, refused before sending).
+* Helpers: ``websocket_url(url)``, ``message_size(message)`` (bytes as sent, for chunking),
+  ``statistics_during_period[_sync](...)``.
 
 Usage (async)::
 
@@ -14,9 +35,11 @@ Usage (sync, for tests and the CLI)::
         info = ha.call("recorder/info")
 
 Message size: HA's server drops a WebSocket connection whose *incoming* message exceeds 4 MiB
-(aiohttp's default), so callers that send large payloads (``recorder/import_statistics``) must
-chunk them. This module does not split messages; it only accepts large *replies* (up to
-``MAX_REPLY_BYTES``), because a long ``statistics_during_period`` answer can exceed 4 MiB.
+(aiohttp's default), and the caller would only see a closed connection. So every request is
+measured before it is sent and one over ``MAX_MESSAGE_BYTES`` raises ``HAMessageTooBigError``
+with the connection left open; callers that send large payloads (``recorder/import_statistics``)
+chunk them with ``message_size``. Large *replies* are accepted (up to ``MAX_REPLY_BYTES``),
+because a long ``statistics_during_period`` answer can exceed 4 MiB.
 """
 
 from __future__ import annotations
@@ -27,6 +50,7 @@ import itertools
 import json
 import ssl as ssl_module
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import date, datetime
 from types import TracebackType
@@ -38,7 +62,10 @@ import aiohttp
 from backdate.errors import TargetError
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Backoff",
     "HAAuthError",
+    "HAMessageTooBigError",
     "HAClient",
     "HAError",
     "HASubscription",
@@ -48,8 +75,13 @@ __all__ = [
     "Period",
     "statistics_during_period",
     "statistics_during_period_sync",
+    "message_size",
     "websocket_url",
 ]
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024 - 1024
+"""Largest request we send: HA (aiohttp) closes the connection on an incoming message over
+4 MiB; a little margin for the id we add."""
 
 MAX_REPLY_BYTES = 256 * 1024 * 1024
 """Largest reply we accept; aiohttp's 4 MiB client default is too small for long histories."""
@@ -81,7 +113,8 @@ class HAError(TargetError):
         super().__init__(text)
 
 
-_OWN_CODES = frozenset({"auth_invalid", "unreachable", "timeout", "connection_closed"})
+_OWN_CODES = frozenset({"auth_invalid", "unreachable", "timeout", "connection_closed",
+                        "message_too_big"})
 
 
 class HAAuthError(HAError):
@@ -97,6 +130,11 @@ class HAUnreachableError(HAError):
 
 class HATimeoutError(HAError):
     """HA did not answer within the timeout."""
+
+
+class HAMessageTooBigError(HAError):
+    """A request larger than ``MAX_MESSAGE_BYTES``; refused before sending (HA would drop the
+    connection). The connection stays usable: send smaller chunks."""
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -117,6 +155,44 @@ def websocket_url(base_url: str) -> str:
     if not path.endswith("/api/websocket"):
         path += "/api/websocket"
     return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def message_size(message: Mapping[str, Any]) -> int:
+    """Bytes ``message`` takes on the wire (UTF-8 JSON, as ``call_message`` sends it)."""
+    return len(json.dumps(message, default=_json_default).encode())
+
+
+class Backoff:
+    """Exponential retry delays with a cap and an overall deadline (one object per outage).
+
+    ``next_delay()`` returns the next delay in seconds, or None once the deadline would pass:
+    then give up. With the defaults: 1, 2, 4, 8, 10, 10, ... s for at most 180 s.
+    """
+
+    def __init__(self, first: float = 1.0, factor: float = 2.0, cap: float = 10.0,
+                 give_up_after: float = 180.0):
+        if first <= 0 or factor < 1 or cap < first or give_up_after < 0:
+            raise ValueError("Backoff needs 0 < first <= cap, factor >= 1, give_up_after >= 0")
+        self.first = first
+        self.factor = factor
+        self.cap = cap
+        self.give_up_after = give_up_after
+        self.attempts = 0
+        self._started = time.monotonic()
+        self._delay = first
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def next_delay(self) -> float | None:
+        remaining = self.give_up_after - self.elapsed
+        if remaining <= 0:
+            return None
+        delay = min(self._delay, remaining)
+        self._delay = min(self._delay * self.factor, self.cap)
+        self.attempts += 1
+        return delay
 
 
 def _json_default(value: Any) -> Any:
@@ -249,6 +325,61 @@ class HAClient:
             raise
         return cls(session, ws, url=url, ha_version=ha_version, timeout=timeout)
 
+    @classmethod
+    async def connect_retrying(
+        cls,
+        base_url: str,
+        token: str,
+        timeout: float = 10,
+        *,
+        backoff: Backoff | None = None,
+        wait_running: bool = True,
+        ssl: bool | ssl_module.SSLContext = True,
+        on_retry: Callable[[int, float, str], None] | None = None,
+    ) -> HAClient:
+        """``connect`` until it works, sleeping ``backoff``'s delays between attempts.
+
+        Why: after HA restarts it refuses connections, then answers while still starting
+        (``get_config`` state ``NOT_RUNNING``/``STARTING``); with ``wait_running`` a client is
+        returned only once the state is ``RUNNING``. A rejected token (``HAAuthError``) is
+        raised at once, never retried. When the backoff's deadline passes, the last error is
+        raised as ``HAUnreachableError`` naming the attempts and seconds. ``on_retry(attempt,
+        delay, reason)`` is told before each sleep (for a progress note).
+        """
+        schedule = backoff or Backoff()
+        last = "no attempt"
+        while True:
+            try:
+                client = await cls.connect(base_url, token, timeout, ssl=ssl)
+            except HAAuthError:
+                raise
+            except HAError as err:
+                last = err.message
+            else:
+                try:
+                    if not wait_running:
+                        return client
+                    state = (await client.call("get_config") or {}).get("state")
+                    if state == "RUNNING":
+                        return client
+                    last = f"Home Assistant is starting (state {state})"
+                except HAAuthError:
+                    await client.close()
+                    raise
+                except HAError as err:
+                    last = err.message
+                await client.close()
+            delay = schedule.next_delay()
+            if delay is None:
+                raise HAUnreachableError(
+                    "unreachable",
+                    f"Home Assistant at {websocket_url(base_url)} did not come back within "
+                    f"{schedule.give_up_after:.0f} s ({schedule.attempts + 1} attempts; last: "
+                    f"{last})")
+            if on_retry is not None:
+                on_retry(schedule.attempts, delay, last)
+            await asyncio.sleep(delay)
+
     @staticmethod
     async def _handshake(
         session: aiohttp.ClientSession,
@@ -375,9 +506,16 @@ class HAClient:
         if self._closed:
             raise HAUnreachableError("connection_closed", self._close_reason)
         msg_id = next(self._ids)
+        payload = json.dumps({**message, "id": msg_id}, default=_json_default)
+        size = len(payload.encode())
+        if size > MAX_MESSAGE_BYTES:
+            raise HAMessageTooBigError(
+                "message_too_big",
+                f"{message.get('type')!r} request of {size:,} bytes not sent: Home Assistant "
+                f"accepts at most 4 MiB per message (limit here {MAX_MESSAGE_BYTES:,} bytes); "
+                "send smaller chunks")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
-        payload = json.dumps({**message, "id": msg_id}, default=_json_default)
         send = asyncio.ensure_future(self._ws.send_str(payload))
 
         def _sent(task: asyncio.Future[None]) -> None:
@@ -453,6 +591,7 @@ class SyncHAClient:
         timeout: float = 30,
         *,
         ssl: bool | ssl_module.SSLContext = True,
+        _retrying: dict[str, Any] | None = None,
     ):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -461,12 +600,33 @@ class SyncHAClient:
         self._thread.start()
         self.timeout = timeout
         try:
-            self._client: HAClient = self._run(
-                HAClient.connect(base_url, token, timeout, ssl=ssl), timeout + 5
-            )
+            if _retrying is None:
+                connect = HAClient.connect(base_url, token, timeout, ssl=ssl)
+                limit: float | None = timeout + 5
+            else:
+                connect = HAClient.connect_retrying(base_url, token, timeout, ssl=ssl,
+                                                    **_retrying)
+                limit = None  # bounded by the backoff's deadline
+            self._client: HAClient = self._run(connect, limit)
         except BaseException:
             self._stop_loop()
             raise
+
+    @classmethod
+    def connect_retrying(
+        cls,
+        base_url: str,
+        token: str,
+        timeout: float = 10,
+        *,
+        backoff: Backoff | None = None,
+        wait_running: bool = True,
+        ssl: bool | ssl_module.SSLContext = True,
+        on_retry: Callable[[int, float, str], None] | None = None,
+    ) -> SyncHAClient:
+        """Blocking ``HAClient.connect_retrying``."""
+        return cls(base_url, token, timeout, ssl=ssl, _retrying={
+            "backoff": backoff, "wait_running": wait_running, "on_retry": on_retry})
 
     @property
     def ha_version(self) -> str | None:
@@ -489,6 +649,15 @@ class SyncHAClient:
         """Blocking ``HAClient.call_message``."""
         limit = self.timeout if timeout is None else timeout
         return self._run(self._client.call_message(message, timeout=limit), limit + 5)
+
+    def ping(self, timeout: float | None = None) -> None:
+        """Blocking ``HAClient.ping``."""
+        self.call("ping", timeout=timeout)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone (HA stopped, network) or ``close`` was called."""
+        return self._loop.is_closed() or self._client.closed
 
     def run(self, func: Callable[[HAClient], Awaitable[_T]], timeout: float | None = None) -> _T:
         """Run ``await func(async_client)`` on the private loop (reuse async helpers)."""

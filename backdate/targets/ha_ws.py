@@ -12,13 +12,17 @@ For users who have a URL and a long-lived access token but no safe way to the da
   `recorder/info` can show an empty backlog while the job runs), so `apply` reads the written
   range back until HA holds exactly what was planned, and only then reports success; on timeout
   it raises `VerificationError` naming the first hour that differs.
-* When the connection is lost (HA restarted), it reconnects once (with backoff), waits until
-  HA's rows stop changing, sends only what HA does not hold (and the shift if it did not
-  happen), and confirms; otherwise it fails stating, per statistic, what HA holds.
+* When the connection is lost (HA restarted), it reconnects with backoff (1, 2, 4, 8, 10, 10 s
+  ... for up to `RECONNECT_SECONDS`; never faster), waits until HA's rows stop changing, sends
+  only what HA does not hold (and the shift if it did not happen), and confirms. HA may go
+  away again while it resumes: up to `MAX_RESUMES` times. When it gives up, the error (exit 3)
+  names, per statistic, the hour ranges HA holds as planned, those it does not, and (if HA
+  cannot be asked any more) those sent but not confirmed.
 * Entity statistics: nothing in the open hour, nor in the hour before it during the first
   five minutes of an hour (HA may not have rolled it up yet), is written.
-* Unknown over this API (without reading every row): row counts for `inspect` (-1) and the
-  number of later rows a shift moves (`after_count` 0).
+* Counting: the API has no row counts. `inspect` counts by reading the rows (`period: month`
+  aggregates find the months that hold data, then hourly rows a year at a time, and the
+  5-minute rows), and `neighbourhood` counts the rows a shift moves the same way.
 
 Version awareness: `get_config`'s version decides the metadata fields sent (`has_mean` up to
 2025.10; `mean_type` and `unit_class` from 2025.11; see ha-recorder.md §4).
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import math
 import re
 import sys
@@ -40,7 +43,15 @@ import numpy as np
 
 from backdate.engine import units
 from backdate.errors import RefusedError, TargetError, VerificationError
-from backdate.hass.client import HAAuthError, HAError, HAUnreachableError, SyncHAClient
+from backdate.hass.client import (
+    MAX_MESSAGE_BYTES,
+    Backoff,
+    HAAuthError,
+    HAError,
+    HAUnreachableError,
+    SyncHAClient,
+    message_size,
+)
 from backdate.models import HOUR, MeanType, RowBlock, StatisticMeta, StatRow, Table, WritePlan
 from backdate.targets.base import Neighbourhood, StatisticSummary, TargetInfo
 
@@ -48,9 +59,10 @@ DAY = 86400.0
 # Windows searched backwards (or forwards) for the nearest row outside [start, end).
 SEARCH_WINDOWS = (DAY, 30 * DAY, 366 * DAY, 3653 * DAY, 36525 * DAY)
 # Rows per `import_statistics` message: ~100 bytes each as JSON, so ~0.5 MB per message, far
-# under HA's 4 MiB limit even with mean/min/max/last_reset.
+# under HA's 4 MiB limit even with mean/min/max/last_reset (chunks are halved if not).
 CHUNK_ROWS = 5000
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+CHUNK_BYTES = MAX_MESSAGE_BYTES // 2
+CONFIRM_ROWS = CHUNK_ROWS  # hours read back at a time while HA writes
 # HA 2024.3 commits about 1,300 imported rows/s (real-home-assistant.md); allow 5x slower.
 VERIFY_BASE_SECONDS = 30.0
 VERIFY_SECONDS_PER_ROW = 1 / 250
@@ -63,6 +75,9 @@ REL_TOL = 1e-9
 # that did not land as lost and sends them again.
 RECONNECT_SECONDS = 180.0
 SETTLE_SECONDS = 20.0
+MAX_RESUMES = 5  # HA lost (and found again) this often during one import, then give up
+# Counting rows (inspect, the rows a shift moves): hourly rows are read this many at most.
+COUNT_WINDOW = 366 * DAY
 ROW_TYPES = ["state", "sum", "mean", "min", "max", "last_reset"]
 
 
@@ -107,6 +122,10 @@ class HAWebSocketTarget:
         self.version = parse_version(self.ha_version)
         self._is_admin: bool | None = None
         self._user = "?"
+        # Per statistic id, during apply_all: rows sent (acknowledged as queued) at least
+        # once, and the last read-back (held mask, shift state): for the give-up statement.
+        self._sent: dict[str, np.ndarray] = {}
+        self._held: dict[str, tuple[np.ndarray, str | None]] = {}
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -248,18 +267,57 @@ class HAWebSocketTarget:
 
     def neighbourhood(self, table: Table, statistic_id: str, start: float,
                       end: float) -> Neighbourhood:
-        """Last row before `start`, rows in [start, end), first row at/after `end`.
-
-        `after_count` is not known over this API without reading every later row: 0.
-        """
+        """Last row before `start`, rows in [start, end), first row at/after `end`, and how
+        many rows lie at/after `end` (the rows a seam shift moves; counted by reading them)."""
         table = Table(table)
-        if self.get_metadata(statistic_id) is None:
+        meta = self.get_metadata(statistic_id)
+        if meta is None:
             return Neighbourhood(None, [], None)
+        after = self._first_after(table, statistic_id, end)
+        after_count = 0
+        if after is not None:
+            after_count, _, _ = self.count_rows(table, meta, after.start_ts)
         return Neighbourhood(
             before=self._last_before(table, statistic_id, start),
             inside=self._rows(table, statistic_id, start, end),
-            after=self._first_after(table, statistic_id, end),
+            after=after,
+            after_count=after_count,
         )
+
+    def count_rows(self, table: Table, meta: StatisticMeta,
+                   start: float = 0.0) -> tuple[int, float | None, float | None]:
+        """(rows, first start, last start) of `table` at/after `start`, read from HA.
+
+        The API has no count: hourly rows are found with `period: month` aggregates (one row
+        per month that holds data), then read (one column) at most a year at a time, so a
+        statistic with ten years costs about ten small replies, not one 87,660-row answer per
+        question. 5-minute rows (HA keeps ~10 days) are read in one go.
+        """
+        sid = meta.statistic_id
+        kind = ["sum"] if meta.has_sum else ["mean"]
+        if Table(table) is Table.SHORT_TERM:
+            starts = [r.start_ts for r in self._rows(Table.SHORT_TERM, sid, start, None, kind,
+                                                     timeout=max(self.timeout, 120))]
+            return len(starts), (starts[0] if starts else None), (starts[-1] if starts else None)
+        months = self._call("recorder/statistics_during_period", statistic_ids=[sid],
+                            start_time=_iso(max(start, 0.0)), period="month", types=kind,
+                            timeout=max(self.timeout, 120), **self._unit_fields(sid))
+        spans = [(max(r["start"] / 1000.0, start), r["end"] / 1000.0)
+                 for r in (months or {}).get(sid, [])]
+        windows: list[tuple[float, float]] = []
+        for lo, hi in spans:  # join adjacent months into windows of at most COUNT_WINDOW
+            if windows and windows[-1][1] >= lo and hi - windows[-1][0] <= COUNT_WINDOW:
+                windows[-1] = (windows[-1][0], hi)
+            else:
+                windows.append((lo, hi))
+        count, first, last = 0, None, None
+        for lo, hi in windows:
+            rows = self._rows(Table.HOURLY, sid, lo, hi, kind, timeout=max(self.timeout, 120))
+            if rows:
+                count += len(rows)
+                first = rows[0].start_ts if first is None else first
+                last = rows[-1].start_ts
+        return count, first, last
 
     def read_rows(self, table: Table, statistic_id: str, start: float | None = None,
                   end: float | None = None) -> list[StatRow]:
@@ -268,14 +326,18 @@ class HAWebSocketTarget:
         return self._rows(Table(table), statistic_id, 0.0 if start is None else start, end)
 
     def list_statistics(self) -> list[StatisticSummary]:
-        """Every statistic HA reports (`recorder/list_statistic_ids`). Row counts and ranges
-        are not available over this API without reading every row: counts are -1 (unknown)
-        and first/last are None."""
+        """Every statistic HA reports (`recorder/list_statistic_ids`), with row counts and the
+        first/last hour counted by reading the rows (`count_rows`: the API has no counts).
+        IDs HA lists but holds no rows for (an integration that has not compiled yet) show 0."""
         items = self._call("recorder/list_statistic_ids") or []
         out = []
         for item in sorted(items, key=lambda i: i["statistic_id"]):
-            out.append(StatisticSummary(meta=self._meta_from_item(item), hourly_rows=-1,
-                                        short_term_rows=-1, first_start=None, last_start=None))
+            meta = self._meta_from_item(item)
+            self._units[meta.statistic_id] = meta.unit_of_measurement
+            hourly, first, last = self.count_rows(Table.HOURLY, meta)
+            short, _, _ = self.count_rows(Table.SHORT_TERM, meta)
+            out.append(StatisticSummary(meta=meta, hourly_rows=hourly, short_term_rows=short,
+                                        first_start=first, last_start=last))
         return out
 
     # -- writing -----------------------------------------------------------------------------
@@ -288,10 +350,10 @@ class HAWebSocketTarget:
         """Check every plan, send every row and shift, then read back until HA holds them.
 
         Not one transaction (the WebSocket API has none). When the connection is lost (HA
-        restarted), backdate reconnects once, waits until HA's rows stop changing, sends again
-        only what HA does not hold (and the shift, if it did not happen), and confirms; if that
-        fails too, the error states per statistic how many hours HA holds as planned, the first
-        one it does not, and whether the later rows were shifted.
+        restarted), backdate resumes (`_resume`): reconnect with backoff, wait until HA's rows
+        stop changing, send again only what HA does not hold (and the shift, if it did not
+        happen), confirm; up to `MAX_RESUMES` times. When it gives up, the error names per
+        statistic which hours HA holds as planned and which not (`_statement`).
         """
         work = [p for p in plans if p.hourly.count or self._shift(p) is not None]
         if not work:
@@ -301,6 +363,8 @@ class HAWebSocketTarget:
         self._require_admin()
         for plan in work:
             self._check_seams(plan)
+        self._sent = {}
+        self._held = {}
         try:
             sent = 0
             for plan in work:
@@ -309,89 +373,97 @@ class HAWebSocketTarget:
                 self._confirm(plan)
         except HAUnreachableError as err:
             self._resume(work, err, progress)
+        except HAAuthError:
+            raise
+        except HAError as err:  # e.g. HA stopped answering (timeout): say what it holds
+            raise TargetError(f"{err}. Home Assistant now holds: {self._statement(work)}. Run "
+                              "the same import again: it writes only what is missing") from err
 
     # -- resuming after a lost connection ----------------------------------------------------
 
     def _reconnect(self, cause: HAError) -> None:
-        """A new connection to a RUNNING HA, with backoff; TargetError if it does not come."""
+        """A new connection to a RUNNING HA, with backoff (`Backoff`: 1, 2, 4, 8, 10 s ...);
+        HAUnreachableError once `RECONNECT_SECONDS` pass, HAAuthError at once."""
         with contextlib.suppress(Exception):
             self._ws.close()
-        deadline = time.monotonic() + RECONNECT_SECONDS
-        delay = 1.0
-        last = str(cause)
-        while time.monotonic() < deadline:
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            try:
-                client = SyncHAClient(self.url, self._token, min(self.timeout, 10.0))
-            except HAAuthError:
-                raise
-            except HAError as err:
-                last = str(err)
-                continue
-            try:
-                if (client.call("get_config") or {}).get("state") == "RUNNING":
-                    self._ws = client
-                    return
-                last = "Home Assistant is still starting"
-            except HAError as err:
-                last = str(err)
-            client.close()
-        raise TargetError(
-            f"the connection to Home Assistant was lost during the import ({cause}) and it did "
-            f"not come back within {RECONNECT_SECONDS:.0f} s ({last}): HA may hold part of the "
-            "rows; run `backdate plan` once it is up to see what it holds")
+
+        def told(attempt: int, delay: float, why: str) -> None:
+            if attempt in (1, 4) or attempt % 10 == 0:  # a note now and then, not per try
+                self.notify(f"Home Assistant not back yet ({why}); trying again in "
+                            f"{delay:.0f} s")
+
+        self._ws = SyncHAClient.connect_retrying(
+            self.url, self._token, min(self.timeout, 10.0),
+            backoff=Backoff(1.0, 2.0, 10.0, RECONNECT_SECONDS), on_retry=told)
 
     def _state(self, plan: WritePlan) -> tuple[np.ndarray, str | None]:
         """Which planned rows HA holds as planned (mask), and the shift: None (none planned),
-        'applied', 'pending' (not yet), or a description of something else."""
+        'applied', 'pending' (not yet), or a description of something else. Remembered in
+        `_held` for the final statement if HA goes away."""
         sid = plan.meta.statistic_id
         block = plan.hourly.rows
         mask = np.zeros(len(block), dtype=bool)
         if len(block):
             rows = self._rows(Table.HOURLY, sid, float(block.start_ts[0]),
-                              float(block.start_ts[-1]) + HOUR,
+                              float(block.start_ts[-1]) + HOUR, _planned_types(block),
                               timeout=max(self.timeout, len(block) / 2000))
-            have = {r.start_ts: r for r in rows}
-            cols = [c for c in ("state", "sum", "mean", "min", "max")
-                    if block.column(c) is not None]
-            values = {c: block.column(c).tolist() for c in cols}
-            for i, t in enumerate(block.start_ts.tolist()):
-                row = have.get(t)
-                mask[i] = row is not None and all(
-                    _close(getattr(row, c), None if values[c][i] != values[c][i] else values[c][i])
-                    for c in cols)
+            mask = _held_mask(block, rows)
+        state: str | None
         expect = _expect_shift(plan)
         if expect is None:
-            return mask, None
-        table, start, old, want = expect
-        got = self._rows(table, sid, start, start + table.period, ["sum"])
-        if got and _close(got[0].sum, want):
-            return mask, "applied"
-        if got and _close(got[0].sum, old):
-            return mask, "pending"
-        return mask, (f"{table.value} at {_human(start)} reads "
-                      f"{'no row' if not got else f'sum={got[0].sum!r}'}, neither {old!r} "
-                      f"(before the shift) nor {want!r} (after it)")
+            state = None
+        else:
+            table, start, old, want = expect
+            got = self._rows(table, sid, start, start + table.period, ["sum"])
+            if got and _close(got[0].sum, want):
+                state = "applied"
+            elif got and _close(got[0].sum, old):
+                state = "pending"
+            else:
+                state = (f"{table.value} at {_human(start)} reads "
+                         f"{'no row' if not got else f'sum={got[0].sum!r}'}, neither {old!r} "
+                         f"(before the shift) nor {want!r} (after it)")
+        self._held[sid] = (mask, state)
+        return mask, state
 
     def _statement(self, work: Sequence[WritePlan]) -> str:
-        """What HA holds, per statistic, for an error message."""
+        """What HA holds, per statistic, as hour ranges: read now if HA answers, else the
+        last read-back plus what was sent but never confirmed."""
         parts = []
         for plan in work:
+            sid = plan.meta.statistic_id
+            block = plan.hourly.rows
+            fresh = not self._ws.closed
             try:
+                if not fresh:
+                    raise HAUnreachableError("connection_closed", "closed")
                 mask, shift = self._state(plan)
             except HAError:
-                parts.append(f"{plan.meta.statistic_id}: unknown (HA does not answer)")
-                continue
-            block = plan.hourly.rows
-            text = f"{plan.meta.statistic_id}: {int(mask.sum())} of {len(block)} hours written"
-            if not mask.all():
-                first = float(block.start_ts[int(np.flatnonzero(~mask)[0])])
-                text += f", from {_human(first)} on not (all or in part)"
+                fresh = False
+                mask, shift = self._held.get(sid, (np.zeros(len(block), dtype=bool), None))
+            sent = self._sent.get(sid, np.zeros(len(block), dtype=bool))
+            if fresh:
+                text = f"{sid}: {int(mask.sum()):,} of {len(block):,} hours written"
+                if len(block):
+                    text += f" [{hour_ranges(block.start_ts, mask)}]"
+                if not mask.all():
+                    text += f"; not written: [{hour_ranges(block.start_ts, ~mask)}]"
+            else:
+                unknown = sent & ~mask
+                never = ~sent & ~mask
+                text = (f"{sid} (HA does not answer now; of {len(block):,} hours): "
+                        f"confirmed written by reading back: [{hour_ranges(block.start_ts, mask)}]")
+                if unknown.any():
+                    text += (f"; sent but not confirmed (HA may hold them or not): "
+                             f"[{hour_ranges(block.start_ts, unknown)}]")
+                if never.any():
+                    text += f"; not written (never sent): [{hour_ranges(block.start_ts, never)}]"
             if shift is not None:
                 text += {"applied": "; later rows shifted",
                          "pending": "; later rows NOT shifted (the sum steps there)"}.get(
                              shift, f"; {shift}")
+            elif _expect_shift(plan) is not None and not fresh:
+                text += "; whether the later rows were shifted is unknown"
             parts.append(text)
         return "; ".join(parts)
 
@@ -401,44 +473,64 @@ class HAWebSocketTarget:
 
     def _resume(self, work: Sequence[WritePlan], cause: HAError,
                 progress: Callable[[int], None] | None) -> None:
-        lost = time.monotonic()
-        self.notify(f"lost the connection to Home Assistant during the import ({cause}); "
-                    "reconnecting")
-        self._reconnect(cause)
-        self.notify(f"reconnected after {time.monotonic() - lost:.0f} s; waiting until Home "
-                    "Assistant's rows stop changing")
-        try:
-            # Wait until nothing moves: jobs HA still had queued finish, lost ones stay lost.
-            deadline = time.monotonic() + VERIFY_BASE_SECONDS + VERIFY_SECONDS_PER_ROW * sum(
-                p.hourly.count for p in work)
-            last_key, since = None, time.monotonic()
-            while True:
-                states = [self._state(p) for p in work]
-                key = tuple((int(m.sum()), sh) for m, sh in states)
-                if key != last_key:
-                    last_key, since = key, time.monotonic()
-                backlog = (self._call("recorder/info") or {}).get("backlog") or 0
-                done = all(m.all() and sh in (None, "applied") for m, sh in states)
-                if done or (time.monotonic() - since >= SETTLE_SECONDS and not backlog):
-                    break
-                if time.monotonic() > deadline:
-                    raise TargetError("Home Assistant's rows kept changing")
-                time.sleep(1.0)
-            for plan, (mask, shift) in zip(work, states, strict=True):
-                if shift not in (None, "applied", "pending"):
-                    raise TargetError(shift)
-                missing = int((~mask).sum())
-                self.notify(f"{plan.meta.statistic_id}: {len(mask) - missing} of {len(mask)} "
-                            f"hours held as planned; sending {missing} again"
-                            + ("; shifting the later rows" if shift == "pending" else ""))
-                self._send(plan, 0, progress, rows=~mask, shift=shift == "pending")
-            for plan in work:
-                self._confirm(plan)
-        except (HAError, TargetError) as err:
-            raise TargetError(
-                f"the connection to Home Assistant was lost during the import ({cause}); "
-                f"resuming after reconnecting failed ({err}). Home Assistant now holds: "
-                f"{self._statement(work)}") from err
+        """Reconnect, settle, re-send, confirm; again if HA goes away again (at most
+        `MAX_RESUMES` times); otherwise TargetError with the statement of what HA holds."""
+        first_cause = cause
+        for attempt in range(1, MAX_RESUMES + 1):
+            lost = time.monotonic()
+            self.notify(f"lost the connection to Home Assistant during the import ({cause}); "
+                        f"reconnecting (resume {attempt} of at most {MAX_RESUMES})")
+            try:
+                self._reconnect(cause)
+                self.notify(f"reconnected after {time.monotonic() - lost:.0f} s; waiting until "
+                            "Home Assistant's rows stop changing")
+                self._resume_once(work, progress)
+                return
+            except HAUnreachableError as err:
+                if err.code == "unreachable":  # did not come back within RECONNECT_SECONDS
+                    raise self._give_up(work, first_cause, err) from err
+                cause = err  # lost again while resuming: try again
+            except (HAError, TargetError) as err:
+                raise self._give_up(work, first_cause, err) from err
+        raise self._give_up(work, first_cause, TargetError(
+            f"the connection was lost {MAX_RESUMES + 1} times; giving up"))
+
+    def _give_up(self, work: Sequence[WritePlan], cause: HAError,
+                 err: BaseException) -> TargetError:
+        return TargetError(
+            f"the connection to Home Assistant was lost during the import ({cause}); "
+            f"resuming failed ({err}). Home Assistant now holds: {self._statement(work)}. "
+            "Run the same import again once Home Assistant is up: it writes only what is "
+            "missing")
+
+    def _resume_once(self, work: Sequence[WritePlan],
+                     progress: Callable[[int], None] | None) -> None:
+        # Wait until nothing moves: jobs HA still had queued finish, lost ones stay lost.
+        deadline = time.monotonic() + VERIFY_BASE_SECONDS + VERIFY_SECONDS_PER_ROW * sum(
+            p.hourly.count for p in work)
+        last_key, since = None, time.monotonic()
+        while True:
+            states = [self._state(p) for p in work]
+            key = tuple((int(m.sum()), sh) for m, sh in states)
+            if key != last_key:
+                last_key, since = key, time.monotonic()
+            backlog = (self._call("recorder/info") or {}).get("backlog") or 0
+            done = all(m.all() and sh in (None, "applied") for m, sh in states)
+            if done or (time.monotonic() - since >= SETTLE_SECONDS and not backlog):
+                break
+            if time.monotonic() > deadline:
+                raise TargetError("Home Assistant's rows kept changing")
+            time.sleep(1.0)
+        for plan, (mask, shift) in zip(work, states, strict=True):
+            if shift not in (None, "applied", "pending"):
+                raise TargetError(shift)
+            missing = int((~mask).sum())
+            self.notify(f"{plan.meta.statistic_id}: {len(mask) - missing:,} of {len(mask):,} "
+                        f"hours held as planned; sending {missing:,} again"
+                        + ("; shifting the later rows" if shift == "pending" else ""))
+            self._send(plan, 0, progress, rows=~mask, shift=shift == "pending")
+        for plan in work:
+            self._confirm(plan)
 
     def _require_admin(self) -> None:
         if self._is_admin is None:
@@ -511,22 +603,7 @@ class HAWebSocketTarget:
                         f"plan was made ({got}, planned on sum {seam.sum!r}); run backdate again")
 
     def _metadata(self, meta: StatisticMeta) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "has_sum": bool(meta.has_sum),
-            "name": meta.name,
-            "source": meta.source,
-            "statistic_id": meta.statistic_id,
-            "unit_of_measurement": meta.unit_of_measurement,
-        }
-        if self.sends_mean_type:
-            out["mean_type"] = int(meta.mean_type)
-            out["unit_class"] = meta.unit_class or units.unit_class(meta.unit_of_measurement)
-        else:
-            if meta.mean_type == MeanType.CIRCULAR:
-                raise RefusedError(f"{meta.statistic_id}: circular means need Home Assistant "
-                                   f"2025.4 or newer (this is {self.ha_version})")
-            out["has_mean"] = meta.mean_type == MeanType.ARITHMETIC
-        return out
+        return import_metadata(meta, self.ha_version)
 
     @staticmethod
     def _stats(block: RowBlock) -> list[dict[str, Any]]:
@@ -555,14 +632,16 @@ class HAWebSocketTarget:
         recorder; returns rows sent so far."""
         metadata = self._metadata(plan.meta)
         stats = self._stats(plan.hourly.rows) if plan.hourly.count else []
+        index = np.arange(len(stats))
         if rows is not None:
-            stats = [row for row, keep in zip(stats, rows.tolist(), strict=True) if keep]
+            index = index[rows]
+            stats = [stats[i] for i in index.tolist()]
+        sent_mask = self._sent.setdefault(plan.meta.statistic_id,
+                                          np.zeros(len(plan.hourly.rows), dtype=bool))
         i = 0
-        while i < len(stats):
-            chunk = stats[i : i + CHUNK_ROWS]
-            while len(chunk) > 1 and len(json.dumps(chunk)) > MAX_MESSAGE_BYTES:
-                chunk = chunk[: len(chunk) // 2]
+        for chunk in import_chunks(metadata, stats):
             self._call("recorder/import_statistics", metadata=metadata, stats=chunk)
+            sent_mask[index[i : i + len(chunk)]] = True
             i += len(chunk)
             sent += len(chunk)
             if progress is not None:
@@ -586,47 +665,59 @@ class HAWebSocketTarget:
     # -- confirming --------------------------------------------------------------------------
 
     def _confirm(self, plan: WritePlan) -> None:
-        """Poll until HA holds every planned row and the first shifted row has moved."""
+        """Poll until HA holds every planned row and the first shifted row has moved.
+
+        Confirmed `CONFIRM_ROWS` hours at a time while HA still writes: HA runs the jobs in
+        the order they were sent, so a window's last hour appearing (a one-row read, polled
+        every 0.25 s at most) means its job ran; then the window is read back whole and every
+        value compared. When HA writes the last row only the last window is left to read,
+        not all of them (bench/ws_import.py measures this against HA's own commit time).
+        """
         sid = plan.meta.statistic_id
         block = plan.hourly.rows
+        n = len(block)
         expect = _expect_shift(plan)
-        expect_shift = None if expect is None else (expect[0], expect[1], expect[3])
-        deadline = time.monotonic() + VERIFY_BASE_SECONDS + VERIFY_SECONDS_PER_ROW * len(block)
+        limit = VERIFY_BASE_SECONDS + VERIFY_SECONDS_PER_ROW * n
+        deadline = time.monotonic() + limit
+        types = _planned_types(block)  # only what is compared: less for HA to read and send
+        held = np.zeros(n, dtype=bool)
+        done = 0
         delay = 0.05
-        problem = "not checked"
         while True:
-            problem = self._difference(sid, block, expect_shift)
+            problem: str | None = None
+            slow = False
+            while problem is None and done < n:
+                hi = min(done + CONFIRM_ROWS, n)
+                last = float(block.start_ts[hi - 1])
+                problem = _compare(block, self._rows(Table.HOURLY, sid, last, last + HOUR,
+                                                     types), hi - 1, hi)
+                if problem is None:
+                    rows = self._rows(Table.HOURLY, sid, float(block.start_ts[done]),
+                                      last + HOUR, types,
+                                      timeout=max(self.timeout, (hi - done) / 2000))
+                    problem = _compare(block, rows, done, hi)
+                    slow = problem is not None  # tail there, a row not: a job HA failed?
+                if problem is None:
+                    held[done:hi] = True
+                    self._held[sid] = (held.copy(), None)  # the shift: not known yet
+                    done, delay = hi, 0.05
+            if problem is None and expect is not None:  # the shift: the last job queued
+                table, start, _, want = expect
+                got = self._rows(table, sid, start, start + table.period, ["sum"])
+                if not got or not _close(got[0].sum, want):
+                    problem = (f"{table.value} at {_human(start)} after the window reads "
+                               f"{'no row' if not got else f'sum={got[0].sum!r}'}, expected "
+                               f"{want!r} after the shift")
             if problem is None:
+                self._held[sid] = (held, None if expect is None else "applied")
                 return
             if time.monotonic() > deadline:
                 raise VerificationError(
                     f"{sid}: Home Assistant does not hold what was written: {problem} "
-                    "(checked by reading back for "
-                    f"{VERIFY_BASE_SECONDS + VERIFY_SECONDS_PER_ROW * len(block):.0f} s; see HA's "
-                    "log for recorder errors)")
+                    f"(checked by reading back for {limit:.0f} s; see HA's log for recorder "
+                    "errors)")
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-    def _difference(self, sid: str, block: RowBlock,
-                    expect_shift: tuple[Table, float, float] | None) -> str | None:
-        """None when HA holds the block and the shifted row; else the first difference."""
-        if expect_shift is not None:  # the last job queued: cheap, and proves order
-            table, start, want = expect_shift
-            rows = self._rows(table, sid, start, start + table.period, ["sum"])
-            if not rows or not _close(rows[0].sum, want):
-                got = "no row" if not rows else f"sum={rows[0].sum!r}"
-                return (f"{table.value} at {_human(start)} after the window reads {got}, "
-                        f"expected {want!r} after the shift")
-        if not len(block):
-            return None
-        last = float(block.start_ts[-1])
-        tail = self._rows(Table.HOURLY, sid, last, last + HOUR)
-        problem = _compare(block, tail, first=len(block) - 1)
-        if problem is not None:
-            return problem
-        rows = self._rows(Table.HOURLY, sid, float(block.start_ts[0]), last + HOUR,
-                          timeout=max(self.timeout, len(block) / 2000))
-        return _compare(block, rows)
+            delay = 2.0 if slow else min(delay * 2, 0.25)
 
 
 def _expect_shift(plan: WritePlan) -> tuple[Table, float, float, float] | None:
@@ -639,15 +730,36 @@ def _expect_shift(plan: WritePlan) -> tuple[Table, float, float, float] | None:
     return None
 
 
-def _compare(block: RowBlock, rows: list[StatRow], first: int = 0) -> str | None:
-    """The first planned hour (from row `first`) HA does not hold as planned, as text; None
-    when all match."""
+def _planned_types(block: RowBlock) -> list[str]:
+    """The `statistics_during_period` types a read-back of `block` compares."""
+    cols = [c for c in ("state", "sum", "mean", "min", "max") if block.column(c) is not None]
+    return cols or ROW_TYPES
+
+
+def _held_mask(block: RowBlock, rows: list[StatRow]) -> np.ndarray:
+    """Which rows of `block` HA holds as planned (every column equal), given HA's rows."""
+    have = {r.start_ts: r for r in rows}
+    cols = [c for c in ("state", "sum", "mean", "min", "max") if block.column(c) is not None]
+    values = {c: block.column(c).tolist() for c in cols}
+    mask = np.zeros(len(block), dtype=bool)
+    for i, t in enumerate(block.start_ts.tolist()):
+        row = have.get(t)
+        mask[i] = row is not None and all(
+            _close(getattr(row, c), None if values[c][i] != values[c][i] else values[c][i])
+            for c in cols)
+    return mask
+
+
+def _compare(block: RowBlock, rows: list[StatRow], first: int = 0,
+             stop: int | None = None) -> str | None:
+    """The first planned hour of rows [first, stop) that HA does not hold as planned, as
+    text; None when all match."""
+    stop = len(block) if stop is None else stop
     have = {r.start_ts: r for r in rows}
     columns = [c for c in ("state", "sum", "mean", "min", "max") if block.column(c) is not None]
-    starts = block.start_ts.tolist()
-    values = {c: block.column(c).tolist() for c in columns}
-    for i in range(first, len(starts)):
-        t = starts[i]
+    starts = block.start_ts[first:stop].tolist()
+    values = {c: block.column(c)[first:stop].tolist() for c in columns}
+    for i, t in enumerate(starts):
         row = have.get(t)
         if row is None:
             return f"the hour {_human(t)} is missing"
@@ -668,3 +780,61 @@ def open_websocket(url: str, token: str | None, *, timeout: float = 30.0) -> HAW
         raise UsageError(f"{url}: a Home Assistant target needs a long-lived access token: "
                          "set HA_TOKEN (create one in your HA profile, Security tab)")
     return HAWebSocketTarget(url, token.strip(), timeout=timeout)
+
+
+def import_metadata(meta: StatisticMeta, ha_version: str) -> dict[str, Any]:
+    """The `metadata` of `recorder/import_statistics` that this HA version accepts (§4):
+    `has_mean` up to 2025.10, `mean_type` and `unit_class` from 2025.11."""
+    out: dict[str, Any] = {
+        "has_sum": bool(meta.has_sum),
+        "name": meta.name,
+        "source": meta.source,
+        "statistic_id": meta.statistic_id,
+        "unit_of_measurement": meta.unit_of_measurement,
+    }
+    if parse_version(ha_version) >= (2025, 11):
+        out["mean_type"] = int(meta.mean_type)
+        out["unit_class"] = meta.unit_class or units.unit_class(meta.unit_of_measurement)
+    else:
+        if meta.mean_type == MeanType.CIRCULAR:
+            raise RefusedError(f"{meta.statistic_id}: circular means need Home Assistant "
+                               f"2025.4 or newer (this is {ha_version})")
+        out["has_mean"] = meta.mean_type == MeanType.ARITHMETIC
+    return out
+
+
+def import_chunks(metadata: dict[str, Any], stats: list[dict[str, Any]],
+                  rows: int = CHUNK_ROWS, limit: int = CHUNK_BYTES) -> list[list[dict[str, Any]]]:
+    """`stats` split into consecutive chunks of at most `rows` rows whose whole
+    `import_statistics` message stays under `limit` bytes (HA drops the connection on a
+    message over 4 MiB)."""
+    chunks = []
+    i = 0
+    while i < len(stats):
+        chunk = stats[i : i + rows]
+        while len(chunk) > 1 and message_size(
+                {"type": "recorder/import_statistics", "metadata": metadata,
+                 "stats": chunk}) > limit:
+            chunk = chunk[: len(chunk) // 2]
+        chunks.append(chunk)
+        i += len(chunk)
+    return chunks
+
+
+def hour_ranges(starts: np.ndarray, mask: np.ndarray, limit: int = 6) -> str:
+    """The hours where `mask` holds, as UTC ranges ('2024-01-01 00:00 to 2024-03-01 23:00 UTC
+    (1,440 h)'); at most `limit` ranges, then how many more."""
+    idx = np.flatnonzero(mask)
+    if not idx.size:
+        return "none"
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    firsts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    lasts = np.concatenate((idx[breaks], [idx[-1]]))
+    parts = []
+    for a, b in list(zip(firsts.tolist(), lasts.tolist(), strict=True))[:limit]:
+        lo, hi = float(starts[a]), float(starts[b])
+        text = _human(lo) if a == b else f"{_human(lo)[:-4]} to {_human(hi)}"
+        parts.append(f"{text} ({b - a + 1:,} h)")
+    if len(firsts) > limit:
+        parts.append(f"and {len(firsts) - limit} more ranges ({int(mask.sum()):,} h in all)")
+    return ", ".join(parts)
