@@ -33,6 +33,7 @@ from test_ha_import import (
     changes,
     last_full_hour,
     metadata,
+    query,
 )
 
 
@@ -198,6 +199,83 @@ def test_dst_days_in_wh(ha: HomeAssistant, tmp_path: Path, season: str) -> None:
         f"{dst_day:%Y-%m-%d} ({quarters} quarter-hours): expected {want!r} kWh, "
         f"HA says {got_days.get(day_key)!r}")
     assert_amounts(got_days, dg.daily_totals(expected), f"{sid}: daily change")
+
+
+# ----------------------------------------------------------- (e) meter replacement, readings
+
+
+@pytest.mark.ha
+@pytest.mark.parametrize("first_new", [0.0, 0.4])
+def test_cumulative_readings_with_meter_replacement(ha: HomeAssistant, tmp_path: Path,
+                                                    first_new: float) -> None:
+    """Readings of a meter at ~5000 kWh, replaced mid-hour by a new one reading `first_new`,
+    through the WebSocket API: no negative hour, the replacement hour counts the new meter
+    from 0, every hour as tests/test_ha_import.py expects on a database."""
+    sid = f"backdate:ws_meter_swap_{int(first_new * 10)}"
+    start = datetime(2026, 10, 5, tzinfo=dg.VIENNA)
+    readings, k = dg.meter_with_replacement(start, 48, seed=51,
+                                            replace_after=timedelta(hours=17, minutes=30),
+                                            first_new=first_new)
+    path = dg.write_samples_csv(tmp_path / "meter.csv", readings, value_column="reading")
+    ws_import(ha, path, "--statistic-id", sid)
+
+    expected = dg.cumulative_hourly(readings)
+    got = hourly(ha, sid, start - timedelta(days=1), readings[-1].time + timedelta(hours=1))
+    assert_no_negative(got, f"{sid}: hourly change")
+    swap_hour = dg.floor_hour(readings[k].time)
+    at = {s.time: s.value for s in readings}
+    old_part = readings[k - 1].value - at[swap_hour]
+    new_part = at[swap_hour + timedelta(hours=1)]
+    key = dg.epoch(swap_hour)
+    assert key in got and abs(got[key] - (old_part + new_part)) < TOL, (
+        f"replacement hour {_when(key)}: expected {old_part + new_part!r}, "
+        f"HA says {got.get(key)!r}")
+    assert_amounts(got, expected, f"{sid}: hourly change")
+    assert changes(ha, sid, start, readings[-1].time, "5minute", min_rows=0) == {}
+
+
+# --------------------------------------------------------------- (f) mean/min/max temperature
+
+
+@pytest.mark.ha
+def test_mean_statistic_temperature(ha: HomeAssistant, tmp_path: Path) -> None:
+    """°C every 10 minutes (some missing) through the WebSocket API: HA's metadata says mean,
+    no sum; hourly mean is time-weighted, min/max the hour's samples; days reduce as HA
+    does (mean of hours, min of mins, max of maxes)."""
+    sid = "backdate:ws_outdoor_temperature"
+    start = datetime(2026, 1, 10, tzinfo=dg.VIENNA)
+    samples = dg.temperature_samples(start, 72, seed=61)
+    path = dg.write_samples_csv(tmp_path / "ws_outdoor_temperature.csv", samples,
+                                value_column="value")
+    ws_import(ha, path, "--statistic-id", sid, "--kind", "mean", "--unit", "°C")
+
+    meta = metadata(ha, sid)
+    assert meta is not None, f"HA does not know {sid}"
+    assert meta["has_sum"] is False and meta["has_mean"] is True, meta
+    assert meta["statistics_unit_of_measurement"] == "°C", meta
+    expected = dg.hourly_mean_min_max(samples)
+    end = start + timedelta(hours=72)
+    rows = query(ha, sid, start - timedelta(days=1), end + timedelta(hours=1), "hour",
+                 ["mean", "min", "max"], min_rows=0)
+    got = {int(round(r["start"] / 1000)): r for r in rows}
+    for field in ("mean", "min", "max"):
+        assert_amounts({t: r.get(field) for t, r in got.items()},
+                       {t: getattr(m, field) for t, m in expected.items()},
+                       f"{sid}: hourly {field}")
+    days = query(ha, sid, start, end, "day", ["mean", "min", "max"], min_rows=0)
+    by_day: dict[int, list[dg.MeanMinMax]] = {}
+    for hour, m in expected.items():
+        day = dg.epoch(dg.local_midnight(datetime.fromtimestamp(hour, UTC)))
+        by_day.setdefault(day, []).append(m)
+    got_days = {int(round(r["start"] / 1000)): r for r in days}
+    assert set(got_days) == set(by_day), (sorted(got_days), sorted(by_day))
+    for day, ms in by_day.items():
+        want = (sum(m.mean for m in ms) / len(ms), min(m.min for m in ms),
+                max(m.max for m in ms))
+        have = (got_days[day]["mean"], got_days[day]["min"], got_days[day]["max"])
+        assert all(abs(h - w) < TOL for h, w in zip(have, want, strict=True)), (
+            f"{_when(day)}: expected mean/min/max {want}, HA says {have}")
+    assert not query(ha, sid, start, end, "5minute", ["mean"], min_rows=0)
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -412,3 +490,108 @@ def test_hour_ranges_name_every_run() -> None:
         "2024-01-01 07:00 to 2024-01-01 09:00 UTC (3 h)")
     assert hour_ranges(starts, mask, limit=1).endswith("and 2 more ranges (7 h in all)")
     assert hour_ranges(starts, np.zeros(10, dtype=bool)) == "none"
+
+
+def test_read_back_compares_values_exactly_and_last_reset() -> None:
+    """HA stores the JSON float it is sent bit for bit, so a read-back differing in the last
+    bit is a difference (a 1e-9 tolerance would hide it); last_reset travels as ISO text
+    with microseconds, so it is compared to the microsecond, and a missing or moved reset
+    is named."""
+    import numpy as np
+
+    from backdate.models import RowBlock, StatRow
+    from backdate.targets.ha_ws import _compare, _held_mask, _planned_types
+
+    t0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
+    reset = t0 - 1800.25
+    block = RowBlock(np.array([t0, t0 + 3600]), state=np.array([1.0, 2.0]),
+                     sum=np.array([1.0, 2.0]), last_reset_ts=np.array([reset, np.nan]))
+    assert "last_reset" in _planned_types(block)
+
+    def rows(sum2: float, reset1: float | None, reset2: float | None = None) -> list[StatRow]:
+        return [StatRow(t0, state=1.0, sum=1.0, last_reset_ts=reset1),
+                StatRow(t0 + 3600, state=2.0, sum=sum2, last_reset_ts=reset2)]
+
+    assert _compare(block, rows(2.0, reset + 4e-7)) is None  # HA's ms, divided back
+    assert _held_mask(block, rows(2.0, reset)).all()
+    off_by_a_bit = float(np.nextafter(2.0, 3.0))
+    assert "sum=2.0000000000000004" in (_compare(block, rows(off_by_a_bit, reset)) or "")
+    assert "last_reset=none" in (_compare(block, rows(2.0, None)) or "")
+    assert "last_reset=" in (_compare(block, rows(2.0, reset + 1)) or "")
+    assert "last_reset=" in (_compare(block, rows(2.0, reset, t0)) or "")
+    assert _held_mask(block, rows(2.0, reset + 1)).tolist() == [False, True]
+
+
+@pytest.mark.ha
+def test_read_back_checks_the_metadata(ha: HomeAssistant, tmp_path: Path) -> None:
+    """After the rows, the metadata HA holds (recorder/get_statistics_metadata) is compared
+    with the plan's: unit, has_sum, mean type, source and an external statistic's name."""
+    from dataclasses import replace
+
+    from backdate.models import MeanType
+    from backdate.targets.ha_ws import HAWebSocketTarget
+
+    sid = "backdate:ws_meta_check"
+    ws_import(ha, _small_csv(tmp_path, "ws_meta_check"), "--statistic-id", sid)
+    with HAWebSocketTarget(ha.url, ha.token) as target:
+        meta = target.get_metadata(sid)
+        assert meta is not None
+        assert target._metadata_problem(meta) is None
+        problem = target._metadata_problem(replace(meta, unit_of_measurement="Wh",
+                                                   name="Other", mean_type=MeanType.ARITHMETIC))
+        assert problem is not None
+        for part in ("unit 'kWh', planned 'Wh'", "mean type", "name"):
+            assert part in problem, problem
+        gone = target._metadata_problem(replace(meta, statistic_id="backdate:ws_meta_none"))
+        assert gone == "HA reports no metadata for it"
+
+
+@pytest.mark.ha
+def test_shift_not_answered_in_time_is_read_back(ha: HomeAssistant) -> None:
+    """HA does not answer `adjust_sum_statistics` within the timeout (here: a timeout too
+    short for any answer; HA still gets and runs the job): backdate does not claim the sum
+    steps there, it reads back whether the shift happened, and it did: the import succeeds,
+    the seam hour keeps its change and the later hours are unchanged."""
+    import numpy as np
+
+    from backdate.app.importing import ImportOptions, plan_imports
+    from backdate.models import Kind, Series
+    from backdate.targets import ha_ws
+
+    sid = "backdate:ws_shift_timeout"
+    end = dg.epoch(last_full_hour())
+    seam = end - 24 * 3600
+
+    def series(first: float, hours: int, value: float) -> Series:
+        times = first + 3600.0 * np.arange(hours)
+        return Series(source="x.csv", times=times, values=np.full(hours, value),
+                      lines=np.arange(hours) + 2, ends=times + 3600, kind=Kind.DELTA,
+                      unit="kWh")
+
+    notes: list[str] = []
+    with ha_ws.HAWebSocketTarget(ha.url, ha.token) as target:
+        target.notify = notes.append  # type: ignore[method-assign]
+        target.apply(plan_imports(target, [series(seam, 24, 0.75)],
+                                  ImportOptions(statistic_id=sid))[0].plan)
+        span = (datetime.fromtimestamp(seam - 3 * 86400, UTC),
+                datetime.fromtimestamp(end + 3600, UTC))
+        before = hourly(ha, sid, *span)
+        plan = plan_imports(target, [series(seam - 48 * 3600.0, 48, 0.5)],
+                            ImportOptions(statistic_id=sid))[0].plan
+        assert target._shift(plan) is not None
+        real_call = target._call
+
+        def call(msg_type: str, /, **fields: Any) -> Any:
+            if msg_type == "recorder/adjust_sum_statistics":
+                fields["timeout"] = 1e-6  # no answer can come this fast
+            return real_call(msg_type, **fields)
+
+        target._call = call  # type: ignore[method-assign]
+        target.apply(plan)
+    assert any("did not answer the shift" in n for n in notes), notes
+    after = hourly(ha, sid, *span)
+    key = int(seam)
+    assert abs(after[key] - before[key]) < TOL, (before[key], after[key])
+    assert_amounts({t: v for t, v in after.items() if t >= key}, before, "later hours")
+    assert_amounts({t: v for t, v in after.items() if t < key},
+                   {int(seam - 48 * 3600 + 3600 * k): 0.5 for k in range(48)}, "prepended")

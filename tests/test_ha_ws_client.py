@@ -258,3 +258,20 @@ def test_connect_retrying_rides_out_a_restart(ha: HomeAssistant,
     with pytest.raises(HAUnreachableError):
         old.ping(timeout=5)
     old.close()
+
+
+def test_connect_retrying_keeps_the_short_timeout_for_connecting_only(ha: HomeAssistant) -> None:
+    """A reconnect tries with a short connect timeout, but later calls (long read-backs of a
+    ten-year import) get the caller's call timeout, not the connect attempt's."""
+    with SyncHAClient.connect_retrying(ha.url, ha.token, 2, call_timeout=75,
+                                       backoff=Backoff(give_up_after=30)) as client:
+        assert client.timeout == 75
+        assert client.run(lambda c: _timeout_of(c)) == 75
+        assert client.call("get_config")["state"] == "RUNNING"
+    with SyncHAClient.connect_retrying(ha.url, ha.token, 3,
+                                       backoff=Backoff(give_up_after=30)) as client:
+        assert client.timeout == 3  # no call_timeout: the connect timeout, as before
+
+
+async def _timeout_of(client: HAClient) -> float:
+    return client.timeout

@@ -11,6 +11,9 @@ HA holds and which not, so the user knows what to do.
 * HA killed while backdate still sends and not started again in time: TargetError (exit 3)
   naming the hours sent-but-unconfirmed and never sent; after HA is back, the named
   never-sent hours are indeed absent and the rest within the named ranges.
+* HA killed just after it acknowledged the shift of a prepend into an existing statistic:
+  the resume reads the range whole once (one-row polls while HA settles), sends the lost
+  rows and the shift again, and the shift lands exactly once.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ import ha_harness
 import numpy as np
 import pytest
 from ha_harness import HomeAssistant
-from test_ha_import import BACKDATE, assert_amounts, changes, metadata
+from test_ha_import import (
+    BACKDATE,
+    TOL,
+    assert_amounts,
+    assert_no_negative,
+    changes,
+    metadata,
+)
 
 pytestmark = pytest.mark.ha
 HOURS = 87_600
@@ -203,3 +213,99 @@ def test_gives_up_naming_sent_and_unsent_hours(ha: HomeAssistant,
                   "hour", min_rows=0) if metadata(ha, sid) else {}
     assert all(t < sent_end.timestamp() for t in got), "HA holds hours never sent"
     print(f"HA holds {len(got)} of the 20,000 sent hours after the kill")
+
+
+def test_resume_sends_a_lost_shift_exactly_once(ha: HomeAssistant,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two years prepended to an EXISTING statistic (so the later rows must be shifted); HA
+    is killed just after it acknowledged the shift (queued behind ~17,500 rows it had not
+    committed, so the shift is lost with them) and started again. backdate resumes: while
+    HA settles it polls one-row reads only, reads the range back once, sends what HA lost and
+    the shift again; the shift lands exactly once (a double shift would step the seam hour)
+    and every hour is right. The new connection keeps the target's call timeout."""
+    from backdate.app.importing import ImportOptions, plan_imports
+    from backdate.models import Kind, Series
+    from backdate.targets import ha_ws
+
+    monkeypatch.setattr(ha_ws, "SETTLE_SECONDS", 5.0)
+    sid = "backdate:ws_resume_shift"
+    end = dg.epoch(dg.floor_hour(datetime.now(UTC)) - timedelta(days=1))
+    seam = end - 48 * 3600
+    history_hours = 2 * 8760
+
+    def series(first: float, hours: int, values: np.ndarray) -> Series:
+        times = first + 3600.0 * np.arange(hours)
+        return Series(source="x.csv", times=times, values=values, lines=np.arange(hours) + 2,
+                      ends=times + 3600, kind=Kind.DELTA, unit="kWh")
+
+    recent_values = 0.25 + 0.5 * (np.arange(48) % 3)
+    history_values = (np.arange(history_hours) * 37 % 1000) / 1000
+    notes: list[str] = []
+    target = ha_ws.HAWebSocketTarget(ha.url, ha.token, timeout=45)
+    target.notify = notes.append  # type: ignore[method-assign]
+    recent_plan = plan_imports(target, [series(seam, 48, recent_values)],
+                               ImportOptions(statistic_id=sid))[0].plan
+    target.apply(recent_plan)
+    span = (datetime.fromtimestamp(seam - history_hours * 3600 - 86400, UTC),
+            datetime.fromtimestamp(end + 3600, UTC))
+    before = changes(ha, sid, *span, "hour", min_rows=0)
+    assert len(before) == 48
+    plan = plan_imports(target, [series(seam - history_hours * 3600.0, history_hours,
+                                        history_values)],
+                        ImportOptions(statistic_id=sid))[0].plan
+    assert target._shift(plan) is not None, "prepending must shift the existing rows"
+
+    real_call = target._call
+    adjusts: list[float] = []
+    full_reads: list[float] = []
+    errors: list[BaseException] = []
+
+    def restart() -> None:
+        try:
+            time.sleep(1)
+            ha.start()
+        except BaseException as err:  # reported below
+            errors.append(err)
+
+    worker = threading.Thread(target=restart)
+
+    def call(msg_type: str, /, **fields: object) -> object:
+        if msg_type == "recorder/statistics_during_period" and fields.get("period") == "hour":
+            hours = (datetime.fromisoformat(str(fields.get("end_time", fields["start_time"])))
+                     - datetime.fromisoformat(str(fields["start_time"]))) / timedelta(hours=1)
+            if hours > ha_ws.CONFIRM_ROWS:
+                full_reads.append(hours)
+        result = real_call(msg_type, **fields)  # type: ignore[arg-type]
+        if msg_type == "recorder/adjust_sum_statistics":
+            adjusts.append(time.monotonic())
+            if len(adjusts) == 1:  # acknowledged (queued): kill HA before it runs the job
+                kill(ha)
+                worker.start()
+        return result
+
+    target._call = call  # type: ignore[method-assign]
+    try:
+        target.apply(plan)
+    finally:
+        if worker.ident is not None:
+            worker.join(300)
+        target.close()
+    assert not errors, errors
+    text = "\n".join(notes)
+    print(text)
+    assert len(adjusts) == 2, f"the shift was sent {len(adjusts)} times\n{text}"
+    assert "shifting the later rows" in text and "resume 1 of" in text, text
+    assert full_reads == [pytest.approx(history_hours)], (
+        f"range read whole {len(full_reads)} times while resuming: {full_reads}")
+    assert target._ws.timeout == 45, "the reconnected client lost the call timeout"
+
+    after = changes(ha, sid, *span, "hour", min_rows=0)
+    key = int(seam)
+    assert abs(after[key] - before[key]) < TOL, (
+        f"seam hour changed: {before[key]!r} before, {after[key]!r} after (shifted twice?)")
+    assert_amounts({t: v for t, v in after.items() if t >= key}, before,
+                   "pre-existing hours after the resumed prepend")
+    history = {int(seam - history_hours * 3600 + 3600 * k): float(v)
+               for k, v in enumerate(history_values)}
+    assert_amounts({t: v for t, v in after.items() if t < key}, history, "prepended hours")
+    assert_no_negative(after, "after the resumed prepend")

@@ -8,11 +8,13 @@ The API (everything else is private):
 
 * ``HAClient`` (asyncio): ``await HAClient.connect(url, token, timeout)`` authenticates
   (``auth_required`` -> ``auth`` -> ``auth_ok``) and returns a client; ``await
-  HAClient.connect_retrying(url, token, backoff=Backoff(...))`` does the same with exponential
-  backoff until HA answers and runs (after a restart). ``call(type, **fields)`` /
-  ``call_message(dict)`` send one request with the next request id and return its ``result``;
-  calls may run concurrently (a reader task matches replies by id). ``subscribe(...)`` returns
-  an ``HASubscription`` (async iterator of events). ``ping()``, ``close()``; ``ha_version``.
+  HAClient.connect_retrying(url, token, timeout, backoff=Backoff(...), call_timeout=...)`` does
+  the same with exponential backoff until HA answers and runs (after a restart); ``timeout``
+  bounds each attempt, ``call_timeout`` is the default for the calls that follow.
+  ``call(type, **fields)`` / ``call_message(dict)`` send one request with the next request
+  id and return its ``result``; calls may run concurrently (a reader task matches replies
+  by id). ``subscribe(...)`` returns an ``HASubscription`` (async iterator of events).
+  ``ping()``, ``close()``; ``ha_version``.
 * ``SyncHAClient``: the same on a private event loop thread for blocking code (CLI, tests);
   ``SyncHAClient.connect_retrying(...)``; ``run(func)`` runs an async helper on its loop.
 * ``Backoff``: the retry schedule (first delay, factor, cap, overall deadline); one object per
@@ -336,8 +338,13 @@ class HAClient:
         wait_running: bool = True,
         ssl: bool | ssl_module.SSLContext = True,
         on_retry: Callable[[int, float, str], None] | None = None,
+        call_timeout: float | None = None,
     ) -> HAClient:
         """``connect`` until it works, sleeping ``backoff``'s delays between attempts.
+
+        ``timeout`` bounds each connect attempt (short, so a half-started HA is retried
+        soon); ``call_timeout`` (default: ``timeout``) is the client's default for later
+        calls, so a short connect timeout does not leak into long reads after a reconnect.
 
         Why: after HA restarts it refuses connections, then answers while still starting
         (``get_config`` state ``NOT_RUNNING``/``STARTING``); with ``wait_running`` a client is
@@ -358,9 +365,11 @@ class HAClient:
             else:
                 try:
                     if not wait_running:
+                        client.timeout = call_timeout or timeout
                         return client
                     state = (await client.call("get_config") or {}).get("state")
                     if state == "RUNNING":
+                        client.timeout = call_timeout or timeout
                         return client
                     last = f"Home Assistant is starting (state {state})"
                 except HAAuthError:
@@ -598,7 +607,6 @@ class SyncHAClient:
             target=self._loop.run_forever, name="backdate-ha-ws", daemon=True
         )
         self._thread.start()
-        self.timeout = timeout
         try:
             if _retrying is None:
                 connect = HAClient.connect(base_url, token, timeout, ssl=ssl)
@@ -611,6 +619,8 @@ class SyncHAClient:
         except BaseException:
             self._stop_loop()
             raise
+        # Calls default to the client's call timeout (for connect_retrying: call_timeout).
+        self.timeout = self._client.timeout
 
     @classmethod
     def connect_retrying(
@@ -623,10 +633,13 @@ class SyncHAClient:
         wait_running: bool = True,
         ssl: bool | ssl_module.SSLContext = True,
         on_retry: Callable[[int, float, str], None] | None = None,
+        call_timeout: float | None = None,
     ) -> SyncHAClient:
-        """Blocking ``HAClient.connect_retrying``."""
+        """Blocking ``HAClient.connect_retrying`` (``timeout`` per connect attempt,
+        ``call_timeout`` for later calls)."""
         return cls(base_url, token, timeout, ssl=ssl, _retrying={
-            "backoff": backoff, "wait_running": wait_running, "on_retry": on_retry})
+            "backoff": backoff, "wait_running": wait_running, "on_retry": on_retry,
+            "call_timeout": call_timeout})
 
     @property
     def ha_version(self) -> str | None:

@@ -10,10 +10,16 @@ For users who have a URL and a long-lived access token but no safe way to the da
   `recorder/adjust_sum_statistics`, which moves `sum` in both tables.
 * HA **answers before it writes** (`import_statistics` returns once the job is queued, and
   `recorder/info` can show an empty backlog while the job runs), so `apply` reads the written
-  range back until HA holds exactly what was planned, and only then reports success; on timeout
-  it raises `VerificationError` naming the first hour that differs.
+  range back until HA holds exactly what was planned (every value equal bit for bit,
+  last_reset to the microsecond, and the metadata read back with
+  `recorder/get_statistics_metadata`), and only then reports success; on timeout it raises
+  `VerificationError` naming the first hour that differs. A shift HA did not acknowledge in
+  time is not assumed lost: the read-back says whether it happened.
 * When the connection is lost (HA restarted), it reconnects with backoff (1, 2, 4, 8, 10, 10 s
-  ... for up to `RECONNECT_SECONDS`; never faster), waits until HA's rows stop changing, sends
+  ... for up to `RECONNECT_SECONDS`; never faster; each attempt at most
+  `RECONNECT_ATTEMPT_SECONDS`, later calls the target's timeout), waits until HA settles
+  (polling `recorder/info` and one-row reads only: the last planned hour and the first
+  shifted row), reads the range back once, sends
   only what HA does not hold (and the shift if it did not happen), and confirms. HA may go
   away again while it resumes: up to `MAX_RESUMES` times. When it gives up, the error (exit 3)
   names, per statistic, the hour ranges HA holds as planned, those it does not, and (if HA
@@ -48,6 +54,7 @@ from backdate.hass.client import (
     Backoff,
     HAAuthError,
     HAError,
+    HATimeoutError,
     HAUnreachableError,
     SyncHAClient,
     message_size,
@@ -69,7 +76,13 @@ VERIFY_SECONDS_PER_ROW = 1 / 250
 # Entity statistics: HA rolls an hour up at ~HH:00:10; stay clear of an hour it has not yet
 # compiled for this long after the hour ends.
 COMPILE_GRACE = 300.0
-REL_TOL = 1e-9
+# last_reset travels as ISO 8601 text with microseconds and comes back as epoch milliseconds,
+# so it is compared to the microsecond; values travel as JSON floats (shortest round-trip
+# repr) into REAL/DOUBLE columns and back, so they are compared exactly.
+RESET_TOL = 1e-6
+# Connect attempts after a lost connection are short (a half-started HA is retried soon);
+# calls on the new connection use the target's own timeout again.
+RECONNECT_ATTEMPT_SECONDS = 10.0
 # After a lost connection (HA restarted, network): how long to try to reconnect, and how long
 # HA's rows must stay unchanged (with an empty recorder backlog) before backdate treats jobs
 # that did not land as lost and sends them again.
@@ -97,9 +110,17 @@ def _human(ts: float) -> str:
 
 
 def _close(a: float | None, b: float | None) -> bool:
+    """Exactly equal (or both absent): HA stores the JSON float it was sent bit for bit."""
     if a is None or b is None:
         return a is None and b is None
-    return math.isclose(float(a), float(b), rel_tol=REL_TOL, abs_tol=1e-9)
+    return float(a) == float(b)
+
+
+def _same_reset(got: float | None, want: float | None) -> bool:
+    """last_reset equal to the microsecond (it travels as ISO text with microseconds)."""
+    if got is None or want is None:
+        return got is None and want is None
+    return abs(float(got) - float(want)) <= RESET_TOL
 
 
 class HAWebSocketTarget:
@@ -393,8 +414,9 @@ class HAWebSocketTarget:
                             f"{delay:.0f} s")
 
         self._ws = SyncHAClient.connect_retrying(
-            self.url, self._token, min(self.timeout, 10.0),
-            backoff=Backoff(1.0, 2.0, 10.0, RECONNECT_SECONDS), on_retry=told)
+            self.url, self._token, min(self.timeout, RECONNECT_ATTEMPT_SECONDS),
+            backoff=Backoff(1.0, 2.0, 10.0, RECONNECT_SECONDS), on_retry=told,
+            call_timeout=self.timeout)
 
     def _state(self, plan: WritePlan) -> tuple[np.ndarray, str | None]:
         """Which planned rows HA holds as planned (mask), and the shift: None (none planned),
@@ -408,23 +430,39 @@ class HAWebSocketTarget:
                               float(block.start_ts[-1]) + HOUR, _planned_types(block),
                               timeout=max(self.timeout, len(block) / 2000))
             mask = _held_mask(block, rows)
-        state: str | None
-        expect = _expect_shift(plan)
-        if expect is None:
-            state = None
-        else:
-            table, start, old, want = expect
-            got = self._rows(table, sid, start, start + table.period, ["sum"])
-            if got and _close(got[0].sum, want):
-                state = "applied"
-            elif got and _close(got[0].sum, old):
-                state = "pending"
-            else:
-                state = (f"{table.value} at {_human(start)} reads "
-                         f"{'no row' if not got else f'sum={got[0].sum!r}'}, neither {old!r} "
-                         f"(before the shift) nor {want!r} (after it)")
+        state = self._shift_state(plan)
         self._held[sid] = (mask, state)
         return mask, state
+
+    def _shift_state(self, plan: WritePlan) -> str | None:
+        """The shift, read from the first row it moves (a one-row read): None (none
+        planned), 'applied', 'pending' (not yet), or a description of something else."""
+        expect = _expect_shift(plan)
+        if expect is None:
+            return None
+        table, start, old, want = expect
+        got = self._rows(table, plan.meta.statistic_id, start, start + table.period, ["sum"])
+        if got and _close(got[0].sum, want):
+            return "applied"
+        if got and _close(got[0].sum, old):
+            return "pending"
+        return (f"{table.value} at {_human(start)} reads "
+                f"{'no row' if not got else f'sum={got[0].sum!r}'}, neither {old!r} "
+                f"(before the shift) nor {want!r} (after it)")
+
+    def _probe(self, plan: WritePlan) -> tuple[tuple[bool, object], str | None]:
+        """What resuming polls while HA settles: the last planned hour as HA holds it and the
+        shift state; two one-row reads, never the whole range (HA just restarted)."""
+        block = plan.hourly.rows
+        last: tuple[bool, object] = (True, None)  # (held as planned, what HA holds)
+        if len(block):
+            t = float(block.start_ts[-1])
+            rows = self._rows(Table.HOURLY, plan.meta.statistic_id, t, t + HOUR,
+                              _planned_types(block))
+            last = (False, None) if not rows else (
+                _compare(block, rows, len(block) - 1) is None,
+                (tuple(getattr(rows[0], c) for c in ROW_TYPES[:5]), rows[0].last_reset_ts))
+        return last, self._shift_state(plan)
 
     def _statement(self, work: Sequence[WritePlan]) -> str:
         """What HA holds, per statistic, as hour ranges: read now if HA answers, else the
@@ -508,19 +546,22 @@ class HAWebSocketTarget:
         # Wait until nothing moves: jobs HA still had queued finish, lost ones stay lost.
         deadline = time.monotonic() + VERIFY_BASE_SECONDS + VERIFY_SECONDS_PER_ROW * sum(
             p.hourly.count for p in work)
-        last_key, since = None, time.monotonic()
+        # Polled: recorder/info and two one-row reads per statistic (the last planned hour,
+        # the first shifted row); the whole range is read once, when HA has settled.
+        last_key: object = None
+        since = time.monotonic()
         while True:
-            states = [self._state(p) for p in work]
-            key = tuple((int(m.sum()), sh) for m, sh in states)
-            if key != last_key:
-                last_key, since = key, time.monotonic()
+            probes = [self._probe(p) for p in work]
+            if probes != last_key:
+                last_key, since = probes, time.monotonic()
             backlog = (self._call("recorder/info") or {}).get("backlog") or 0
-            done = all(m.all() and sh in (None, "applied") for m, sh in states)
+            done = all(last[0] and sh in (None, "applied") for last, sh in probes)
             if done or (time.monotonic() - since >= SETTLE_SECONDS and not backlog):
                 break
             if time.monotonic() > deadline:
                 raise TargetError("Home Assistant's rows kept changing")
             time.sleep(1.0)
+        states = [self._state(p) for p in work]  # the one full read-back
         for plan, (mask, shift) in zip(work, states, strict=True):
             if shift not in (None, "applied", "pending"):
                 raise TargetError(shift)
@@ -655,14 +696,38 @@ class HAWebSocketTarget:
                            adjustment_unit_of_measurement=plan.meta.unit_of_measurement)
             except HAUnreachableError:
                 raise
-            except HAError as err:
+            except HATimeoutError:
+                # HA may have queued it all the same: `_confirm` reads the first shifted row
+                # and says whether the shift happened, instead of guessing here.
+                self.notify(f"{plan.meta.statistic_id}: Home Assistant did not answer the "
+                            f"shift from {_human(start)} in time; reading back whether it "
+                            "happened")
+            except HAError as err:  # refused by HA: nothing was shifted
                 raise TargetError(
-                    f"{plan.meta.statistic_id}: the rows were sent, but shifting the rows from "
-                    f"{_human(start)} by {amount:+g} failed: {err}; the sum now steps there. "
-                    "Run the same import again to close it") from err
+                    f"{plan.meta.statistic_id}: the rows were sent, but Home Assistant refused "
+                    f"to shift the rows from {_human(start)} by {amount:+g}: {err}; the sum "
+                    "steps there. Run the same import again to close it") from err
         return sent
 
     # -- confirming --------------------------------------------------------------------------
+
+    def _metadata_problem(self, meta: StatisticMeta) -> str | None:
+        """What HA's metadata (`recorder/get_statistics_metadata`) holds other than planned:
+        unit, has_sum, mean type, source, and the name of an external statistic (HA's own
+        compile rewrites an entity statistic's name, so that one is not ours to check)."""
+        items = [i for i in self._metadata_items([meta.statistic_id])
+                 if i.get("statistic_id") == meta.statistic_id]
+        if not items:
+            return "HA reports no metadata for it"
+        held = self._meta_from_item(items[0])
+        checks = [("unit", held.unit_of_measurement, meta.unit_of_measurement),
+                  ("has_sum", held.has_sum, bool(meta.has_sum)),
+                  ("mean type", held.mean_type, MeanType(meta.mean_type)),
+                  ("source", held.source, meta.source)]
+        if meta.is_external:
+            checks.append(("name", held.name, meta.name))
+        wrong = [f"{what} {got!r}, planned {want!r}" for what, got, want in checks if got != want]
+        return "; ".join(wrong) or None
 
     def _confirm(self, plan: WritePlan) -> None:
         """Poll until HA holds every planned row and the first shifted row has moved.
@@ -702,14 +767,21 @@ class HAWebSocketTarget:
                     self._held[sid] = (held.copy(), None)  # the shift: not known yet
                     done, delay = hi, 0.05
             if problem is None and expect is not None:  # the shift: the last job queued
-                table, start, _, want = expect
-                got = self._rows(table, sid, start, start + table.period, ["sum"])
-                if not got or not _close(got[0].sum, want):
-                    problem = (f"{table.value} at {_human(start)} after the window reads "
-                               f"{'no row' if not got else f'sum={got[0].sum!r}'}, expected "
-                               f"{want!r} after the shift")
+                table, start, old, want = expect
+                state = self._shift_state(plan)
+                if state == "pending":
+                    problem = (f"the later rows are not shifted: {table.value} at "
+                               f"{_human(start)} still reads sum={old!r} (the sum steps "
+                               f"there), expected {want!r} after the shift")
+                elif state != "applied":
+                    problem = f"{state}"
             if problem is None:
                 self._held[sid] = (held, None if expect is None else "applied")
+                wrong = self._metadata_problem(plan.meta)
+                if wrong is not None:  # final once the rows are there: no use waiting
+                    raise VerificationError(
+                        f"{sid}: Home Assistant holds every planned row, but its metadata "
+                        f"differs: {wrong}")
                 return
             if time.monotonic() > deadline:
                 raise VerificationError(
@@ -733,7 +805,22 @@ def _expect_shift(plan: WritePlan) -> tuple[Table, float, float, float] | None:
 def _planned_types(block: RowBlock) -> list[str]:
     """The `statistics_during_period` types a read-back of `block` compares."""
     cols = [c for c in ("state", "sum", "mean", "min", "max") if block.column(c) is not None]
+    if _has_reset(block):
+        cols.append("last_reset")
     return cols or ROW_TYPES
+
+
+def _has_reset(block: RowBlock) -> bool:
+    reset = block.last_reset_ts
+    return reset is not None and not np.isnan(reset).all()
+
+
+def _resets(block: RowBlock, first: int, stop: int) -> list[float | None] | None:
+    """Planned last_reset per row of [first, stop) (None: no reset in that row), or None
+    when the plan sends no last_reset at all."""
+    if not _has_reset(block):
+        return None
+    return [None if v != v else v for v in block.last_reset_ts[first:stop].tolist()]
 
 
 def _held_mask(block: RowBlock, rows: list[StatRow]) -> np.ndarray:
@@ -741,12 +828,13 @@ def _held_mask(block: RowBlock, rows: list[StatRow]) -> np.ndarray:
     have = {r.start_ts: r for r in rows}
     cols = [c for c in ("state", "sum", "mean", "min", "max") if block.column(c) is not None]
     values = {c: block.column(c).tolist() for c in cols}
+    resets = _resets(block, 0, len(block))
     mask = np.zeros(len(block), dtype=bool)
     for i, t in enumerate(block.start_ts.tolist()):
         row = have.get(t)
         mask[i] = row is not None and all(
             _close(getattr(row, c), None if values[c][i] != values[c][i] else values[c][i])
-            for c in cols)
+            for c in cols) and (resets is None or _same_reset(row.last_reset_ts, resets[i]))
     return mask
 
 
@@ -759,6 +847,7 @@ def _compare(block: RowBlock, rows: list[StatRow], first: int = 0,
     columns = [c for c in ("state", "sum", "mean", "min", "max") if block.column(c) is not None]
     starts = block.start_ts[first:stop].tolist()
     values = {c: block.column(c)[first:stop].tolist() for c in columns}
+    resets = _resets(block, first, stop)
     for i, t in enumerate(starts):
         row = have.get(t)
         if row is None:
@@ -769,6 +858,10 @@ def _compare(block: RowBlock, rows: list[StatRow], first: int = 0,
             got = getattr(row, c)
             if not _close(got, want):
                 return f"the hour {_human(t)} reads {c}={got!r}, planned {want!r}"
+        if resets is not None and not _same_reset(row.last_reset_ts, resets[i]):
+            return (f"the hour {_human(t)} reads last_reset="
+                    f"{'none' if row.last_reset_ts is None else _iso(row.last_reset_ts)}, "
+                    f"planned {'none' if resets[i] is None else _iso(resets[i])}")
     return None
 
 
