@@ -351,6 +351,9 @@ def export_cmd(
 def restore_cmd(
     backup: Annotated[Path, typer.Argument(help="A backup file that `import` wrote.")],
     to: TargetArg,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Restore even when Home Assistant compiled newer rows of an entity "
+        "statistic since the backup (they are deleted).")] = False,
 ) -> None:
     """Undo an import from its backup (SQLite .bak file, or a server's .jsonl file).
 
@@ -360,7 +363,7 @@ def restore_cmd(
     from backdate.app.targets import restore_target
 
     with _errors():
-        restore_target(str(backup), to)
+        restore_target(str(backup), to, force=force)
         console.print(f"restored {to} from {backup}", markup=False)
 
 

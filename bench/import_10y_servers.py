@@ -12,7 +12,16 @@ plan), beside that executemany: the stage the bulk paths change, without Python'
 the CSV reading and the planning that every path shares. The servers are started (or
 installed) by tests/services.py.
 
-    .venv/bin/python bench/import_10y_servers.py
+Two cases of the write stage, labelled by the SQL they really run:
+* new statistic: its metadata row is inserted in the same transaction, so no other row can
+  conflict and the rows go in by a plain INSERT (COPY + INSERT ... SELECT without a conflict
+  clause on PostgreSQL, inline VALUES without ON DUPLICATE KEY on MariaDB);
+* existing statistic: the ten years are prepended to a statistic that already holds the 30
+  days after them, so every row goes through the conflict clause (ON CONFLICT DO UPDATE /
+  ON DUPLICATE KEY UPDATE) and the 30 days' rows in both tables are shifted.
+
+    .venv/bin/python bench/import_10y_servers.py              # everything
+    .venv/bin/python bench/import_10y_servers.py --stage-only  # the write stage cases only
 """
 
 from __future__ import annotations
@@ -24,13 +33,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import services  # noqa: E402
-from import_10y import LINES, write_csv  # noqa: E402
+from import_10y import LINES, START, write_csv  # noqa: E402
 
 DUMPS = ROOT.parent / "shared" / "fixtures" / "ha-db"
 ENGINES = {
@@ -89,8 +99,23 @@ def executemany_reference(engine: str, src: str, dst: str) -> tuple[int, float]:
     return sum(len(r) for r in tables.values()), elapsed
 
 
-def write_stage(csv: Path, url: str, bulk: str) -> float:
-    """Seconds of `apply_imports` (one transaction, read-back verify) for a ready plan."""
+PLANNED_ROWS = [0]  # rows the last timed write stage upserted
+
+
+def write_later_csv(path: Path, days: int = 30) -> None:
+    """The `days` after the ten years (the statistic the prepend case lands in front of)."""
+    end = START + LINES * 900
+    with path.open("w") as out:
+        out.write("start,kwh\n")
+        for i in range(days * 96):
+            t = end + i * 900
+            out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(t))},"
+                      f"{0.05 + (i % 96) * 0.002:.3f}\n")
+
+
+def write_stage(csv: Path, url: str, bulk: str, existing: Path | None = None) -> float:
+    """Seconds of `apply_imports` (one transaction, read-back verify) for a ready plan;
+    with `existing`, that CSV is imported first (untimed) so the plan prepends to it."""
     sys.path.insert(0, str(ROOT))
     from backdate.app.importing import ImportOptions, apply_imports, plan_imports, read_sources
     from backdate.targets.recorder_db import open_recorder
@@ -99,7 +124,14 @@ def write_stage(csv: Path, url: str, bulk: str) -> float:
     opts = ImportOptions(statistic_id="backdate:bench")
     target = open_recorder(url)
     try:
+        if existing is not None:
+            apply_imports(target, plan_imports(target, read_sources([str(existing)], opts),
+                                               opts))
         imports = plan_imports(target, read_sources([str(csv)], opts), opts)
+        if existing is not None:
+            assert any(tp.shift_from is not None for item in imports
+                       for tp in item.plan.tables), "the prepend shifts nothing"
+        PLANNED_ROWS[0] = sum(tp.count for item in imports for tp in item.plan.tables)
         started = time.perf_counter()
         apply_imports(target, imports)
         return time.perf_counter() - started
@@ -108,15 +140,68 @@ def write_stage(csv: Path, url: str, bulk: str) -> float:
         os.environ.pop("BACKDATE_BULK", None)
 
 
+STAGE_LABEL = {
+    ("postgresql", "auto", False): "COPY, plain INSERT (new statistic, no conflict clause)",
+    ("postgresql", "auto", True): "COPY + INSERT ... ON CONFLICT DO UPDATE (existing)",
+    ("mariadb", "auto", False): "inline VALUES, plain INSERT (new statistic, no conflict "
+                                "clause)",
+    ("mariadb", "auto", True): "inline VALUES + ON DUPLICATE KEY UPDATE (existing)",
+}
+
+
+def stage_cases(engine: str, dump: str, create: Any, csv: Path, later: Path
+                ) -> dict[tuple[str, bool], list[float]]:
+    """The write stage on each path, into a new statistic and prepended to an existing one."""
+    stage: dict[tuple[str, bool], list[float]] = {
+        (path, prepend): [] for path in PATHS for prepend in (False, True)}
+    made = []
+    try:
+        for k in range(RUNS):
+            for path, prepend in stage:  # interleaved, so outside load hits all alike
+                name = f"bench_{engine[:2]}_{os.getpid()}_st_{path}{int(prepend)}{k}"
+                made.append(name)
+                stage[(path, prepend)].append(write_stage(
+                    csv, create(name, DUMPS / dump), path, later if prepend else None))
+    finally:
+        for name in made:
+            services.drop_database(engine, name)
+    return stage
+
+
+def print_stage(engine: str, stage: dict[tuple[str, bool], list[float]], rows: int,
+                ref: float | None) -> None:
+    for (path, prepend), times in stage.items():
+        t = statistics.median(times)
+        label = STAGE_LABEL.get((engine, path, prepend)) or (
+            "old path, 100-row VALUES via executemany, ON CONFLICT/ON DUPLICATE KEY "
+            f"({'existing' if prepend else 'new statistic'})")
+        vs = f"; {t / ref:.2f}x plain executemany" if ref else ""
+        print(f"{engine}: write + read-back stage [{label}] ({RUNS} runs): median {t:.2f} s, "
+              f"best {min(times):.2f} s; {rows / t:,.0f} rows/s{vs}")
+    for prepend in (False, True):
+        case = "existing statistic (prepend + shift)" if prepend else "new statistic"
+        ratio = statistics.median(stage[("values", prepend)]) / statistics.median(
+            stage[("auto", prepend)])
+        print(f"{engine}: write + read-back stage, {case}: bulk path vs old path {ratio:.2f}x "
+              "faster")
+
+
 def main() -> None:
     services.ensure_mariadb()
     services.ensure_postgresql()
+    stage_only = "--stage-only" in sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         csv = work / "ten_years.csv"
         write_csv(csv)
+        later = work / "later.csv"
+        write_later_csv(later)
         print(f"input: {LINES:,} lines of 15-minute deltas (10 years)")
         for engine, (dump, create) in ENGINES.items():
+            if stage_only:
+                stage = stage_cases(engine, dump, create, csv, later)
+                print_stage(engine, stage, PLANNED_ROWS[0], None)
+                continue
             made = []
             runs: dict[str, list[tuple[float, float]]] = {path: [] for path in PATHS}
             refs = []
@@ -136,8 +221,10 @@ def main() -> None:
                 for name in made:
                     services.drop_database(engine, name)
             ref = statistics.median(refs)
-            label = {"auto": "COPY" if engine == "postgresql" else "inline VALUES",
-                     "values": "old path, 100-row VALUES via executemany"}
+            label = {"auto": ("COPY" if engine == "postgresql" else "inline VALUES")
+                     + ", new statistic: plain INSERT, no conflict clause",
+                     "values": "old path, 100-row VALUES via executemany with the conflict "
+                               "clause"}
             medians = {}
             for path in PATHS:
                 walls = sorted(w for w, _ in runs[path])
@@ -151,25 +238,7 @@ def main() -> None:
                   f"{ref:.2f} s, {rows / ref:,.0f} rows/s")
             print(f"{engine}: bulk path vs old path: {medians['values'] / medians['auto']:.2f}x "
                   "faster")
-            stage: dict[str, list[float]] = {path: [] for path in PATHS}
-            made = []
-            try:
-                for k in range(RUNS):
-                    for path in PATHS:
-                        name = f"bench_{engine[:2]}_{os.getpid()}_stage_{path}{k}"
-                        made.append(name)
-                        stage[path].append(write_stage(csv, create(name, DUMPS / dump), path))
-            finally:
-                for name in made:
-                    services.drop_database(engine, name)
-            for path in PATHS:
-                t = statistics.median(stage[path])
-                print(f"{engine}: write + read-back stage only [{label[path]}] ({RUNS} runs): "
-                      f"median {t:.2f} s, best {min(stage[path]):.2f} s; {rows / t:,.0f} rows/s; "
-                      f"{t / ref:.2f}x plain executemany")
-            print(f"{engine}: write + read-back stage, bulk path vs old path: "
-                  f"{statistics.median(stage['values']) / statistics.median(stage['auto']):.2f}x "
-                  "faster")
+            print_stage(engine, stage_cases(engine, dump, create, csv, later), rows, ref)
 
 
 if __name__ == "__main__":

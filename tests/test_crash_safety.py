@@ -9,7 +9,8 @@ moment each phase ends (its output is read unbuffered, line by line): start-up, 
 planning up to the plan's report; the backup up to its `backup:` line; the write transaction
 and the read-back up to `written and verified`; the final report and exit. KILLS runs are
 then killed at seeded random points, an equal share in each phase (so a short phase such as
-SQLite's write is hit as often as start-up is): a run aimed at a phase is killed a random
+SQLite's write transaction, between the BACKDATE_TRACE markers backdate prints after BEGIN and
+before COMMIT, is hit as often as start-up is): a run aimed at a phase is killed a random
 fraction of that phase's length after its own output shows the phase began, so the aim holds
 on a loaded machine where one run is slower than the next. After every kill:
 
@@ -201,13 +202,18 @@ def without_fresh(state: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- the runs
 
 
-PHASES = ("read/plan", "backup", "write/verify", "report")
-MARKERS = ("hourly rows", "backup:", "written and verified")  # the lines that end each phase
+PHASES = ("read/plan", "backup", "prepare", "transaction", "verify", "report")
+BEGIN = "backdate-trace: BEGIN"
+COMMIT = "backdate-trace: COMMIT"
+# The lines that end each phase. BACKDATE_TRACE=1 makes backdate print "backdate-trace: BEGIN"
+# once its write transaction is open and "backdate-trace: COMMIT" just before it sends the
+# COMMIT, so kills aimed at "transaction" land in the open transaction.
+MARKERS = ("hourly rows", "backup:", BEGIN, COMMIT, "written and verified")
 
 
 def start_import(folder: Path, url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1",
-           "TERM": "dumb"}
+           "TERM": "dumb", "BACKDATE_TRACE": "1"}
     return subprocess.Popen([str(PYTHON), "-m", "backdate.cli", "import", "grid.csv",
                              "solar.csv", "--to", url, "--yes"], cwd=folder, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -279,6 +285,14 @@ def restore(backup: Path, url: str) -> None:
                            url], capture_output=True, text=True, check=False, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def inside_transaction(out: str, killed: bool) -> bool:
+    """Killed after the write transaction's BEGIN and before its COMMIT was sent (by the
+    trace markers, printed unbuffered to the captured stderr)."""
+    if not killed or BEGIN not in out:
+        return False
+    return COMMIT + "\n" not in out[out.rindex(BEGIN):]
 
 
 def phase(out: str, killed: bool) -> str:
@@ -380,10 +394,13 @@ def test_kill_at_random_points(target: Target, tmp_path: Path) -> None:
         for leftover in target.backups(work):
             leftover.unlink()
         died = phase(out, code is None)
-        if died in ("read/plan", "backup"):
+        if died in ("read/plan", "backup", "prepare"):
             assert result == "before", f"kill {k} before the write left {result}"
-        if died == "report":
-            assert result == "after", f"kill {k} after the verified write left {result}"
+        if died in ("verify", "report"):
+            assert result == "after", f"kill {k} after the COMMIT left {result}"
+        if inside_transaction(out, code is None):
+            assert died == "transaction"
+            assert result == "before", f"kill {k} inside the open transaction left {result}"
         outcomes.append((kill_at, PHASES[aimed], died, result, backed_up))
 
     summary = "\n".join(f"  {t:5.2f} s  aimed {a:<13} died in {p:<13} {r:<6} "
@@ -392,4 +409,6 @@ def test_kill_at_random_points(target: Target, tmp_path: Path) -> None:
     print(f"\n{target.engine}: uninterrupted run: {phase_ends}; kills:\n{summary}",
           file=sys.stderr)
     died_in = {p for _, _, p, _, _ in outcomes}
-    assert {"read/plan", "backup", "write/verify", "report"} <= died_in, summary
+    assert {"read/plan", "backup", "transaction", "report"} <= died_in, summary
+    # at least one kill provably inside the open write transaction, and it left "before"
+    assert any(p == "transaction" and r == "before" for _, _, p, r, _ in outcomes), summary

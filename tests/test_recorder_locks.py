@@ -12,6 +12,7 @@ the held rows.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import threading
@@ -134,22 +135,42 @@ def watch_waiters(db: ServerDb, until: float, seen: list[int]) -> None:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_lock_released_after_seconds_is_waited_out(make_db: Callable[[str], ServerDb],
                                                    tmp_path: Path, engine: str) -> None:
+    """The lock is held until backdate says its first attempt timed out and was rolled back
+    (at most 12 s), then released: the retry must land the import."""
     db = make_db(engine)
     expected, middle = existing_statistic(db, tmp_path)
     lock = RowLock(db, SID)
-    hold = 7.0  # budget 15 s: each attempt waits 5 s for a lock, so the first one times out
+    hold = 12.0  # budget 15 s: each attempt waits 5 s for a lock, so the first one times out
     started = time.monotonic()
     proc = start_import(db, middle, budget=15)
+    err_lines: list[str] = []
+    retried = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            err_lines.append(line)
+            if line.startswith("database locked (lock wait timeout), retrying in "):
+                retried.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     seen: list[int] = []
     try:
-        watch_waiters(db, started + hold, seen)
+        while not retried.is_set() and time.monotonic() < started + hold:
+            seen.append(lock_waiters(db))
+            time.sleep(0.2)
+        held_for = time.monotonic() - started
     finally:
         lock.release()
-    out, err = proc.communicate(timeout=120)
-    elapsed = time.monotonic() - started
+    out = proc.stdout.read() if proc.stdout is not None else ""
+    proc.wait(timeout=120)
+    reader.join(timeout=60)
+    err = "".join(err_lines)
     assert proc.returncode == 0, out + err
     assert max(seen) >= 1, "backdate never waited for the held rows"
-    assert elapsed >= hold, "backdate finished while the rows were still locked"
+    # the first attempt timed out on the lock, was rolled back and retried (backdate says so)
+    assert retried.is_set(), f"no rollback-and-retry was logged within {hold} s:\n{err}"
+    assert held_for >= 5.0, "backdate gave up waiting before its lock wait ran out"
     assert_amounts(db.changes(SID), dg.hourly_totals(expected), "after the locked import")
     check_database(db)
 
@@ -217,24 +238,25 @@ def test_real_deadlock_is_survived(make_db: Callable[[str], ServerDb], tmp_path:
     else:
         con = services.pg_connect(db.name)
         con.autocommit = False
-    cur = con.cursor()
-    cur.execute(newest.format("statistics_short_term"), (meta_id,))
-    assert cur.fetchall()
-    proc = start_import(db, csv, budget=60)  # each attempt may wait 10 s for a lock
-    deadline = time.monotonic() + 60
-    while lock_waiters(db) == 0:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "backdate never waited for the held row"
-        time.sleep(0.05)
     victim = "backdate"
-    try:
-        cur.execute(newest.format("statistics"), (meta_id,))  # closes the cycle
-        cur.fetchall()
-    except Exception as exc:  # the server chose this side as the victim
-        code = getattr(exc, "args", [None])[0] if engine == "mariadb" else getattr(
-            exc, "sqlstate", None)
-        assert code in (1213, "40P01"), exc
-        victim = "other"
+    try:  # the held lock is released whatever fails, or dropping the database would hang
+        cur = con.cursor()
+        cur.execute(newest.format("statistics_short_term"), (meta_id,))
+        assert cur.fetchall()
+        proc = start_import(db, csv, budget=60)  # each attempt may wait 10 s for a lock
+        deadline = time.monotonic() + 60
+        while lock_waiters(db) == 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "backdate never waited for the held row"
+            time.sleep(0.05)
+        try:
+            cur.execute(newest.format("statistics"), (meta_id,))  # closes the cycle
+            cur.fetchall()
+        except Exception as exc:  # the server chose this side as the victim
+            code = getattr(exc, "args", [None])[0] if engine == "mariadb" else getattr(
+                exc, "sqlstate", None)
+            assert code in (1213, "40P01"), exc
+            victim = "other"
     finally:
         con.rollback()
         con.close()
@@ -242,6 +264,7 @@ def test_real_deadlock_is_survived(make_db: Callable[[str], ServerDb], tmp_path:
     assert proc.returncode == 0, out + err
     if engine == "postgresql":
         assert victim == "backdate", "PostgreSQL aborted the other side"
+        assert "database locked (deadlock), retrying in " in err, err
     else:
         assert victim == "other", "MariaDB aborted backdate"
     deadline = time.monotonic() + 15  # PostgreSQL publishes its statistics with a delay
@@ -251,4 +274,58 @@ def test_real_deadlock_is_survived(make_db: Callable[[str], ServerDb], tmp_path:
     assert_amounts(db.changes(SID), dg.hourly_totals(expected), "after the deadlock")
     assert_amounts(db.changes(SID, "statistics_short_term"),
                    dg.five_minute_totals(expected), "5-minute rows after the deadlock")
+    check_database(db)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_progress_restarts_when_a_transaction_is_retried(
+        make_db: Callable[[str], ServerDb], tmp_path: Path, engine: str) -> None:
+    """Two statistics in one transaction; the second one's rows are locked, so the first
+    attempt writes the first statistic (reporting its progress), times out, rolls back and
+    is retried. The progress of the retry starts again from 0 and never passes the total."""
+    from backdate.app.importing import (
+        ImportOptions,
+        apply_imports,
+        plan_imports,
+        read_sources,
+    )
+    from backdate.targets.recorder_db import open_recorder
+
+    db = make_db(engine)
+    # backdate:first exists before backdate:house (a lower metadata_id), and the import
+    # rewrites its rows in place: no insert falls into a gap InnoDB locks next to house's rows
+    first_days = dg.quarter_hour_deltas(END - timedelta(days=30), END, seed=72)
+    proc = subprocess.run([*BACKDATE, "import", str(dg.write_delta_csv(
+        tmp_path / "first0.csv", first_days)), "--statistic-id", "backdate:first", "--to",
+        db.url, "--no-backup", "--yes"], capture_output=True, text=True, check=False,
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first_csv = dg.write_delta_csv(tmp_path / "first.csv", [
+        dg.Interval(i.start, i.end, round(i.value * 2 + 0.01, 4)) for i in first_days])
+    expected, middle = existing_statistic(db, tmp_path)
+    target = open_recorder(db.url, retry_for=15)  # each attempt waits 5 s for a lock
+    imports = []
+    for csv, sid in ((first_csv, "backdate:first"), (middle, SID)):
+        opts = ImportOptions(statistic_id=sid, backup=False)
+        imports += plan_imports(target, read_sources([str(csv)], opts), opts)
+    retried = threading.Event()
+    reports: list[tuple[int, int]] = []
+    lock = RowLock(db, SID)
+    # released once backdate retried, and in any case after 30 s (a failure must not hang)
+    releaser = threading.Thread(target=lambda: (retried.wait(30), lock.release()), daemon=True)
+    releaser.start()
+    try:
+        target.status = lambda message: retried.set() if "retrying" in message else None
+        apply_imports(target, imports, progress=lambda _what, n, total: reports.append(
+            (n, total)))
+        releaser.join(timeout=60)
+    finally:
+        target.close()
+    assert retried.is_set(), "the first attempt was not retried"
+    total = reports[0][1]
+    done = [n for n, _ in reports]
+    assert max(done) <= total, f"progress ran to {max(done)} of {total}"
+    assert any(b <= a for a, b in itertools.pairwise(done)), f"progress did not restart: {done}"
+    assert done[-1] == total
+    assert_amounts(db.changes(SID), dg.hourly_totals(expected), "after the retried import")
     check_database(db)

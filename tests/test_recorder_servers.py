@@ -373,3 +373,40 @@ def test_inspect_and_export(make_db: Callable[[str, int], ServerDb], tmp_path: P
     assert [r[2] for r in theirs] == pytest.approx([r[2] for r in mine], abs=TOL)
     assert_amounts(other.changes("backdate:house_energy"), dg.hourly_totals(intervals),
                    "re-imported export")
+
+
+@pytest.mark.parametrize("engine", ["mariadb", "postgresql"])
+def test_restore_refuses_to_delete_rows_home_assistant_compiled_later(
+        make_db: Callable[[str, int], ServerDb], tmp_path: Path, engine: str) -> None:
+    """A row backup of a live entity statistic is older than the rows HA keeps compiling:
+    restore refuses (exit 1, nothing written) and names what would be lost; `--force`
+    restores exactly, deleting them."""
+    db = make_db(engine, 53)
+    sid = "sensor.house_energy"
+    path, intervals = three_days(tmp_path)
+    import_into(db, path, "--statistic-id", sid)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    middle = [dg.Interval(i.start, i.end, i.value * 2) for i in intervals[96:192]]
+    redo = dg.write_delta_csv(tmp_path / "redo.csv", middle, value_column="delta",
+                              with_end=True, tz=UTC)
+    backdate("import", redo, "--statistic-id", sid, "--to", db.url, "--yes", cwd=work)
+    (backup,) = work.glob("backdate-backup-*.jsonl")
+    before_restore_rows = db.rows(sid, "statistics_short_term")
+    # Home Assistant compiles the next 5-minute window after the backup
+    meta_id = db.meta(sid)["id"]
+    last = db.sql("SELECT start_ts, state, sum FROM statistics_short_term WHERE metadata_id = "
+                  "%s ORDER BY start_ts DESC LIMIT 1", meta_id)[0]
+    db.sql("INSERT INTO statistics_short_term (created_ts, metadata_id, start_ts, state, sum) "
+           "VALUES (%s, %s, %s, %s, %s)", 1.0, meta_id, last[0] + 300, last[1] + 0.5,
+           last[2] + 0.5)
+    dumped = db.dump()
+    proc = backdate("restore", backup, "--to", db.url, expect=1)
+    text = " ".join((proc.stdout + proc.stderr).split())  # Rich wraps long lines
+    assert "1 statistics_short_term row(s) newer than the backup" in text, text
+    assert "--force" in text and "Traceback" not in text, text
+    assert db.dump() == dumped, "a refused restore changed the database"
+    backdate("restore", backup, "--to", db.url, "--force")
+    assert len(db.rows(sid, "statistics_short_term")) == len(before_restore_rows)
+    assert db.rows(sid, "statistics_short_term")[-1][0] == last[0]
+    check_database(db)

@@ -56,9 +56,10 @@ def backup_target(url: str, target: StatisticsTarget,
     return backup_sqlite(path)
 
 
-def restore_target(backup: str, url: str) -> None:
+def restore_target(backup: str, url: str, *, force: bool = False) -> None:
     """Undo an import: SQLite copies the backup file back; MariaDB/MySQL and PostgreSQL put
-    the saved statistics' rows and metadata back exactly (one transaction)."""
+    the saved statistics' rows and metadata back exactly (one transaction), refusing while
+    Home Assistant has compiled newer rows of an entity statistic unless `force`."""
     if not Path(backup).exists():
         raise UsageError(f"no such backup file: {backup}")
     path = sqlite_path(url)
@@ -66,7 +67,7 @@ def restore_target(backup: str, url: str) -> None:
         from backdate.targets.recorder_db import open_recorder
 
         with open_recorder(url) as target:
-            target.restore_statistics(backup)
+            target.restore_statistics(backup, force=force)
         return
     from backdate.targets.recorder_db import restore_sqlite
 

@@ -9,6 +9,13 @@ SQLite is written while Home Assistant may be running on the same file (§6-7): 
 `journal_mode` or locking mode, write in one short `BEGIN IMMEDIATE` transaction per statistic,
 wait up to 60 s for HA's lock and retry for about two minutes, and never keep a read
 transaction open between calls.
+
+Statistics Home Assistant compiles itself (entity statistics, source `recorder`) get two
+more protections against HA's 5-minute compile, which continues the newest row's sum: no
+write transaction is open from 2 s to 40 s after any 5-minute mark (`compile_wait`; HA
+compiles at +10 s), and after COMMIT, rows HA compiled meanwhile from sums read before it
+are moved onto the new sums (`RecorderDatabase._repair_compiled`). Each rollback-and-retry
+and each wait is announced on the `status` callback (stderr by default).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import math
 import os
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +69,15 @@ COPY_ROWS = 50_000  # PostgreSQL rows per COPY + INSERT ... SELECT round
 RETRY_ENV = "BACKDATE_RETRY_FOR"
 BULK_ENV = "BACKDATE_BULK"
 PROGRESS_STATEMENTS = 50  # multi-row statements between progress reports
+# Home Assistant compiles statistics at second 10 after every 5-minute mark (UTC), the hourly
+# rollup in the same run at :00:10. Its compile reads the newest 5-minute row and inserts the
+# next one as that sum + growth, so a backdate commit that shifts sums between HA's read and
+# HA's insert would leave HA's row on the old scale (see `compile_wait`).
+COMPILE_AT = 10.0  # seconds after each 5-minute mark
+GUARD_FROM = 2.0  # no write transaction may be open from mark + GUARD_FROM ...
+GUARD_UNTIL = 40.0  # ... until mark + GUARD_UNTIL (a slow HA compile takes a few seconds)
+LIVE_WITHIN = 900.0  # HA counts as compiling when its newest statistics_run is this recent
+TRACE_ENV = "BACKDATE_TRACE"  # "1": print BEGIN/COMMIT of write transactions to stderr
 
 STAT_TABLES = (Table.HOURLY.value, Table.SHORT_TERM.value)
 META = "statistics_meta"
@@ -277,6 +294,57 @@ def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     return getattr(orig, "sqlstate", None) in ("40001", "40P01", "55P03")
 
 
+def compile_wait(now: float, expected: float) -> float:
+    """Seconds to wait before BEGIN so that a write transaction expected to take `expected`
+    seconds neither overlaps Home Assistant's compile nor commits inside it.
+
+    Pure: `now` is UTC epoch seconds. Forbidden is any transaction open during
+    [mark + GUARD_FROM, mark + GUARD_UNTIL) of any 5-minute mark; HA compiles at mark + 10 s.
+    A transaction longer than the gap between two guards cannot fit anywhere; it only
+    avoids starting inside a guard (the post-commit repair covers the rest).
+    """
+    mark = math.floor(now / 300.0) * 300.0
+    phase = now - mark
+    if GUARD_FROM <= phase < GUARD_UNTIL:  # inside this mark's guard
+        return mark + GUARD_UNTIL - now
+    next_guard = (mark + 300.0 if phase >= GUARD_UNTIL else mark) + GUARD_FROM
+    if now + expected <= next_guard or expected > 300.0 - (GUARD_UNTIL - GUARD_FROM):
+        return 0.0
+    return next_guard + (GUARD_UNTIL - GUARD_FROM) - now
+
+
+def _meter_growth(previous_state: float | None, state: float | None) -> float | None:
+    """How much a total meter grew from one row to the next, as HA's compile counts it: the
+    difference, or the new state after a reset (a fall). None when a state is missing."""
+    if previous_state is None or state is None:
+        return None
+    return state - previous_state if state >= previous_state else state
+
+
+def _trace(message: str) -> None:
+    """Trace markers for tests that must know where a process was killed (stderr only)."""
+    if os.environ.get(TRACE_ENV) == "1":
+        print(f"backdate-trace: {message}", file=sys.stderr, flush=True)
+
+
+def _stderr_status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _lock_kind(exc: sa.exc.DBAPIError) -> str:
+    """A retryable error's kind in words, for the retry line."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return "SQLite busy"
+    code = orig.args[0] if orig is not None and orig.args else None
+    state = getattr(orig, "sqlstate", None)
+    if code == 1205 or state == "55P03":
+        return "lock wait timeout"
+    if code == 1213 or state == "40P01":
+        return "deadlock"
+    return "serialization failure"
+
+
 def _sqlite_engine(path: Path, busy_timeout: float) -> Engine:
     """An engine on an existing SQLite file that cooperates with a running HA (§6-7).
 
@@ -460,6 +528,34 @@ class _Written:
     metadata_id: int
     # table -> (start_ts, old sum) of the first row at/after shift_from, before the shift
     shifted_first: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # table -> the newest row before and after the write, for statistics HA compiles
+    references: dict[str, _Reference] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """A statistic's newest row as the write transaction found it and as it left it.
+
+    HA's compile continues the newest row's sum; a row HA inserted after our commit from a
+    read made before it continues `old_sum`, while it should continue `newest_sum`.
+    """
+
+    start_ts: float  # the newest row before the write
+    old_sum: float
+    old_state: float | None
+    newest_start: float  # the newest row after the write (same row unless the plan wrote newer)
+    newest_sum: float
+    newest_state: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """A row Home Assistant compiled on the old scale during a write, and its corrected sum."""
+
+    table: str
+    start_ts: float
+    old_sum: float
+    new_sum: float
 
 
 class RecorderDatabase:
@@ -479,6 +575,15 @@ class RecorderDatabase:
         self.kind = kind
         self.path = path
         self._retry_for = retry_for
+        # Where waiting and retrying is announced (the CLI's stderr); callers may replace it.
+        self.status: Callable[[str], None] = _stderr_status
+        # Rows repaired after the last apply/apply_all (see `_repair_compiled`).
+        self.repairs: list[Repair] = []
+        # Test hooks only (never set in backdate itself): called inside the write transaction
+        # just before COMMIT, and right after it; they let a test interleave a second
+        # connection with the commit deterministically.
+        self._before_commit: Callable[[], None] | None = None
+        self._after_commit: Callable[[], None] | None = None
         # Statistic ids planning asked about (get_metadata): what an import may write, and so
         # what a row-level backup (`backup_statistics`) saves.
         self.consulted: set[str] = set()
@@ -508,22 +613,65 @@ class RecorderDatabase:
         except sa.exc.SQLAlchemyError as exc:
             raise TargetError(f"{self.url}: {_describe(exc)}") from exc
 
-    def _write(self, work: Callable[[Connection], T]) -> T:
+    def _wait_for_compile(self, expected: float) -> None:
+        """Sleep while `compile_wait` forbids a write transaction now, saying why."""
+        while (wait := compile_wait(time.time(), expected)) > 0:
+            # the compile whose guard ends when the wait does (its 5-minute mark, + 10 s)
+            compile_at = round((time.time() + wait - GUARD_UNTIL) / 300) * 300 + COMPILE_AT
+            self.status(f"waiting {wait:.0f} s for Home Assistant's compile at "
+                        f"{dt.datetime.fromtimestamp(compile_at, dt.UTC):%H:%M:%S} UTC")
+            time.sleep(wait)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A read transaction whose SELECTs all see one snapshot: REPEATABLE READ on
+        PostgreSQL (its default READ COMMITTED sees each statement's own), START TRANSACTION
+        WITH CONSISTENT SNAPSHOT on MariaDB/MySQL, a plain BEGIN on SQLite (a WAL read
+        transaction is a snapshot)."""
+        try:
+            with self._engine.connect() as conn:
+                if self.kind == "postgresql":
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                    with conn.begin():
+                        yield conn
+                elif self.kind == "mysql":
+                    with conn.begin():
+                        conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                        yield conn
+                else:
+                    yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise TargetError(f"{self.url}: {_describe(exc)}") from exc
+
+    def _write(self, work: Callable[[Connection], T], *, guard: float | None = None) -> T:
         """Run `work` in one write transaction; retry it whole while the database is locked.
 
-        Any failure rolls the transaction back, so nothing is half-written.
+        Any failure rolls the transaction back, so nothing is half-written. `guard`: the
+        expected seconds of a transaction that touches a statistic Home Assistant compiles;
+        each attempt then waits until it can run clear of HA's compile (`compile_wait`).
         """
         started = time.monotonic()
         deadline = started + self._retry_for
         delay = 0.5
         while True:
+            if guard is not None:
+                self._wait_for_compile(guard)
             try:
                 with self._engine.connect() as conn:
                     conn.execution_options(**{_WRITE: True})
                     with conn.begin():
-                        return work(conn)
+                        _trace("BEGIN")
+                        result = work(conn)
+                        if self._before_commit is not None:
+                            self._before_commit()
+                        _trace("COMMIT")  # sent next; a kill before this line rolls back
+                    _trace("COMMITTED")
+                    if self._after_commit is not None:
+                        self._after_commit()
+                    return result
             except sa.exc.DBAPIError as exc:
                 if _is_retryable(exc) and time.monotonic() + delay < deadline:
+                    self.status(f"database locked ({_lock_kind(exc)}), retrying in {delay:g} s")
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
@@ -841,13 +989,16 @@ class RecorderDatabase:
         """
         self._check_plan(plan)
         prepared = self._prepare(plan)
+        self.repairs = []
         if not any(p.rows or _has_shift(p.plan) for p in prepared):
             return
         written = self._write(
-            lambda conn: self._write_plan(conn, plan, prepared, allow_unit_change, progress)
+            lambda conn: self._write_plan(conn, plan, prepared, allow_unit_change, progress),
+            guard=self._compile_guard([plan]),
         )
         plan.meta.id = written.metadata_id
         self._verify(plan, written)
+        self._repair_compiled(plan, written)
 
     def apply_all(self, plans: Sequence[WritePlan], *,
                   progress: Callable[[int], None] | None = None) -> None:
@@ -855,28 +1006,124 @@ class RecorderDatabase:
         export and generation columns lands whole or not at all. Then verify each."""
         for plan in plans:
             self._check_plan(plan)
+        self.repairs = []
         work = [(plan, self._prepare(plan)) for plan in plans]
         work = [(plan, prep) for plan, prep in work
                 if any(p.rows or _has_shift(p.plan) for p in prep)]
         if not work:
             return
-        offset = 0
         totals = [sum(tp.count for tp in plan.tables) for plan, _ in work]
+        bases = [sum(totals[:k]) for k in range(len(totals))]
 
         def write_all(conn: Connection) -> list[_Written]:
-            nonlocal offset
+            # Offsets are fixed per plan, so a retried attempt reports from 0 again.
             out = []
-            for (plan, prep), total in zip(work, totals, strict=True):
-                base = offset
+            for (plan, prep), base in zip(work, bases, strict=True):
                 report = None if progress is None else (lambda n, _b=base: progress(_b + n))
                 out.append(self._write_plan(conn, plan, prep, False, report))
-                offset += total
             return out
 
-        written = self._write(write_all)
+        written = self._write(write_all, guard=self._compile_guard([p for p, _ in work]))
         for (plan, _), done in zip(work, written, strict=True):
             plan.meta.id = done.metadata_id
             self._verify(plan, done)
+        for (plan, _), done in zip(work, written, strict=True):
+            self._repair_compiled(plan, done)
+
+    def _compile_guard(self, plans: Sequence[WritePlan]) -> float | None:
+        """The expected transaction length when the plans touch a statistic Home Assistant
+        compiles (an entity statistic) and HA is compiling this database (a statistics_run
+        within LIVE_WITHIN seconds); else None: no guard needed.
+
+        External `domain:name` statistics are never compiled by HA. A database HA has not
+        compiled for 15 minutes has no HA running on it (HA writes a run every 5 minutes).
+        """
+        if all(plan.meta.is_external for plan in plans):
+            return None
+        with self._read() as conn:
+            last = self._last_compiled_end(conn)
+        if last is None or last < time.time() - LIVE_WITHIN:
+            return None
+        rows = sum(tp.count for plan in plans for tp in plan.tables)
+        return 1.0 + rows / 20_000  # seconds; ten years of hours ~ 5 s on these engines
+
+    def _repair_compiled(self, plan: WritePlan, written: _Written) -> None:
+        """Shift rows Home Assistant compiled on the old scale while we wrote (post-commit).
+
+        HA's compile reads the newest 5-minute row, then inserts the next as that sum plus
+        the meter's growth. On PostgreSQL and MariaDB (READ COMMITTED reads), a read before
+        our COMMIT and an insert after it put HA's row on the scale before our shift: a step
+        of the whole shift. SQLite: HA's SELECT runs outside a transaction (pysqlite begins
+        one only at the INSERT), so the same interleaving is possible there too, and an HA
+        that holds its read snapshot fails its write as busy instead (a lost compile run):
+        the timing guard (`compile_wait`) is the protection for that case.
+
+        Rows newer than the newest row the write left are examined in order: a row whose sum
+        continues the old newest sum by its meter growth (rather than the new one) is moved
+        by the difference in a second short transaction, then read back. What was repaired
+        is announced through `status` and kept in `repairs`.
+        """
+        if not written.references:
+            return
+        sid = plan.meta.statistic_id
+        fixes: list[Repair] = []
+        with self._read() as conn:
+            for name, ref in written.references.items():
+                t = self._t[name]
+                newer = conn.execute(
+                    sa.select(t.c.start_ts, t.c.sum, t.c.state)
+                    .where(t.c.metadata_id == written.metadata_id,
+                           t.c.start_ts > ref.newest_start, t.c.sum.is_not(None))
+                    .order_by(t.c.start_ts)
+                ).all()
+                old_sum, old_state = ref.old_sum, ref.old_state
+                new_sum, new_state = ref.newest_sum, ref.newest_state
+                for start, total, state in newer:
+                    total = float(total)
+                    state = None if state is None else float(state)
+                    on_old = old_sum + (_meter_growth(old_state, state) or 0.0)
+                    on_new = new_sum + (_meter_growth(new_state, state) or 0.0)
+                    if abs(total - on_old) < abs(total - on_new):
+                        fixed = total + (on_new - on_old)
+                        fixes.append(Repair(name, float(start), total, fixed))
+                        old_sum, new_sum = total, fixed
+                    else:
+                        old_sum, new_sum = total - (on_new - on_old), total
+                    old_state = new_state = state
+        if not fixes:
+            return
+
+        def shift_rows(conn: Connection) -> int:
+            moved = 0
+            for fix in fixes:
+                t = self._t[fix.table]
+                result = conn.execute(
+                    sa.update(t)
+                    .where(t.c.metadata_id == written.metadata_id,
+                           t.c.start_ts == fix.start_ts, t.c.sum == fix.old_sum)
+                    .values(sum=fix.new_sum))
+                moved += result.rowcount
+            return moved
+
+        moved = self._write(shift_rows)
+        with self._read() as conn:
+            for fix in fixes:
+                t = self._t[fix.table]
+                now = conn.execute(sa.select(t.c.sum).where(
+                    t.c.metadata_id == written.metadata_id, t.c.start_ts == fix.start_ts)
+                ).scalar()
+                if not _close(now, fix.new_sum):
+                    raise VerificationError(
+                        f"{sid}: Home Assistant compiled {fix.table} at {_iso(fix.start_ts)} "
+                        f"during the write on the old scale (sum {fix.old_sum!r}); repairing it "
+                        f"to {fix.new_sum!r} failed (reads {now!r})")
+        self.repairs.extend(fixes)
+        first = fixes[0]
+        self.status(
+            f"{sid}: Home Assistant compiled {len(fixes)} row(s) during the write from sums "
+            f"read before it (first {first.table} at {_iso(first.start_ts)}); moved "
+            f"{moved} of them by {first.new_sum - first.old_sum:+.6g} onto the new sums "
+            "(repaired and verified)")
 
     def _check_plan(self, plan: WritePlan) -> None:
         """The plan's own consistency and §3.6/§8 rules, checked before anything is written."""
@@ -1014,6 +1261,9 @@ class RecorderDatabase:
             self._check_compiled_window(conn, plan)
         metadata_id = self._write_meta(conn, plan, allow_unit_change)
         written = _Written(metadata_id=metadata_id)
+        compiled = not plan.meta.is_external and plan.metadata_exists
+        newest_before = ({p.name: _newest_row(conn, self._t[p.name], metadata_id)
+                          for p in prepared} if compiled else {})
         done = 0
         for p in prepared:
             if plan.metadata_exists:
@@ -1047,6 +1297,10 @@ class RecorderDatabase:
                 first = _shift_sums(conn, self._t[p.name], metadata_id, p.plan)
                 if first is not None:
                     written.shifted_first[p.name] = first
+        for p in prepared:
+            ref = _reference(newest_before.get(p.name), p.plan)
+            if ref is not None:
+                written.references[p.name] = ref
         return written
 
     def _check_compiled_window(self, conn: Connection, plan: WritePlan) -> None:
@@ -1215,7 +1469,7 @@ class RecorderDatabase:
         dest = folder / f"backdate-backup-{stamp}.jsonl"
         tmp = dest.with_name(dest.name + ".part")
         try:
-            with self._read() as conn, tmp.open("w", encoding="utf-8") as out:
+            with self._snapshot() as conn, tmp.open("w", encoding="utf-8") as out:
                 header = {"backdate_backup": 1, "engine": self.kind, "url": self.url,
                           "schema_version": self.schema.version,
                           "created": dt.datetime.now(dt.UTC).isoformat(),
@@ -1257,11 +1511,17 @@ class RecorderDatabase:
             raise
         return dest
 
-    def restore_statistics(self, backup: str | Path) -> list[str]:
+    def restore_statistics(self, backup: str | Path, *, force: bool = False) -> list[str]:
         """Put the statistics saved by `backup_statistics` back exactly, in one transaction:
         their current rows (both tables) are deleted and the saved rows inserted with their
         saved ids and values; metadata gets its saved values; statistics absent at backup
-        time are deleted. Returns the statistic ids restored."""
+        time are deleted. Returns the statistic ids restored.
+
+        Home Assistant keeps compiling an entity statistic after the backup; restoring would
+        delete those newer rows (and re-chaining them onto the restored sums would be a new
+        write nobody planned). So a restore is refused (RefusedError, nothing written) while
+        an entity statistic has rows newer than the backup's newest in either table, naming
+        what would be lost, unless `force`."""
         path = Path(backup)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -1290,6 +1550,8 @@ class RecorderDatabase:
         def work(conn: Connection) -> None:
             tables = self._reflect(conn)
             m = tables[META]
+            if not force:
+                self._refuse_losing_compiled(conn, tables, ids, metas, rows, path)
             for sid in ids:
                 saved = metas[sid]
                 current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
@@ -1313,6 +1575,39 @@ class RecorderDatabase:
 
         self._write(work)
         return ids
+
+    @staticmethod
+    def _refuse_losing_compiled(conn: Connection, tables: dict[str, sa.Table], ids: list[str],
+                                metas: dict[str, dict[str, Any] | None],
+                                rows: dict[str, dict[str, list[dict[str, Any]]]],
+                                path: Path) -> None:
+        """RefusedError when restoring would delete rows HA compiled after the backup."""
+        m = tables[META]
+        lost: list[str] = []
+        for sid in ids:
+            if not _ENTITY_ID.match(sid):
+                continue  # external statistics: only imports write them
+            current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
+            if current is None:
+                continue
+            for name in STAT_TABLES:
+                t = tables[name]
+                saved_starts = [r["start_ts"] for r in rows[sid][name]
+                                if r.get("start_ts") is not None]
+                newest = max(saved_starts) if saved_starts and metas[sid] is not None else None
+                cond = t.c.metadata_id == current.id
+                if newest is not None:
+                    cond = sa.and_(cond, t.c.start_ts > newest)
+                count, last = conn.execute(
+                    sa.select(sa.func.count(), sa.func.max(t.c.start_ts)).where(cond)).one()
+                if count:
+                    lost.append(f"{sid}: {count} {name} row(s) newer than the backup "
+                                f"(up to {_iso(float(last))})")
+        if lost:
+            raise RefusedError(
+                f"not restoring {path}: Home Assistant compiled rows after the backup that the "
+                "restore would delete: " + "; ".join(lost)
+                + ". Use --force to restore anyway and lose them")
 
     @staticmethod
     def _delete_statistic(conn: Connection, tables: dict[str, sa.Table], meta_id: int) -> None:
@@ -1510,6 +1805,51 @@ def _copy_upsert(conn: Connection, p: _Prepared, metadata_id: int,
             cursor.execute(f"TRUNCATE {temp}")
             yield hi - lo
         cursor.execute(f"DROP TABLE {temp}")
+
+
+def _reference(before: tuple[float, float | None, float | None] | None, tp: TablePlan
+               ) -> _Reference | None:
+    """The newest row before the write and, from the plan (not read back: on READ COMMITTED
+    a read after our UPDATE could already see a row HA committed meanwhile), the newest row
+    after it; None when HA's next row comes out right on either scale."""
+    if before is None or before[1] is None:
+        return None
+    start, old_sum, old_state = before[0], float(before[1]), before[2]
+    starts = tp.rows.start_ts
+    sums, states = tp.rows.column("sum"), tp.rows.column("state")
+
+    def planned(i: int) -> tuple[float | None, float | None]:
+        total = None if sums is None or np.isnan(sums[i]) else float(sums[i])
+        state = None if states is None or np.isnan(states[i]) else float(states[i])
+        return total, state
+
+    hit = np.flatnonzero(starts == start)
+    if hit.size:
+        new_sum: float | None = planned(int(hit[0]))[0]
+    elif _has_shift(tp) and start >= tp.shift_from:  # type: ignore[operator]
+        new_sum = old_sum + tp.shift
+    else:
+        new_sum = old_sum
+    newest: tuple[float, float | None, float | None] = (start, new_sum, old_state)
+    if starts.size and float(starts[-1]) > start:
+        newest = (float(starts[-1]), *planned(len(starts) - 1))
+    if newest[1] is None or (newest[0] == start and _close(newest[1], old_sum)):
+        return None
+    return _Reference(start_ts=float(start), old_sum=old_sum,
+                      old_state=None if old_state is None else float(old_state),
+                      newest_start=newest[0], newest_sum=float(newest[1]),
+                      newest_state=None if newest[2] is None else float(newest[2]))
+
+
+def _newest_row(conn: Connection, t: sa.Table, metadata_id: int
+                ) -> tuple[float, float | None, float | None] | None:
+    """(start_ts, sum, state) of a statistic's newest row in one table, or None."""
+    row = conn.execute(
+        sa.select(t.c.start_ts, t.c.sum, t.c.state)
+        .where(t.c.metadata_id == metadata_id, t.c.start_ts.is_not(None))
+        .order_by(t.c.start_ts.desc()).limit(1)
+    ).first()
+    return None if row is None else (float(row[0]), row[1], row[2])
 
 
 def _shift_sums(
