@@ -30,10 +30,10 @@ from test_ha_import import (
     assert_amounts,
     assert_log_clean,
     assert_no_negative,
+    assert_temperature_statistic,
     changes,
     last_full_hour,
     metadata,
-    query,
 )
 
 
@@ -248,34 +248,7 @@ def test_mean_statistic_temperature(ha: HomeAssistant, tmp_path: Path) -> None:
     path = dg.write_samples_csv(tmp_path / "ws_outdoor_temperature.csv", samples,
                                 value_column="value")
     ws_import(ha, path, "--statistic-id", sid, "--kind", "mean", "--unit", "°C")
-
-    meta = metadata(ha, sid)
-    assert meta is not None, f"HA does not know {sid}"
-    assert meta["has_sum"] is False and meta["has_mean"] is True, meta
-    assert meta["statistics_unit_of_measurement"] == "°C", meta
-    expected = dg.hourly_mean_min_max(samples)
-    end = start + timedelta(hours=72)
-    rows = query(ha, sid, start - timedelta(days=1), end + timedelta(hours=1), "hour",
-                 ["mean", "min", "max"], min_rows=0)
-    got = {int(round(r["start"] / 1000)): r for r in rows}
-    for field in ("mean", "min", "max"):
-        assert_amounts({t: r.get(field) for t, r in got.items()},
-                       {t: getattr(m, field) for t, m in expected.items()},
-                       f"{sid}: hourly {field}")
-    days = query(ha, sid, start, end, "day", ["mean", "min", "max"], min_rows=0)
-    by_day: dict[int, list[dg.MeanMinMax]] = {}
-    for hour, m in expected.items():
-        day = dg.epoch(dg.local_midnight(datetime.fromtimestamp(hour, UTC)))
-        by_day.setdefault(day, []).append(m)
-    got_days = {int(round(r["start"] / 1000)): r for r in days}
-    assert set(got_days) == set(by_day), (sorted(got_days), sorted(by_day))
-    for day, ms in by_day.items():
-        want = (sum(m.mean for m in ms) / len(ms), min(m.min for m in ms),
-                max(m.max for m in ms))
-        have = (got_days[day]["mean"], got_days[day]["min"], got_days[day]["max"])
-        assert all(abs(h - w) < TOL for h, w in zip(have, want, strict=True)), (
-            f"{_when(day)}: expected mean/min/max {want}, HA says {have}")
-    assert not query(ha, sid, start, end, "5minute", ["mean"], min_rows=0)
+    assert_temperature_statistic(ha, sid, samples, start)
 
 
 # ------------------------------------------------------------------------------------ errors
