@@ -28,8 +28,8 @@ wall clock for all, so the waits overlap: about 7-11 minutes in all):
 
 The tests judge through HA's ``recorder/statistics_during_period``, HA's log, and the
 ``statistics_runs`` rows HA wrote (read-only queries; nothing is written behind HA's back).
-This module replaces tests/test_ha_entity.py (its SQLite scenario, with every check it had,
-is the SQLite run of step 3/4 here, with a year instead of 3 days).
+Session 1's live-compile scenario (with every check it had) is the SQLite run of step 3/4
+here, with a year instead of 3 days.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from ha_harness import (
     create_recorder_database,
     drop_recorder_database,
 )
-from test_ha_entity import (
+from live_meter import (
     BUDGET,
     COMPILE_DELAY,
     FIVE,
@@ -91,7 +91,7 @@ TEN_YEARS_DAYS = 3652
 LEAD = 1.0  # s before HA's compile run at which the ten-year import starts (it takes > 2 s)
 Snapshot = dict[str, dict[float, tuple[Any, Any]]]
 # What a writer holding locks too long (or breaking HA's rows) makes HA log, beyond what
-# test_ha_entity.log_problems looks for.
+# live_meter.log_problems looks for.
 LOCK_MESSAGES = ("database is busy", "SQLITE_BUSY", "Deadlock found", "deadlock detected",
                  "Lock wait timeout", "could not serialize", "Duplicate entry",
                  "duplicate key value")

@@ -23,7 +23,7 @@ from typing import Any
 import datagen as dg
 import pytest
 from ha_harness import HomeAssistant
-from test_ha_entity import (
+from live_meter import (
     FIVE,
     SID,
     MeterPoster,

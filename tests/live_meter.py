@@ -6,11 +6,10 @@ measures growth from that row's ``state`` (the meter value, ha-recorder.md §3.4
 moves those rows wrongly shows as a spike of the whole meter value (~5000 kWh), a negative hour,
 or a lost compile run at the next compile. A model of HA cannot show that; HA 2024.3.3 can.
 
-The scenario that was here (history prepended into ``sensor.grid_energy`` while HA compiles it,
-input reaching into the open window) now runs in tests/test_coexistence.py, on SQLite, MariaDB
-and PostgreSQL side by side, with every check it had: the three share one ~5-10 minute wait for
-HA's timer instead of one each. This module keeps the pieces those tests and
-tests/test_ha_ws_entity.py build on: ``MeterPoster`` (posts a rising ``total_increasing`` kWh
+The scenario (history prepended into ``sensor.grid_energy`` while HA compiles it, input
+reaching into the open window) runs in tests/test_coexistence.py, on SQLite, MariaDB and
+PostgreSQL side by side, and through the API in tests/test_ha_ws_entity.py. This module holds
+the pieces they build on: ``MeterPoster`` (posts a rising ``total_increasing`` kWh
 meter and keeps HA's ``last_updated`` of every state), ``ha_rows`` (HA's own
 ``recorder/statistics_during_period``), ``compiled_runs`` / ``db_snapshot`` (read-only reads of
 ``statistics_runs`` and the sensor's rows, on any engine), the waits for HA's compile timer and
@@ -30,30 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import datagen as dg
-import pytest
 from ha_harness import REPO_ROOT, HomeAssistant
 
 from backdate.hass.client import statistics_during_period_sync
-
-# A hook in a test module is not seen by pytest unless the module is also a plugin. Listing the
-# module itself in ``pytest_plugins`` registers it when it is collected; pytest then calls its
-# (historic) ``pytest_configure`` at once, before ``pytestmark`` is read: that is why
-# ``pytestmark`` is computed lazily below (``__getattr__``), or pytest would warn "unknown mark
-# slow" while importing the module.
-pytest_plugins = [__name__]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "slow: takes minutes (waits for Home Assistant's 5-minute compile timer)"
-    )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "pytestmark":
-        return [pytest.mark.ha, pytest.mark.slow]
-    raise AttributeError(name)
-
 
 SID = "sensor.grid_energy"
 ATTRIBUTES = {
