@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -351,33 +352,59 @@ def test_prepend_history_before_hourly_and_5minute_rows(ha: HomeAssistant, tmp_p
 # ---------------------------------------------------------------------- (c) re-import a range
 
 
+@dataclass
+class ReimportCase:
+    """Case (c)'s data, for every path: 10 days of quarter hours, then days 4-6 doubled."""
+
+    start: datetime
+    end: datetime
+    lo: datetime
+    hi: datetime
+    old: list[dg.Interval]
+    new: list[dg.Interval]
+    old_csv: Path
+    new_csv: Path
+
+    @classmethod
+    def make(cls, tmp_path: Path) -> ReimportCase:
+        end = last_full_hour()
+        start = end - timedelta(days=10)
+        lo, hi = start + timedelta(days=3), start + timedelta(days=6)
+        old = dg.quarter_hour_deltas(start, end, seed=31)
+        new = [dg.Interval(i.start, i.end, i.value * 2) for i in old if lo <= i.start < hi]
+        old_csv = dg.write_delta_csv(tmp_path / "ten_days.csv", old, value_column="delta",
+                                     with_end=True, tz=UTC)
+        new_csv = dg.write_delta_csv(tmp_path / "days_4_6.csv", new, value_column="delta",
+                                     with_end=True, tz=UTC)
+        return cls(start, end, lo, hi, old, new, old_csv, new_csv)
+
+    @property
+    def span(self) -> tuple[datetime, datetime]:
+        return self.start - timedelta(days=1), self.end + timedelta(hours=1)
+
+    def assert_edges_kept(self, before: dict[int, float], after: dict[int, float]) -> None:
+        """The hours just outside the re-imported range keep their change (no step)."""
+        for t, label in ((dg.epoch(self.lo) - 3600, "hour before the range"),
+                         (dg.epoch(self.hi), "hour after the range")):
+            assert abs(after[t] - before[t]) < TOL, (
+                f"step at the {label} {_when(t)}: {before[t]!r} before, {after[t]!r} after")
+
+
 def test_reimport_middle_range_with_new_values(ha: HomeAssistant, tmp_path: Path) -> None:
     """10 days, then days 4-6 again with doubled values: new inside, old outside, no step."""
     sid = "backdate:reimport"
-    end = last_full_hour()
-    start = end - timedelta(days=10)
-    lo, hi = start + timedelta(days=3), start + timedelta(days=6)
-    old = dg.quarter_hour_deltas(start, end, seed=31)
-    new = [dg.Interval(i.start, i.end, i.value * 2) for i in old if lo <= i.start < hi]
-    old_csv = dg.write_delta_csv(tmp_path / "ten_days.csv", old, value_column="delta",
-                                 with_end=True, tz=UTC)
-    new_csv = dg.write_delta_csv(tmp_path / "days_4_6.csv", new, value_column="delta",
-                                 with_end=True, tz=UTC)
-    span = (start - timedelta(days=1), end + timedelta(hours=1))
+    case = ReimportCase.make(tmp_path)
+    start, end, old, new, span = case.start, case.end, case.old, case.new, case.span
 
-    import_into(ha, old_csv, "--statistic-id", sid)
+    import_into(ha, case.old_csv, "--statistic-id", sid)
     hours_before = changes(ha, sid, *span, "hour", min_rows=240)
     assert_amounts(hours_before, dg.hourly_totals(old), "10 days: hourly change")
     five_before = changes(ha, sid, start, end, "5minute", min_rows=1)
 
-    import_into(ha, new_csv, "--statistic-id", sid)
+    import_into(ha, case.new_csv, "--statistic-id", sid)
     expected = {**dg.hourly_totals(old), **dg.hourly_totals(new)}
     hours_after = changes(ha, sid, *span, "hour", min_rows=240)
-    edge_lo, edge_hi = dg.epoch(lo), dg.epoch(hi)
-    for t, label in ((edge_lo - 3600, "hour before the range"), (edge_hi, "hour after the range")):
-        assert abs(hours_after[t] - hours_before[t]) < TOL, (
-            f"step at the {label} {_when(t)}: {hours_before[t]!r} before, {hours_after[t]!r} after"
-        )
+    case.assert_edges_kept(hours_before, hours_after)
     assert_amounts(hours_after, expected, "after re-importing days 4-6: hourly change")
     assert_no_negative(hours_after, "after re-importing days 4-6")
 

@@ -26,6 +26,7 @@ from test_ha_import import (
     BACKDATE,
     DST_CASES,
     TOL,
+    ReimportCase,
     _when,
     assert_amounts,
     assert_log_clean,
@@ -145,27 +146,16 @@ def test_prepend_before_existing_hours(ha: HomeAssistant, tmp_path: Path) -> Non
 def test_reimport_middle_range_doubled(ha: HomeAssistant, tmp_path: Path) -> None:
     """10 days, then days 4-6 again with doubled values: new inside, edges unchanged."""
     sid = "backdate:ws_reimport"
-    end = last_full_hour()
-    start = end - timedelta(days=10)
-    lo, hi = start + timedelta(days=3), start + timedelta(days=6)
-    old = dg.quarter_hour_deltas(start, end, seed=31)
-    new = [dg.Interval(i.start, i.end, i.value * 2) for i in old if lo <= i.start < hi]
-    old_csv = dg.write_delta_csv(tmp_path / "ten_days.csv", old, value_column="delta",
-                                 with_end=True, tz=UTC)
-    new_csv = dg.write_delta_csv(tmp_path / "days_4_6.csv", new, value_column="delta",
-                                 with_end=True, tz=UTC)
-    span = (start - timedelta(days=1), end + timedelta(hours=1))
+    case = ReimportCase.make(tmp_path)
+    old, new = case.old, case.new
 
-    ws_import(ha, old_csv, "--statistic-id", sid)
-    before = hourly(ha, sid, *span)
+    ws_import(ha, case.old_csv, "--statistic-id", sid)
+    before = hourly(ha, sid, *case.span)
     assert_amounts(before, dg.hourly_totals(old), "10 days: hourly change")
 
-    ws_import(ha, new_csv, "--statistic-id", sid)
-    after = hourly(ha, sid, *span)
-    for t, label in ((dg.epoch(lo) - 3600, "hour before the range"),
-                     (dg.epoch(hi), "hour after the range")):
-        assert abs(after[t] - before[t]) < TOL, (
-            f"step at the {label} {_when(t)}: {before[t]!r} before, {after[t]!r} after")
+    ws_import(ha, case.new_csv, "--statistic-id", sid)
+    after = hourly(ha, sid, *case.span)
+    case.assert_edges_kept(before, after)
     assert_amounts(after, {**dg.hourly_totals(old), **dg.hourly_totals(new)},
                    "after re-importing days 4-6: hourly change")
     assert_no_negative(after, "after re-importing days 4-6")
