@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import datagen
 import pytest
 from ha_harness import HomeAssistant, ensure_ha_venv
+
+from backdate import clock
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--time-shift", default=None, metavar="SHIFT",
+        help="run as if today were SHIFT away (e.g. -365d, +30d): the tests' data and "
+             "backdate's clock move together, the system clock does not (tests/datagen.py)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    shift = config.getoption("--time-shift")
+    if shift is not None:
+        datagen.parse_shift(shift)  # a typo fails here, not in the middle of a test
+        os.environ[datagen.SHIFT_ENV] = shift  # xdist workers and CLI runs inherit it
+    clock.shift(datagen.time_shift())
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
+import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,6 +60,43 @@ def epoch(t: datetime) -> int:
 
 def floor_hour(t: datetime) -> datetime:
     return datetime.fromtimestamp(epoch(t) // HOUR * HOUR, UTC)
+
+
+# ------------------------------------------------------------------------- the tests' clock
+#
+# The one place tests take "now" from for data that must be recent: recent data goes into a
+# database together with the statistics_runs rows Home Assistant would have written for it
+# (ha_harness.write_compiled_runs), and backdate runs on the same clock (backdate.clock,
+# moved by tests/conftest.py and tests/shifted_backdate.py). `pytest --time-shift=-365d`
+# (or +30d, -6h) runs the suite's database tests as if today were another day; the system
+# clock is never touched. Tests against a running Home Assistant use the real clock: HA
+# compiles by its own.
+
+SHIFT_ENV = "BACKDATE_TEST_TIME_SHIFT"
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_shift(text: str) -> float:
+    """'+30d', '-365d', '-6h', '0' -> seconds."""
+    m = re.fullmatch(r"\s*([+-]?\d+(?:\.\d+)?)\s*([dhms]?)\s*", text)
+    if not m:
+        raise ValueError(f"time shift {text!r}: expected e.g. +30d, -365d, -6h")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def time_shift() -> float:
+    """Seconds the tests' clock is moved by (0 unless --time-shift is given)."""
+    return parse_shift(os.environ.get(SHIFT_ENV, "0"))
+
+
+def now() -> datetime:
+    """The tests' now: the system clock moved by the time shift."""
+    return datetime.fromtimestamp(time.time() + time_shift(), UTC)
+
+
+def last_full_hour() -> datetime:
+    """The start of the current hour on the tests' clock: recent data ends here."""
+    return floor_hour(now())
 
 
 def local_midnight(t: datetime, tz: ZoneInfo = VIENNA) -> datetime:

@@ -151,6 +151,58 @@ def read_sql(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
         pcon.close()
 
 
+def write_compiled_runs(db_url: str, start: float, end: float) -> int:
+    """The statistics_runs rows Home Assistant would have written had it compiled every
+    5-minute window in [start, end) (epoch seconds): what makes data "recent" for a database
+    without a running HA. backdate leaves an entity statistic's windows after the newest run
+    to HA; a fixture copy's newest run is from the day it was made. Returns rows added."""
+    from datetime import UTC, datetime
+
+    first, last = int(start // 300 * 300), int(end // 300 * 300)
+    windows = [datetime.fromtimestamp(t, UTC).replace(tzinfo=None)
+               for t in range(first, last, 300)]
+    engine = engine_of(db_url)
+    if engine == "sqlite":
+        import sqlite3
+
+        con = sqlite3.connect(db_url[len("sqlite:///"):], timeout=30)
+        try:
+            have = {r[0] for r in con.execute("SELECT start FROM statistics_runs")}
+            new = [w.strftime("%Y-%m-%d %H:%M:%S.%f") for w in windows]
+            new = [w for w in new if w not in have]
+            con.executemany("INSERT INTO statistics_runs (start) VALUES (?)", [(w,) for w in new])
+            con.commit()
+            return len(new)
+        finally:
+            con.close()
+    import services
+
+    name = _database_name(db_url)
+    if engine == "mariadb":
+        mcon = services.mysql_connect(name)
+        try:
+            with mcon.cursor() as cur:
+                cur.execute("SELECT start FROM statistics_runs")
+                have = {r[0] for r in cur.fetchall()}
+                new = [w for w in windows if w not in have]
+                cur.executemany("INSERT INTO statistics_runs (start) VALUES (%s)",
+                                [(w,) for w in new])
+            return len(new)
+        finally:
+            mcon.close()
+    pcon = services.pg_connect(name)
+    try:
+        aware = [w.replace(tzinfo=UTC) for w in windows]
+        have = {r[0] for r in pcon.execute("SELECT start FROM statistics_runs").fetchall()}
+        new_pg = [w for w in aware if w not in have]
+        with pcon.cursor() as cur:
+            cur.executemany("INSERT INTO statistics_runs (start) VALUES (%s)",
+                            [(w,) for w in new_pg])
+        return len(new_pg)
+    finally:
+        pcon.close()
+
+
 def default_venv() -> Path:
     """Where scripts/setup-ha.sh installs HA (same rule as the script)."""
     env = os.environ.get("BACKDATE_HA_VENV")

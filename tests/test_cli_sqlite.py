@@ -47,6 +47,8 @@ WORKERS = min(4, max(2, os.cpu_count() or 1))  # independent CLI runs at once
 
 
 def _command() -> list[str]:
+    if dg.time_shift():  # the CLI on the tests' clock (pytest --time-shift)
+        return [sys.executable, str(Path(__file__).with_name("shifted_backdate.py"))]
     exe = REPO_ROOT / ".venv" / "bin" / "backdate"
     if exe.exists():
         return [str(exe)]
@@ -270,7 +272,8 @@ def check_same_scale(db: Path, statistic_id: str) -> None:
 
 
 def last_full_hour() -> datetime:
-    return dg.floor_hour(datetime.now(UTC))
+    """Where recent test data ends: the tests' clock (datagen.now), not the system's."""
+    return dg.last_full_hour()
 
 
 def write(path: Path, text: str) -> Path:
@@ -707,7 +710,7 @@ def test_five_minute_rows_only_within_ten_days(db53: Path, tmp_path: Path) -> No
     check_database(db53, before)
     assert_amounts(changes(db53, sid), dg.hourly_totals(intervals), f"{sid}: hourly")
     short = rows_of(db53, sid, "statistics_short_term")
-    window = dg.epoch(datetime.now(UTC)) - SHORT_TERM_DAYS * 86400
+    window = dg.epoch(dg.now()) - SHORT_TERM_DAYS * 86400
     assert window - HOUR <= short[0][0] <= window + HOUR, _when(short[0][0])
     assert short[-1][0] == dg.epoch(end) - FIVE_MINUTES
     check_same_scale(db53, sid)

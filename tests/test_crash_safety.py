@@ -45,7 +45,12 @@ import pytest
 
 pytest.register_assert_rewrite("services")
 import services  # noqa: E402
-from test_cli_sqlite import FIXTURES, REPO_ROOT, SQLITE_FIXTURES, last_full_hour  # noqa: E402
+from test_cli_sqlite import (  # noqa: E402
+    BACKDATE,
+    FIXTURES,
+    SQLITE_FIXTURES,
+    last_full_hour,
+)
 from test_recorder_servers import ServerDb, check_database  # noqa: E402
 
 KILLS = 20
@@ -53,7 +58,6 @@ SEED = 20261123
 YEARS = 2  # of 15-minute history per statistic: 70,080 lines, 17,520 hourly rows each
 SIDS = ("backdate:grid", "backdate:solar")
 STAT_TABLES = ("statistics", "statistics_short_term")
-PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 FRESH_KEYS = ("id", "metadata_id", "created_ts")  # what a new run hands out anew
 
 Snapshot = dict[str, dict[str, Any]]
@@ -214,7 +218,7 @@ MARKERS = ("hourly rows", "backup:", BEGIN, COMMIT, "written and verified")
 def start_import(folder: Path, url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1",
            "TERM": "dumb", "BACKDATE_TRACE": "1"}
-    return subprocess.Popen([str(PYTHON), "-m", "backdate.cli", "import", "grid.csv",
+    return subprocess.Popen([*BACKDATE, "import", "grid.csv",
                              "solar.csv", "--to", url, "--yes"], cwd=folder, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL)
@@ -281,7 +285,7 @@ def run_import(folder: Path, url: str, phase_index: int, delay: float
 
 
 def restore(backup: Path, url: str) -> None:
-    proc = subprocess.run([str(PYTHON), "-m", "backdate.cli", "restore", str(backup), "--to",
+    proc = subprocess.run([*BACKDATE, "restore", str(backup), "--to",
                            url], capture_output=True, text=True, check=False, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -324,7 +328,7 @@ def prepare(folder: Path, target: Target) -> None:
     first = end - timedelta(days=20)
     dg.write_delta_csv(existing / "grid.csv",
                        dg.quarter_hour_deltas(first, end, seed=81))
-    proc = subprocess.run([str(PYTHON), "-m", "backdate.cli", "import", "grid.csv", "--to",
+    proc = subprocess.run([*BACKDATE, "import", "grid.csv", "--to",
                            target.url, "--no-backup", "--yes"], cwd=existing,
                           capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -39,7 +39,8 @@ from backdate.targets.recorder_db import (
 
 pytest.register_assert_rewrite("services")
 import services  # noqa: E402
-from test_cli_sqlite import FIXTURES, SQLITE_FIXTURES, last_full_hour  # noqa: E402
+from ha_harness import write_compiled_runs  # noqa: E402
+from test_cli_sqlite import FIXTURES, SQLITE_FIXTURES  # noqa: E402
 from test_recorder_servers import ServerDb  # noqa: E402
 
 SID = "sensor.race_energy"
@@ -166,15 +167,16 @@ ENGINES = ["sqlite", *(pytest.param(e, marks=pytest.mark.servers)
 @pytest.mark.parametrize("target", ENGINES, indirect=True)
 def test_compile_between_read_and_commit_is_repaired(
         target: Sqlite | Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    end = last_full_hour()
+    end = dg.last_full_hour()
     seam = end - timedelta(days=2)
     recent = dg.write_delta_csv(tmp_path / "recent.csv", dg.quarter_hour_deltas(seam, end, seed=1))
     history = dg.write_delta_csv(tmp_path / "history.csv",
                                  dg.quarter_hour_deltas(seam - timedelta(days=30), seam, seed=2))
+    # HA compiled the days before: its runs up to the recent data's end, and the newest
+    # statistics_run is the last closed window (HA is compiling this database now)
+    write_compiled_runs(target.url, dg.epoch(seam - timedelta(days=31)), dg.epoch(end))
     import_csv(target.url, recent)
-
-    # HA compiles this database: its newest statistics_run is the last closed window
-    window = datetime.fromtimestamp(time.time() // 300 * 300 - 300, UTC)
+    window = datetime.fromtimestamp(dg.epoch(dg.now()) // 300 * 300 - 300, UTC)
     admin = target.connect()
     start = (window.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
              if target.engine == "sqlite" else window.replace(tzinfo=None))
@@ -227,7 +229,7 @@ def test_compile_between_read_and_commit_is_repaired(
 
 def mark_compiling(db: Path) -> None:
     """A statistics_run for the last closed window: HA is compiling this database."""
-    window = datetime.fromtimestamp(time.time() // 300 * 300 - 300, UTC)
+    window = datetime.fromtimestamp(dg.epoch(dg.now()) // 300 * 300 - 300, UTC)
     con = sqlite3.connect(db)
     con.execute("INSERT INTO statistics_runs (start) VALUES (?)",
                 (window.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f"),))
@@ -240,11 +242,12 @@ def test_guard_is_consulted_for_compiled_statistics_only(
     """The write of an entity statistic on a database HA compiles asks `compile_wait` before
     BEGIN, waits what it says and tells the user why; an external statistic never waits."""
     db = Sqlite(tmp_path)
-    end = last_full_hour()
+    end = dg.last_full_hour()
     seam = end - timedelta(days=2)
     recent = dg.write_delta_csv(tmp_path / "recent.csv", dg.quarter_hour_deltas(seam, end, seed=3))
     history = dg.write_delta_csv(tmp_path / "history.csv",
                                  dg.quarter_hour_deltas(seam - timedelta(days=5), seam, seed=4))
+    write_compiled_runs(db.url, dg.epoch(seam - timedelta(days=6)), dg.epoch(end))
     import_csv(db.url, recent)
     import_csv(db.url, recent, sid="backdate:other")
     mark_compiling(db.path)

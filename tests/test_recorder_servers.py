@@ -24,6 +24,7 @@ import pytest
 
 pytest.register_assert_rewrite("services")
 import services  # noqa: E402
+from ha_harness import write_compiled_runs  # noqa: E402
 from test_cli_sqlite import (  # noqa: E402
     BACKDATE,
     DST_CASES,
@@ -384,6 +385,8 @@ def test_restore_refuses_to_delete_rows_home_assistant_compiled_later(
     db = make_db(engine, 53)
     sid = "sensor.house_energy"
     path, intervals = three_days(tmp_path)
+    # HA compiled these days (the fixture's newest run is from the day it was made)
+    write_compiled_runs(db.url, dg.epoch(intervals[0].start), dg.epoch(intervals[-1].end))
     import_into(db, path, "--statistic-id", sid)
     work = tmp_path / "cwd"
     work.mkdir()

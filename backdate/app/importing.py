@@ -6,7 +6,6 @@ bad input anywhere means nothing is written anywhere.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from backdate import clock
 from backdate.engine import units
 from backdate.engine.prepare import (
     PlanPolicy,
@@ -213,7 +213,7 @@ def resolve_kind(series: Series, opts: ImportOptions) -> Kind:
 def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: ImportOptions,
                  *, now: float | None = None) -> list[StatisticImport]:
     """Build every plan (no writes). Raises InputError/RefusedError before anything changes."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     info = target.info()
     several = len({(s.source, s.name) for s in series_list}) > 1 and any(
         s.name for s in series_list)

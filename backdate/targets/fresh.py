@@ -7,10 +7,11 @@ tables in a user's database, only in files it makes for itself.
 from __future__ import annotations
 
 import sqlite3
-import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+
+from backdate import clock
 
 SCHEMA_VERSION = 53
 
@@ -20,7 +21,7 @@ def create_recorder_sqlite(path: Path) -> Path:
     if path.exists():
         raise FileExistsError(path)
     ddl = resources.files("backdate.targets").joinpath("ddl/sqlite-53.sql").read_text()
-    now = time.time()
+    now = clock.now()
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     window = datetime.fromtimestamp(now - now % 300 - 300, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     con = sqlite3.connect(path)

@@ -41,6 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+from backdate import clock
 from backdate.errors import RefusedError, TargetError, UsageError, VerificationError
 from backdate.models import (
     MeanType,
@@ -615,9 +616,9 @@ class RecorderDatabase:
 
     def _wait_for_compile(self, expected: float) -> None:
         """Sleep while `compile_wait` forbids a write transaction now, saying why."""
-        while (wait := compile_wait(time.time(), expected)) > 0:
+        while (wait := compile_wait(clock.now(), expected)) > 0:
             # the compile whose guard ends when the wait does (its 5-minute mark, + 10 s)
-            compile_at = round((time.time() + wait - GUARD_UNTIL) / 300) * 300 + COMPILE_AT
+            compile_at = round((clock.now() + wait - GUARD_UNTIL) / 300) * 300 + COMPILE_AT
             self.status(f"waiting {wait:.0f} s for Home Assistant's compile at "
                         f"{dt.datetime.fromtimestamp(compile_at, dt.UTC):%H:%M:%S} UTC")
             time.sleep(wait)
@@ -1042,7 +1043,7 @@ class RecorderDatabase:
             return None
         with self._read() as conn:
             last = self._last_compiled_end(conn)
-        if last is None or last < time.time() - LIVE_WITHIN:
+        if last is None or last < clock.now() - LIVE_WITHIN:
             return None
         rows = sum(tp.count for plan in plans for tp in plan.tables)
         return 1.0 + rows / 20_000  # seconds; ten years of hours ~ 5 s on these engines
@@ -1311,7 +1312,7 @@ class RecorderDatabase:
         """
         limit = self._last_compiled_end(conn)
         if limit is None:  # HA never compiled here; it starts at the current window
-            limit = math.floor(time.time() / 300) * 300
+            limit = math.floor(clock.now() / 300) * 300
         for tp in plan.tables:
             if tp.count:
                 end = float(tp.rows.start_ts[-1]) + tp.table.period
