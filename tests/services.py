@@ -9,6 +9,7 @@ Servers: MariaDB at 127.0.0.1:3306 (root, empty password), PostgreSQL at 127.0.0
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -157,15 +158,29 @@ def pytest_itemcollected(item: object) -> None:
 # ------------------------------------------------------------------------- per-test databases
 
 
+# Test connections never wait long, and never outlive a forgotten transaction: a lock or a
+# metadata lock waits at most LOCK_WAIT seconds (MariaDB's lock_wait_timeout defaults to a
+# day: a DROP DATABASE behind an idle connection would hang the suite), and a connection idle
+# inside a transaction is ended by the server after IDLE_IN_TRANSACTION seconds.
+LOCK_WAIT = 60
+IDLE_IN_TRANSACTION = 300
+
+
 def mysql_connect(database: str) -> pymysql.connections.Connection:
-    return pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="",
-                           database=database, charset="utf8mb4", autocommit=True,
-                           init_command="SET time_zone = '+00:00'")
+    return pymysql.connect(
+        host=HOST, port=MYSQL_PORT, user="root", password="", database=database,
+        charset="utf8mb4", autocommit=True, connect_timeout=30, read_timeout=600,
+        init_command=(f"SET time_zone = '+00:00', lock_wait_timeout = {LOCK_WAIT}, "
+                      f"innodb_lock_wait_timeout = {LOCK_WAIT}, "
+                      f"idle_transaction_timeout = {IDLE_IN_TRANSACTION}"))
 
 
 def pg_connect(database: str) -> psycopg.Connection:
-    return psycopg.connect(host=HOST, port=PG_PORT, user="postgres", dbname=database,
-                           autocommit=True)
+    return psycopg.connect(
+        host=HOST, port=PG_PORT, user="postgres", dbname=database, autocommit=True,
+        connect_timeout=30,
+        options=(f"-c lock_timeout={LOCK_WAIT * 1000} "
+                 f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION * 1000}"))
 
 
 def create_mysql_database(name: str, dump: Path | None) -> str:
@@ -210,6 +225,13 @@ def drop_database(engine: str, name: str) -> None:
         con = mysql_connect("mysql")
         try:
             with con.cursor() as cur:
+                # like PostgreSQL's WITH (FORCE): end every other session on the database, or
+                # one a failed test left open keeps its metadata lock and DROP waits
+                cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s "
+                            "AND id <> CONNECTION_ID()", (name,))
+                for (session,) in cur.fetchall():
+                    with contextlib.suppress(pymysql.err.MySQLError):
+                        cur.execute(f"KILL {int(session)}")
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         finally:
             con.close()

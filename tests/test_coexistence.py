@@ -78,7 +78,7 @@ from live_meter import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.ha, pytest.mark.slow]
+pytestmark = [pytest.mark.ha, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 OTHER = "backdate:coexist_ten_years"
 POST_EVERY = (2.0, 5.0)  # s between two states of the live meter ("every few seconds")

@@ -42,7 +42,7 @@ from test_ha_websocket import run
 TOL = 1e-6
 
 
-pytestmark = [pytest.mark.ha, pytest.mark.slow]
+pytestmark = [pytest.mark.ha, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
