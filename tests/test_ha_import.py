@@ -223,6 +223,7 @@ def check_sum_statistic(
 
 
 def last_full_hour() -> datetime:
+    """The system clock's hour, on purpose: the running Home Assistant compiles by it."""
     return dg.floor_hour(datetime.now(UTC))
 
 

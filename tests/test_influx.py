@@ -827,6 +827,7 @@ def test_edge_queries_have_a_short_read_timeout(recorder: Callable[..., Recorder
     assert times.tolist() == [T0]
 
 
+@pytest.mark.system_clock
 def test_target_latest_ignores_future_points(influx_db: InfluxDatabase) -> None:
     """A point three days ahead (a clock gone wrong) is not the target's newest: latest()
     stops at now on 1.x, as the 2.x range() does."""

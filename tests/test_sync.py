@@ -40,6 +40,7 @@ from backdate.app.sync import window_start_for
 from backdate.app.sync_state import job_lock
 from backdate.config import Job
 
+pytestmark = pytest.mark.system_clock  # sources and targets answer up to their own now
 influx = influx_fixtures.influx  # the fixtures, used by name
 influx_db = influx_fixtures.influx_db
 
@@ -65,6 +66,7 @@ def ha(ha_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home
 
 
 def current_hour() -> int:
+    """The system clock's hour, on purpose: sync asks InfluxDB and HA up to their `now`."""
     return math.floor(time.time() / HOUR) * HOUR
 
 
