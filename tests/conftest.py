@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import datagen
 import pytest
-from ha_harness import HomeAssistant, ensure_ha_venv
+from ha_harness import HomeAssistant, ensure_ha_venv, kill_all
 
 from backdate import clock
 
@@ -26,6 +28,18 @@ def pytest_configure(config: pytest.Config) -> None:
         datagen.parse_shift(shift)  # a typo fails here, not in the middle of a test
         os.environ[datagen.SHIFT_ENV] = shift  # xdist workers and CLI runs inherit it
     clock.shift(datagen.time_shift())
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    """Ended from outside (scripts/test.sh's time limit, CI): take the Home Assistants and
+    InfluxDBs this process started along, which run in sessions of their own."""
+    kill_all()
+    with contextlib.suppress(Exception):
+        import influx_service
+
+        influx_service.stop_shared()
+    os._exit(128 + signum)
 
 
 @pytest.fixture(scope="session")

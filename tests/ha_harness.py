@@ -18,6 +18,7 @@ only once per config dir.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -46,6 +47,24 @@ CONSOLE_LOG = "hass-console.log"
 
 
 ENGINES = ("sqlite", "mariadb", "postgresql")  # the recorder databases HA supports
+
+
+# Process groups of the Home Assistants this test process started and has not stopped. HA runs
+# in a session of its own (a Ctrl-C in the terminal must not reach it before the recorder is
+# flushed), so nothing else ends it when pytest itself is ended: `kill_all` does, at exit and
+# on SIGTERM (tests/conftest.py), or a stopped run would leave HAs running.
+_RUNNING: set[int] = set()
+
+
+def kill_all() -> None:
+    """SIGKILL every Home Assistant this process started and did not stop."""
+    for pid in list(_RUNNING):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _RUNNING.discard(pid)
+
+
+atexit.register(kill_all)
 
 
 class HarnessError(RuntimeError):
@@ -387,6 +406,7 @@ logger:
                 env=env,
                 start_new_session=True,
             )
+        _RUNNING.add(self.process.pid)
         try:
             self._wait_for_http(started)
             self._ensure_token()
@@ -410,6 +430,7 @@ logger:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         self.process = None
+        _RUNNING.discard(proc.pid)
         return proc.returncode
 
     def restart(self) -> None:

@@ -206,6 +206,12 @@ def shared_influx() -> InfluxServer:
         return _shared
 
 
+def stop_shared() -> None:
+    """Stop this process's influxd now (on SIGTERM, where atexit does not run)."""
+    if _shared is not None:
+        _shared.stop()
+
+
 class InfluxError(RuntimeError):
     """InfluxDB answered a test helper's request with an error."""
 
