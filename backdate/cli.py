@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from backdate.errors import BackdateError, UsageError
+from backdate.errors import BackdateError, UsageError, require
 from backdate.models import Kind
 
 if TYPE_CHECKING:
@@ -80,8 +80,16 @@ def _use_token(token: str | None) -> None:
         os.environ["HA_TOKEN"] = token
 
 
+def _shown(text: str) -> str:
+    """Every message passes the one masker: no password in a URL, no token, ever."""
+    from backdate.config import secret_values
+    from backdate.domain.urls import mask_text
+
+    return mask_text(text, secret_values())
+
+
 def _fail(err: BackdateError) -> None:
-    err_console.print(Text.assemble(("error: ", "bold red"), str(err)))
+    err_console.print(Text.assemble(("error: ", "bold red"), _shown(str(err))))
     raise typer.Exit(err.exit_code)
 
 
@@ -91,6 +99,10 @@ def _errors():
         yield
     except BackdateError as err:
         _fail(err)
+    except ImportError as err:  # an optional package missing where nothing checked it first
+        from backdate.errors import missing_package
+
+        _fail(missing_package(err))
 
 
 def _zone(tz: str | None) -> ZoneInfo:
@@ -177,6 +189,17 @@ def _status(text: str):
         yield
 
 
+def _chart(imports: list, zone: ZoneInfo, path: Path) -> None:
+    """Draw the chart, and say so only when one was drawn."""
+    from backdate.app import render
+
+    if render.chart(imports, zone, str(path)):
+        console.print(f"chart written to {path}", markup=False)
+    else:
+        console.print(f"no chart written to {path}: no hourly energy (sum) rows to draw",
+                      markup=False)
+
+
 @app.command("plan")
 def plan_cmd(
     sources: Sources,
@@ -205,13 +228,14 @@ def plan_cmd(
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
                         start=start, end=end)
+        if chart:
+            require("matplotlib", "--chart")
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
             render.print_plans(console, imports, zone, all_days=days)
             if chart:
-                render.chart(imports, zone, str(chart))
-                console.print(f"chart written to {chart}", markup=False)
+                _chart(imports, zone, chart)
         finally:
             target.close()
 
@@ -251,12 +275,14 @@ def import_cmd(
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
                         backup, start=start, end=end)
+        if chart:
+            require("matplotlib", "--chart")
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
             render.print_plans(console, imports, zone, all_days=days)
             if chart:
-                render.chart(imports, zone, str(chart))
+                _chart(imports, zone, chart)
             if all(item.plan.is_empty for item in imports):
                 console.print("nothing to write")
                 return
@@ -427,6 +453,8 @@ def sync_cmd(
     # Outcomes are printed per run; the log carries only what the loop itself survives.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MaskedLog())
     with _errors():
         cfg = load_config(config)
         jobs = syncing.select_jobs(cfg, job)
@@ -454,6 +482,17 @@ def sync_cmd(
         syncing.run_forever(cfg, jobs, wait=wait, stop=stop, on_outcome=render_outcome)
 
 
+class _MaskedLog:
+    """A log filter: log lines pass the same masker as every message."""
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        assert isinstance(record, logging.LogRecord)
+        record.msg, record.args = _shown(record.getMessage()), None
+        return True
+
+
 def render_outcome(outcome: JobOutcome) -> None:
     """One line per job run and per target (the cause of any failure)."""
     from datetime import UTC, datetime
@@ -468,11 +507,12 @@ def render_outcome(outcome: JobOutcome) -> None:
                   f"{outcome.read} readings read, {outcome.points} points written",
                   markup=False, soft_wrap=True)
     if outcome.error:
-        err_console.print(f"  error: {outcome.error}", markup=False, soft_wrap=True)
+        err_console.print(_shown(f"  error: {outcome.error}"), markup=False, soft_wrap=True)
     for target in outcome.targets:
         line = f"  {target.url}: {target.points} points"
         if target.error:
-            err_console.print(f"{line}, error: {target.error}", markup=False, soft_wrap=True)
+            err_console.print(_shown(f"{line}, error: {target.error}"), markup=False,
+                              soft_wrap=True)
         else:
             console.print(line, markup=False, soft_wrap=True)
 

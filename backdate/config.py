@@ -509,3 +509,14 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
             if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
                 return i + 1
     return start + 1 if lines else None
+
+
+_SECRET_ENV = re.compile(r"(TOKEN|PASSWORD|SECRET|API_KEY|_KEY$)")
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """Values of the environment's secrets (HA_TOKEN, INFLUXDB_TOKEN, WNSM_PASSWORD, ...): no
+    message or log line may show them, whatever library put them there."""
+    env = os.environ if env is None else env
+    return [value.strip() for name, value in env.items()
+            if _SECRET_ENV.search(name.upper()) and value.strip()]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from test_cli_sqlite import BACKDATE, backdate, copy_fixture, sql
+from test_cli_sqlite import BACKDATE, REPO_ROOT, backdate, copy_fixture, sql
 
 HOUR = 3600
 
@@ -132,3 +133,169 @@ def test_17_short_rows_read_as_empty_trailing_fields(db: Path, tmp_path: Path) -
                     encoding="utf-8")
     proc = run("plan", path, "--to", f"sqlite:///{db}", "--tz", "Europe/Vienna")
     assert proc.returncode == 1 and f"{path}:2:" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------- 15: no secret in any output
+
+PASSWORD = "Pw-s3cr3t-91"
+TOKEN = "tok-aabbccddeeff0011"
+ENV_TOKEN = "envtok-99887766"
+CSV = "start,delta\n2024-01-01T00:00:00Z,1\n2024-01-01T01:00:00Z,2\n"
+
+
+def closed_port() -> int:
+    from ha_harness import free_port
+
+    return free_port()  # nothing listens there
+
+
+def test_15_no_password_or_token_in_any_output(db: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text(CSV, encoding="utf-8")
+    port = closed_port()
+    influx = f"influxdb://u:{PASSWORD}@127.0.0.1:{port}/db?p={PASSWORD}"
+    ha = f"http://user:{PASSWORD}@127.0.0.1:{port}"
+    maria = f"mysql+pymysql://root:{PASSWORD}@127.0.0.1:{port}/ha"
+    pg = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/ha"
+    backup = tmp_path / "backdate-backup-20240101T000000Z.jsonl"
+    backup.write_text("{}\n", encoding="utf-8")
+    toml = tmp_path / "backdate.toml"
+    toml.write_text(
+        f'[sync]\nstate_file = "s.db"\n[[sync.jobs]]\nname = "j"\n'
+        f'source = "influxdb://u:{PASSWORD}@127.0.0.1:{port}/db?measurement=m&field=f'
+        f'&kind=power"\n'
+        f'targets = ["{ha}", "{maria}", "influxdb://u:{PASSWORD}@127.0.0.1:{port}/e"]\n'
+        f'statistic_id = "backdate:j"\n', encoding="utf-8")
+    commands: list[list[object]] = []
+    for target in (influx, ha, maria, pg, f"bogus://u:{PASSWORD}@host/x"):
+        commands += [
+            ["plan", data, "--to", target, "--token", TOKEN],
+            ["import", data, "--to", target, "--token", TOKEN, "--yes"],
+            ["inspect", target, "--token", TOKEN],
+            ["export", target, "--statistic-id", "backdate:in", "--token", TOKEN],
+            ["restore", backup, "--to", target],
+        ]
+    commands += [
+        ["plan", influx, "--to", f"sqlite:///{db}", "--start", "2024-01-01"],
+        ["import", influx, "--to", f"sqlite:///{db}", "--start", "2024-01-01", "--yes"],
+        ["plan", f"wnsm:AT0010000000000000001000000012345?password={PASSWORD}&x=1",
+         "--to", f"sqlite:///{db}"],
+        ["sync", "--config", toml, "--once"],
+        ["sync", "--config", toml, "--verify"],
+    ]
+    for args in commands:
+        proc = run(*args, cwd=tmp_path, env={"HA_TOKEN": ENV_TOKEN, "INFLUXDB_TOKEN": ENV_TOKEN})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode in (1, 2, 3), (args, proc.returncode, out)
+        for secret in (PASSWORD, TOKEN, ENV_TOKEN):
+            assert secret not in out, (args, out)
+        assert "Traceback" not in out, (args, out)
+
+
+# ------------------------------------------------ 9: no traceback, missing packages named
+
+BLOCKER = """
+import sys
+_blocked = set(sys.argv[1].split(","))
+class _Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in _blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Blocker())
+for _m in list(sys.modules):
+    if _m.split(".")[0] in _blocked:
+        del sys.modules[_m]
+sys.argv = ["backdate", *sys.argv[2:]]
+from backdate.cli import main
+main()
+"""
+
+def run_without(modules: str, *args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in a Python where `modules` cannot be imported (a package not installed)."""
+    python = REPO_ROOT / ".venv" / "bin" / "python"
+    exe = str(python) if python.exists() else sys.executable
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    return subprocess.run([exe, "-c", BLOCKER, modules, *(str(a) for a in args)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
+                          check=False, stdin=subprocess.DEVNULL)
+
+
+def test_9_missing_packages_are_one_line_errors_before_anything_is_written(
+        db: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text(CSV, encoding="utf-8")
+    before = digest(db)
+    cases = [
+        ("pymysql", ["inspect", "mysql+pymysql://root:@127.0.0.1/ha"], "pip install"),
+        ("pymysql", ["import", data, "--to", "mariadb://root:@127.0.0.1/ha", "--yes"],
+         "pip install"),
+        ("psycopg", ["plan", data, "--to", "postgresql://postgres@127.0.0.1/ha"],
+         "pip install"),
+        ("matplotlib", ["import", data, "--to", f"sqlite:///{db}", "--yes", "--chart",
+                        tmp_path / "c.png"], "pip install 'backdate[chart]'"),
+        ("matplotlib", ["plan", data, "--to", f"sqlite:///{db}", "--chart", tmp_path / "c.png"],
+         "pip install 'backdate[chart]'"),
+        ("matplotlib", ["demo", "--dir", tmp_path / "demo"], "pip install 'backdate[chart]'"),
+    ]
+    for module, args, fix in cases:
+        proc = run_without(module, *args, cwd=tmp_path)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1, (module, args, proc.returncode, out)
+        assert "Traceback" not in out and fix in out, (module, args, out)
+        assert len(proc.stderr.strip().splitlines()) == 1, (module, args, proc.stderr)
+    assert digest(db) == before
+    assert not (tmp_path / "c.png").exists()
+    assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").iterdir())
+
+
+def test_9_no_traceback_for_any_broken_argument(db: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text(CSV, encoding="utf-8")
+    target = f"sqlite:///{db}"
+    missing = tmp_path / "missing.csv"
+    toml = tmp_path / "backdate.toml"
+    toml.write_text('[[sync.jobs]]\nname = "j"\nsource = "in.csv"\n'
+                    f'targets = ["{target}"]\nstatistic_id = "backdate:j"\n', encoding="utf-8")
+    broken = {
+        "missing file": {
+            "plan": ["plan", missing, "--to", target],
+            "import": ["import", missing, "--to", target, "--yes"],
+            "inspect": ["inspect", f"sqlite:///{tmp_path}/nope.db"],
+            "export": ["export", f"sqlite:///{tmp_path}/nope.db", "--statistic-id", "a:b"],
+            "restore": ["restore", tmp_path / "nope.bak", "--to", target],
+            "sync": ["sync", "--config", tmp_path / "nope.toml", "--once"],
+        },
+        "bad URL": {
+            "plan": ["plan", data, "--to", "sqlite:/x"],
+            "import": ["import", data, "--to", "ftp://x", "--yes"],
+            "inspect": ["inspect", "mysql://"],
+            "export": ["export", "postgresql://:x@/", "--statistic-id", "a:b"],
+            "restore": ["restore", data, "--to", "http://[::1"],
+            "plan-source": ["plan", "influxdb://h:notaport/db", "--to", target],
+        },
+        "bad --tz": {
+            "plan": ["plan", data, "--to", target, "--tz", "Mars/Base"],
+            "import": ["import", data, "--to", target, "--tz", "../../etc/passwd", "--yes"],
+            "export": ["export", target, "--statistic-id", "a:b", "--tz", "Nowhere"],
+            "inspect": ["inspect", target, "--tz", "Mars/Base"],
+        },
+        "bad number": {
+            "export": ["export", target, "--statistic-id", "a:b", "--start", "yesterday-ish"],
+            "plan": ["plan", data, "--to", target, "--start", "2024-13-45"],
+            "import": ["import", data, "--to", target, "--end", "soon", "--yes"],
+        },
+        "unknown option": {
+            name: [name, "--no-such-option"]
+            for name in ("plan", "import", "inspect", "export", "restore", "demo", "sync")
+        },
+    }
+    before = digest(db)
+    for kind, commands in broken.items():
+        for name, args in commands.items():
+            proc = run(*args, cwd=tmp_path)
+            out = proc.stdout + proc.stderr
+            assert "Traceback" not in out, (kind, name, out)
+            assert proc.returncode in (1, 2, 3), (kind, name, proc.returncode, out)
+            assert out.strip(), (kind, name)
+    assert digest(db) == before

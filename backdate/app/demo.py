@@ -17,6 +17,7 @@ from rich.console import Console
 
 from backdate.app import render
 from backdate.app.importing import ImportOptions, apply_imports, plan_imports, read_sources
+from backdate.errors import require
 from backdate.targets.fresh import create_recorder_sqlite
 
 DEMO_ZONE = "Europe/Vienna"
@@ -37,6 +38,7 @@ def synthetic_year(end: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_demo(directory: Path, console: Console) -> None:
+    require("matplotlib", "the demo's chart")  # before anything is written
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "home-assistant_v2.db"
     for leftover in directory.glob("home-assistant_v2.db*"):

@@ -115,10 +115,12 @@ def _print_seams(console: Console, item: StatisticImport, tz: ZoneInfo) -> None:
     console.print(table)
 
 
-def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> None:
+def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> bool:
+    """Draw the days before and after; False (and no file) when no sum has hourly rows."""
     sums = [i for i in imports if i.plan.meta.has_sum and i.plan.hourly.count]
     if sums:
         draw_chart(sums, tz, path)
+    return bool(sums)
 
 
 def print_done(console: Console, imports: list[StatisticImport], done: list[str]) -> None:

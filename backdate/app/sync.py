@@ -28,13 +28,11 @@ import dataclasses
 import logging
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -48,6 +46,7 @@ from backdate.app.importing import (
 )
 from backdate.app.sync_state import JobLockedError, SyncState, job_lock
 from backdate.config import Job, SyncConfig
+from backdate.domain.urls import mask_url
 from backdate.engine import units
 from backdate.engine.curve import _infer_step
 from backdate.engine.prepare import prepare, slugify
@@ -62,28 +61,7 @@ VERIFY_TOLERANCE = 1e-6  # kWh per hour
 # ---------------------------------------------------------------------------------- secrets
 
 
-# Query keys that hold secrets: any name with secret/password/token/key in it (client_secret,
-# api_key, refresh_token, ...), and InfluxDB 1.x's short u/p.
-_SECRET_KEYS = re.compile(r"(secret|passw|token|key|^pass$|^pw$|^u$|^p$)", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """The URL without its password and secret query parameters (for logs and the state)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if _SECRET_KEYS.search(k) else v)
-                 for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*:/")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+# Every address shown or stored goes through the one masker (backdate.domain.urls).
 
 
 # ------------------------------------------------------------------------- energy intervals

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backdate.domain.urls import mask_url
 from backdate.errors import UsageError
 from backdate.targets.base import StatisticsTarget
 
@@ -25,8 +26,8 @@ def open_target(url: str) -> StatisticsTarget:
         # The CLI's --token lands in HA_TOKEN (so it never needs to reach a log line).
         return open_websocket(url, os.environ.get("HA_TOKEN"))
     raise UsageError(
-        f"unknown target {url!r}: use sqlite:///path/home-assistant_v2.db, mysql://..., "
-        "postgresql://..."
+        f"unknown target {mask_url(url)!r}: use sqlite:////path/home-assistant_v2.db, "
+        "mysql://..., postgresql://... or http(s)://host:8123"
     )
 
 

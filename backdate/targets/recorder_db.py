@@ -41,7 +41,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from backdate.errors import RefusedError, TargetError, UsageError, VerificationError
+from backdate.domain.urls import mask_url
+from backdate.errors import (
+    RefusedError,
+    TargetError,
+    UsageError,
+    VerificationError,
+    require,
+)
 from backdate.models import (
     MeanType,
     RowBlock,
@@ -383,8 +390,8 @@ def _driver_url(url: str) -> sa.URL:
     """Map HA's db_url onto the SQLAlchemy driver backdate ships (pymysql, psycopg)."""
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise UsageError(f"not a database URL: {url!r}") from None
+    except (sa.exc.ArgumentError, ValueError):
+        raise UsageError(f"not a database URL: {mask_url(url)!r}") from None
     driver = _URL_DRIVERS.get(parsed.drivername)
     if driver is None:
         raise UsageError(
@@ -427,7 +434,7 @@ def open_recorder(
     if retry_for is None:
         retry_for = retry_budget()
     parsed = _driver_url(url)
-    masked = parsed.render_as_string(hide_password=True)
+    masked = mask_url(url)
     if parsed.get_backend_name() != "sqlite":
         return _open_server(parsed, masked, retry_for)
     database = parsed.database
@@ -461,6 +468,9 @@ def _server_engine(parsed: sa.URL, lock_wait: float) -> Engine:
     so backdate never sits in a lock queue in front of Home Assistant's own writes.
     """
     backend = parsed.get_backend_name()
+    driver = {"mysql": "pymysql", "postgresql": "psycopg"}.get(backend)
+    if driver:
+        require(driver, f"a {'MariaDB/MySQL' if backend == 'mysql' else 'PostgreSQL'} target")
     if backend == "mysql":
         query = dict(parsed.query)
         query["charset"] = "utf8mb4"
