@@ -9,6 +9,7 @@ copy of a database Home Assistant made, and judges it with plain SQL and the pri
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,42 @@ def test_9_no_traceback_for_any_broken_argument(db: Path, tmp_path: Path) -> Non
             assert proc.returncode in (1, 2, 3), (kind, name, proc.returncode, out)
             assert out.strip(), (kind, name)
     assert digest(db) == before
+
+
+# ------------------------------------------------------------ 8: SQLite paths, absolute form
+
+RELATIVE_SQLITE = re.compile(r"sqlite:///(?!/|relative)")
+
+
+def test_8_plain_paths_and_the_relative_url_hint(db: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    data = work / "in.csv"
+    data.write_text(CSV, encoding="utf-8")
+    # A plain file path is a target, absolute or relative to the working directory.
+    backdate_in = {"cwd": work}
+    proc = run("import", data, "--to", db, "--yes", "--no-backup", **backdate_in)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run("inspect", os.path.relpath(db, work), **backdate_in)
+    assert proc.returncode == 0 and "backdate:in" in proc.stdout, proc.stdout + proc.stderr
+    proc = run("export", db, "--statistic-id", "backdate:in", **backdate_in)
+    assert proc.returncode == 0 and "2024-01-01" in proc.stdout, proc.stdout + proc.stderr
+    # sqlite:/// + a path that exists only from / : say which URL was meant.
+    relative_form = f"sqlite:///{str(db).lstrip('/')}"
+    proc = run("inspect", relative_form, **backdate_in)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"sqlite:///{db}" in proc.stderr and "relative" in proc.stderr, proc.stderr
+    # A plain path that is not there is a missing database, not a usage puzzle.
+    proc = run("inspect", work / "nope.db", **backdate_in)
+    assert proc.returncode == 3 and "nope.db" in proc.stderr, proc.stderr
+
+
+def test_8_every_sqlite_example_is_absolute() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert not RELATIVE_SQLITE.findall(readme), [
+        line for line in readme.splitlines() if RELATIVE_SQLITE.search(line)]
+    for command in ("plan", "import", "inspect", "export", "restore", "demo", "sync"):
+        proc = run(command, "--help")
+        assert proc.returncode == 0, proc.stderr
+        text = re.sub(r"\s*\n\s*", "", proc.stdout)  # help lines wrap inside a URL
+        assert not RELATIVE_SQLITE.findall(text), (command, proc.stdout)

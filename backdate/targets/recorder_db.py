@@ -442,7 +442,7 @@ def open_recorder(
         raise UsageError(f"{url!r} names no database file; use sqlite:////path/to/db")
     path = Path(database)
     if not path.is_file():
-        raise TargetError(f"no such database: {path}")
+        raise TargetError(_missing_sqlite(path))
     if sqlite3.sqlite_version_info < (3, 25, 0):
         raise TargetError(
             f"SQLite {sqlite3.sqlite_version} is too old (upserts need 3.24, checks need 3.25)"
@@ -487,6 +487,20 @@ def _server_engine(parsed: sa.URL, lock_wait: float) -> Engine:
     else:  # pragma: no cover - _URL_DRIVERS only maps onto these
         raise UsageError(f"unsupported database backend {backend!r}")
     return engine
+
+
+def _missing_sqlite(path: Path) -> str:
+    """No database there; when the URL's path is relative (three slashes) and the same path
+    from / exists, that is what the user meant: say so."""
+    if path.is_absolute():
+        return f"no such database: {path}"
+    here = Path.cwd() / path
+    absolute = Path("/") / path
+    text = (f"no such database: {here} (sqlite:///{path} is relative to the working "
+            f"directory; an absolute path needs four slashes: sqlite:////path)")
+    if absolute.is_file():
+        text += f"; {absolute} exists: use sqlite:///{absolute}"
+    return text
 
 
 def _open_server(parsed: sa.URL, masked: str, retry_for: float) -> RecorderDatabase:
