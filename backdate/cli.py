@@ -25,9 +25,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="backdate",
-    help="Put energy and sensor history into Home Assistant at the right time.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 def _console(stderr: bool = False) -> Console:
@@ -40,38 +39,88 @@ def _console(stderr: bool = False) -> Console:
 console = _console()
 err_console = _console(stderr=True)
 
-TargetArg = Annotated[str, typer.Option("--to", help="Target: sqlite:///path/home-assistant_v2.db, "
-                                        "mysql://..., postgresql://..., or http(s)://host:8123 "
-                                        "(HA's API; --token or HA_TOKEN)")]
-Sources = Annotated[list[str], typer.Argument(help="Input files (CSV, TSV, JSON), or remote "
-                                             "sources: influxdb://..., influxdb2://..., "
-                                             "wnsm:..., wattivahti:... (README).")]
-Start = Annotated[str | None, typer.Option("--start", help="Remote sources: first time to read "
-                                           "(ISO time or date; naive in --tz, else UTC).")]
-End = Annotated[str | None, typer.Option("--end", help="Remote sources: end of the range to "
-                                         "read (exclusive; default now).")]
-StatId = Annotated[str | None, typer.Option("--statistic-id", help="Statistic to write, e.g. "
-                                            "backdate:house or sensor.energy (default: "
-                                            "backdate:<file name>).")]
-Name = Annotated[str | None, typer.Option("--name", help="Display name of a new statistic.")]
-KindOpt = Annotated[Kind | None, typer.Option("--kind", help="delta: amount per interval; "
-                                              "cumulative: meter value; power: rate; mean: "
-                                              "measurement.", case_sensitive=False)]
-Unit = Annotated[str | None, typer.Option("--unit", help="Unit of the input values (default kWh; "
-                                          "W for power).")]
-Tz = Annotated[str | None, typer.Option("--tz", help="Time zone of naive times in the input, "
-                                        "e.g. Europe/Vienna; also the zone of the day table.")]
-TimeCol = Annotated[str | None, typer.Option("--time-column", help="Name of the time column.")]
-ValueCol = Annotated[str | None, typer.Option("--value-column", help="Name of the value column.")]
-ShortTerm = Annotated[bool, typer.Option("--short-term/--no-short-term",
-                                         help="Also write 5-minute rows inside HA's short-term "
-                                         "retention (last --short-term-days days).")]
-Chart = Annotated[Path | None, typer.Option("--chart", help="Draw the days before and after "
-                                            "into this PNG file.")]
-Days = Annotated[bool, typer.Option("--days", help="List every day even for long imports.")]
-Token = Annotated[str | None, typer.Option("--token", help="Long-lived access token for an "
-                                           "http(s):// target (default: $HA_TOKEN).",
-                                           show_default=False)]
+# Help panels: every option sits in one of these, in this order on every command.
+INPUT, TARGET, SAFETY, OUTPUT = "Input", "Target", "Safety", "Output"
+
+TargetArg = Annotated[str, typer.Option(
+    "--to", metavar="TARGET", rich_help_panel=TARGET,
+    help="HA's recorder database (sqlite:////abs/path.db, a plain file path, mysql://..., "
+    "postgresql://...) or HA itself (http(s)://host:8123, with --token).")]
+Sources = Annotated[list[str], typer.Argument(
+    metavar="SOURCE", show_default=False,
+    help="Files (CSV, TSV, JSON) or remote sources (influxdb://..., influxdb2://..., wnsm:..., "
+    "wattivahti:...).")]
+Start = Annotated[str | None, typer.Option(
+    "--start", metavar="TIME", rich_help_panel=INPUT,
+    help="Remote sources: first time to read (ISO time or date; naive in --tz).")]
+End = Annotated[str | None, typer.Option(
+    "--end", metavar="TIME", rich_help_panel=INPUT,
+    help="Remote sources: end of the range (exclusive; default now).")]
+StatId = Annotated[str | None, typer.Option(
+    "--statistic-id", metavar="ID", rich_help_panel=TARGET,
+    help="Statistic to write, e.g. backdate:house or sensor.energy (default: "
+    "backdate:<file name>).")]
+Name = Annotated[str | None, typer.Option("--name", metavar="TEXT", rich_help_panel=TARGET,
+                                          help="Display name of a new statistic.")]
+KindOpt = Annotated[Kind | None, typer.Option(
+    "--kind", metavar="KIND", case_sensitive=False, rich_help_panel=INPUT,
+    help="delta (amount per interval), cumulative (meter value), power (rate) or mean "
+    "(measurement).")]
+Unit = Annotated[str | None, typer.Option(
+    "--unit", metavar="UNIT", rich_help_panel=INPUT,
+    help="Unit of the input values (default kWh; W for power).")]
+Tz = Annotated[str | None, typer.Option(
+    "--tz", metavar="ZONE", rich_help_panel=INPUT,
+    help="Zone of naive times in the input, e.g. Europe/Vienna; also the zone of the day "
+    "table.")]
+TimeCol = Annotated[str | None, typer.Option("--time-column", metavar="NAME",
+                                             rich_help_panel=INPUT,
+                                             help="Name of the time column.")]
+ValueCol = Annotated[str | None, typer.Option("--value-column", metavar="NAME",
+                                              rich_help_panel=INPUT,
+                                              help="Name of the value column.")]
+ShortTerm = Annotated[bool, typer.Option(
+    "--short-term/--no-short-term", rich_help_panel=TARGET, metavar="",
+    help="Also write 5-minute rows for the last 10 days (HA's short-term retention).")]
+Chart = Annotated[Path | None, typer.Option(
+    "--chart", metavar="FILE.png", rich_help_panel=OUTPUT,
+    help="Draw the days before and after into this PNG file (needs backdate\\[chart]).")]
+Days = Annotated[bool, typer.Option("--days", rich_help_panel=OUTPUT, metavar="",
+                                    help="List every day, even for long imports.")]
+Token = Annotated[str | None, typer.Option(
+    "--token", metavar="TOKEN", show_default=False, rich_help_panel=TARGET,
+    help="Long-lived access token for an http(s):// target (default: $HA_TOKEN).")]
+Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, metavar="",
+                                    help="One JSON document on stdout (README: shapes).")]
+DatabaseArg = Annotated[str, typer.Argument(
+    metavar="TARGET", show_default=False,
+    help="sqlite:////abs/path.db, a plain file path, mysql://..., postgresql://..., or "
+    "http(s)://host:8123 (with --token).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("backdate")
+        except PackageNotFoundError:
+            number = "unknown"
+        console.print(f"backdate {number}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, metavar="",
+        help="Show the version and exit.")] = False,
+) -> None:
+    """Put energy and sensor history into Home Assistant at the right time.
+
+    Exit codes: 0 done, 1 invalid input or refused (nothing written), 2 usage error, 3 target
+    unreachable or failed.
+    """
 
 
 def _use_token(token: str | None) -> None:
@@ -183,7 +232,7 @@ def _progress():
 def _status(text: str):
     """A live status line on a terminal; nothing when output is piped."""
     if console.is_terminal:
-        with console.status(f"{text}…"):
+        with console.status(f"{text}..."):
             yield
     else:
         yield
@@ -203,24 +252,28 @@ def _chart(imports: list, zone: ZoneInfo, path: Path) -> None:
 @app.command("plan")
 def plan_cmd(
     sources: Sources,
-    to: TargetArg,
-    statistic_id: StatId = None,
-    name: Name = None,
+    tz: Tz = None,
     kind: KindOpt = None,
     unit: Unit = None,
-    tz: Tz = None,
     time_column: TimeCol = None,
     value_column: ValueCol = None,
-    short_term: ShortTerm = True,
-    chart: Chart = None,
-    days: Days = False,
-    token: Token = None,
     start: Start = None,
     end: End = None,
+    to: TargetArg = ...,  # type: ignore[assignment]
+    statistic_id: StatId = None,
+    name: Name = None,
+    short_term: ShortTerm = True,
+    token: Token = None,
+    days: Days = False,
+    chart: Chart = None,
+    as_json: Json = False,
 ) -> None:
     """Show what an import would write, and the days and seams it changes. Writes nothing.
 
-    Example: backdate plan meter.csv --to sqlite:///config/home-assistant_v2.db --tz Europe/Vienna
+    Example:
+
+        backdate plan meter.csv --tz Europe/Vienna \\
+            --to sqlite:////config/home-assistant_v2.db
     """
     from backdate.app import render
 
@@ -243,29 +296,34 @@ def plan_cmd(
 @app.command("import")
 def import_cmd(
     sources: Sources,
-    to: TargetArg,
-    statistic_id: StatId = None,
-    name: Name = None,
+    tz: Tz = None,
     kind: KindOpt = None,
     unit: Unit = None,
-    tz: Tz = None,
     time_column: TimeCol = None,
     value_column: ValueCol = None,
-    short_term: ShortTerm = True,
-    backup: Annotated[bool, typer.Option("--backup/--no-backup",
-                                         help="Back up first: SQLite, the whole file (backup "
-                                         "API); MariaDB/PostgreSQL, the affected statistics' "
-                                         "rows to backdate-backup-<time>.jsonl.")] = True,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
-    chart: Chart = None,
-    days: Days = False,
-    token: Token = None,
     start: Start = None,
     end: End = None,
+    to: TargetArg = ...,  # type: ignore[assignment]
+    statistic_id: StatId = None,
+    name: Name = None,
+    short_term: ShortTerm = True,
+    token: Token = None,
+    backup: Annotated[bool, typer.Option(
+        "--backup/--no-backup", rich_help_panel=SAFETY, metavar="",
+        help="Back up first: SQLite, the whole file; MariaDB/PostgreSQL, the statistics' "
+        "rows (backdate-backup-<time>.jsonl).")] = True,
+    yes: Annotated[bool, typer.Option("--yes", "-y", rich_help_panel=SAFETY, metavar="",
+                                      help="Write without asking.")] = False,
+    days: Days = False,
+    chart: Chart = None,
+    as_json: Json = False,
 ) -> None:
     """Import readings into Home Assistant's statistics: plan, back up, write, verify.
 
-    Example: backdate import meter.csv --to sqlite:///config/home-assistant_v2.db --yes
+    Example:
+
+        backdate import meter.csv --tz Europe/Vienna --yes \\
+            --to sqlite:////config/home-assistant_v2.db
     """
     from backdate.app import render
     from backdate.app.importing import apply_imports
@@ -311,15 +369,26 @@ def import_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://...")],
-    energy: Annotated[bool, typer.Option("--energy", help="Only statistics the Energy dashboard "
-                                         "can use (sums in energy or volume units).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    target: DatabaseArg,
     token: Token = None,
+    pattern: Annotated[str | None, typer.Option(
+        "--filter", metavar="PATTERN", rich_help_panel=OUTPUT,
+        help="Only statistics whose id or name matches, e.g. 'sensor.*energy*'.")] = None,
+    energy: Annotated[bool, typer.Option(
+        "--energy", rich_help_panel=OUTPUT, metavar="",
+        help="Only statistics the Energy dashboard can use (sums of energy or volume).")
+    ] = False,
+    tz: Annotated[str | None, typer.Option(
+        "--tz", metavar="ZONE", rich_help_panel=OUTPUT,
+        help="Zone of the times shown (default: HA's zone where known, else this machine's).")
+    ] = None,
+    as_json: Json = False,
 ) -> None:
     """List every statistic a database holds, with row counts, ranges and problems.
 
-    Example: backdate inspect sqlite:///config/home-assistant_v2.db --energy
+    Example:
+
+        backdate inspect sqlite:////config/home-assistant_v2.db --energy
     """
     from backdate.app import render
     from backdate.app.targets import open_target
@@ -342,22 +411,34 @@ def inspect_cmd(
 
 @app.command("export")
 def export_cmd(
-    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://...")],
-    statistic_id: Annotated[str, typer.Option("--statistic-id", help="Statistic to export.")],
-    start: Annotated[str | None, typer.Option("--start", help="First hour (ISO time or date).")
-                     ] = None,
-    end: Annotated[str | None, typer.Option("--end", help="End (exclusive).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv, json or klausj1.")] = "csv",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default stdout).")
-                      ] = None,
-    tz: Tz = None,
-    short_term: Annotated[bool, typer.Option("--short-term", help="Export 5-minute rows.")
-                          ] = False,
+    target: DatabaseArg,
+    statistic_id: Annotated[str, typer.Option("--statistic-id", metavar="ID",
+                                              rich_help_panel=INPUT,
+                                              help="Statistic to export.")],
+    start: Annotated[str | None, typer.Option(
+        "--start", metavar="TIME", rich_help_panel=INPUT,
+        help="First hour (ISO time or date; naive in --tz).")] = None,
+    end: Annotated[str | None, typer.Option("--end", metavar="TIME", rich_help_panel=INPUT,
+                                            help="End (exclusive).")] = None,
+    short_term: Annotated[bool, typer.Option("--short-term", rich_help_panel=INPUT, metavar="",
+                                             help="Export 5-minute rows.")] = False,
     token: Token = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", rich_help_panel=OUTPUT,
+                                     help="csv, json or klausj1.")] = "csv",
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE",
+                                                rich_help_panel=OUTPUT,
+                                                help="File (default stdout).")] = None,
+    tz: Annotated[str | None, typer.Option(
+        "--tz", metavar="ZONE", rich_help_panel=OUTPUT,
+        help="Write times in this zone with their offset (default UTC, 'Z'); klausj1 "
+        "needs it.")] = None,
 ) -> None:
     """Read a statistic back out, in a form `backdate import` reads losslessly.
 
-    Example: backdate export sqlite:///home-assistant_v2.db --statistic-id backdate:house -o h.csv
+    Example:
+
+        backdate export sqlite:////config/home-assistant_v2.db \\
+            --statistic-id backdate:house -o house.csv
     """
     from backdate.app.exporting import export_statistic
 
@@ -375,30 +456,50 @@ def export_cmd(
 
 @app.command("restore")
 def restore_cmd(
-    backup: Annotated[Path, typer.Argument(help="A backup file that `import` wrote.")],
-    to: TargetArg,
+    backup: Annotated[Path, typer.Argument(metavar="BACKUP", show_default=False,
+                                           help="A backup file that `import` wrote.")],
+    to: Annotated[str, typer.Option(
+        "--to", metavar="TARGET", rich_help_panel=TARGET,
+        help="The recorder database the backup belongs to: sqlite:////abs/path.db, a plain "
+        "file path, mysql://... or postgresql://....")],
     force: Annotated[bool, typer.Option(
-        "--force", help="Restore even when Home Assistant compiled newer rows of an entity "
-        "statistic since the backup (they are deleted).")] = False,
+        "--force", rich_help_panel=SAFETY, metavar="",
+        help="Restore even when Home Assistant compiled newer rows of an entity statistic "
+        "since the backup (they are deleted).")] = False,
+    as_json: Json = False,
 ) -> None:
     """Undo an import from its backup (SQLite .bak file, or a server's .jsonl file).
 
-    Example: backdate restore home-assistant_v2.db.backdate-20261123T010203Z.bak --to sqlite:///...
-    Example: backdate restore backdate-backup-20261123T010203Z.jsonl --to postgresql://...
+    Examples:
+
+        backdate restore /config/home-assistant_v2.db.backdate-20261123T010203Z.bak \\
+            --to sqlite:////config/home-assistant_v2.db
+
+        backdate restore backdate-backup-20261123T010203Z.jsonl \\
+            --to postgresql://ha@localhost/ha
     """
     from backdate.app.targets import restore_target
 
     with _errors():
+        if to.startswith(("http://", "https://")):
+            raise UsageError("restore writes Home Assistant's recorder database directly: give "
+                             "its URL (sqlite:////path, mysql://..., postgresql://...); over "
+                             "HA's API there is no backdate backup (HA's own backups hold it)")
         restore_target(str(backup), to, force=force)
         console.print(f"restored {to} from {backup}", markup=False)
 
 
 @app.command("demo")
 def demo_cmd(
-    directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo.")] = Path(
-        "demo"),
+    directory: Annotated[Path, typer.Option("--dir", metavar="DIR", rich_help_panel=OUTPUT,
+                                            help="Where to create the demo.")] = Path("demo"),
 ) -> None:
-    """Create a fresh recorder database in ./demo and import a year of synthetic data into it."""
+    """Create a fresh recorder database in ./demo and import a year of made-up data into it.
+
+    Example:
+
+        backdate demo --dir /tmp/backdate-demo
+    """
     from backdate.app.demo import run_demo
 
     with _errors():
@@ -407,27 +508,37 @@ def demo_cmd(
 
 @app.command("sync")
 def sync_cmd(
-    config: Annotated[Path | None, typer.Option("--config", help="backdate.toml (default: "
-                                                "./backdate.toml, else "
-                                                "~/.config/backdate/backdate.toml).")] = None,
-    once: Annotated[bool, typer.Option("--once", help="Run every job once and exit (cron); "
-                                       "default: run forever, each job every `interval` plus "
-                                       "jitter.")] = False,
-    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Compare the per-hour energy of the "
-                                         "source and every target; list each hour that "
-                                         "differs (exit 1 when any).")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="If the job is running elsewhere, wait "
-                                       "for it (default: exit 1 with a message).")] = False,
+    config: Annotated[Path | None, typer.Option(
+        "--config", metavar="FILE", rich_help_panel=INPUT,
+        help="backdate.toml (default: ./backdate.toml, else "
+        "~/.config/backdate/backdate.toml).")] = None,
+    job: Annotated[str | None, typer.Option("--job", metavar="NAME", rich_help_panel=INPUT,
+                                            help="Only this job.")] = None,
+    once: Annotated[bool, typer.Option(
+        "--once", rich_help_panel=SAFETY, metavar="",
+        help="Run every job once and exit (cron); default: run forever, each job every "
+        "`interval` plus jitter.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", rich_help_panel=SAFETY, metavar="",
+        help="If the job is running elsewhere, wait for it (default: exit 1).")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", rich_help_panel=OUTPUT, metavar="",
+        help="Compare the per-hour energy of the source and every target; list each hour "
+        "that differs (exit 1 when any).")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=OUTPUT, metavar="",
+        help="With --once: one JSON document on stdout (README: shapes).")] = False,
 ) -> None:
     """Sync jobs from backdate.toml into Home Assistant, InfluxDB and MQTT, incrementally.
 
     Each run reads from (the newest hour a target holds - sync_buffer_hours), or the whole
     correction window (default 30 days) if that is longer, and rewrites only what changed.
+    Paths in backdate.toml (sources, sqlite targets, state_file) are relative to the file.
+
     Exit codes: 0 done, 1 bad configuration, --verify found differences, or the job is
     already running (without --wait; refused, nothing written), 3 a source or target failed
-    (or could not be read by --verify). --verify takes the job's lock shared: it waits for (or,
-    without --wait, refuses during) a run that is writing.
+    (or could not be read by --verify). --verify takes the job's lock shared: it waits for
+    (or, without --wait, refuses during) a run that is writing.
 
     Without a configuration file, the environment of the WattiVahti to InfluxDB sync
     (WATTIVAHTI_METERING_POINT, REFRESH_TOKEN_FILE, INFLUXDB_URL/TOKEN/ORG/BUCKET, HA_URL,
@@ -437,11 +548,14 @@ def sync_cmd(
 
         \\[\\[sync.jobs]]
         name = "house"
-        source = "influxdb://localhost:8086/powerwall?measurement=http&field=home&kind=power"
-        targets = ["sqlite:////config/home-assistant_v2.db", "influxdb://localhost:8086/energy"]
+        source = "meter.csv"
+        targets = ["sqlite:////config/home-assistant_v2.db",
+                   "influxdb://localhost:8086/energy"]
         statistic_id = "backdate:house"
 
-    Example: backdate sync --config backdate.toml --once
+    Example:
+
+        backdate sync --config backdate.toml --once
     """
     import logging
     import signal

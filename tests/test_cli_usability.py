@@ -339,3 +339,47 @@ def test_8_every_sqlite_example_is_absolute() -> None:
         assert proc.returncode == 0, proc.stderr
         text = re.sub(r"\s*\n\s*", "", proc.stdout)  # help lines wrap inside a URL
         assert not RELATIVE_SQLITE.findall(text), (command, proc.stdout)
+
+
+# ------------------------------------------------------------------ 11: help, version, groups
+
+COMMANDS = ("plan", "import", "inspect", "export", "restore", "demo", "sync")
+
+
+def test_11_version_completion_groups_examples_at_80_columns() -> None:
+    proc = run("--version")
+    assert proc.returncode == 0 and re.fullmatch(r"backdate \d+\.\d+\.\d+\S*\n", proc.stdout), (
+        proc.stdout, proc.stderr)
+    top = run("--help").stdout
+    assert "--install-completion" in top and "--show-completion" in top, top
+    helps = {}
+    for command in COMMANDS:
+        proc = run(command, "--help")
+        assert proc.returncode == 0, proc.stderr
+        text = helps[command] = proc.stdout
+        for line in text.splitlines():
+            assert len(line) <= 80, (command, line)
+        assert "…" not in text, (command, text)  # nothing cut off
+        assert "Example" in text, (command, text)
+        assert f"backdate {command}" in re.sub(r"\s+", " ", text), command
+    for command, expected in (("plan", ["Input", "Target", "Output"]),
+                              ("import", ["Input", "Target", "Safety", "Output"]),
+                              ("sync", ["Input", "Safety", "Output"])):
+        panels = [p for p in re.findall(r"╭─ (\w+) ─", helps[command])
+                  if p in ("Input", "Target", "Safety", "Output")]
+        assert panels == expected, (command, panels)
+    # What was wrong: an option that does not exist, import's --tz text on export, inspect
+    # without http(s)://, restore offering http(s)://, which fails.
+    assert "--short-term-days" not in helps["import"] + helps["plan"]
+    flat = {c: re.sub(r"[│\s]+", " ", t) for c, t in helps.items()}
+    assert "naive times in the input" not in flat["export"], flat["export"]
+    assert "http(s)://" in flat["inspect"], flat["inspect"]
+    assert "http" not in flat["restore"].split("--to", 1)[1], flat["restore"]
+
+
+def test_11_restore_refuses_an_http_target_as_usage(tmp_path: Path) -> None:
+    backup = tmp_path / "backdate-backup-20240101T000000Z.jsonl"
+    backup.write_text("{}\n", encoding="utf-8")
+    proc = run("restore", backup, "--to", "http://127.0.0.1:8123", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "recorder database" in proc.stderr, proc.stderr

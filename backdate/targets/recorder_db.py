@@ -395,7 +395,7 @@ def _driver_url(url: str) -> sa.URL:
     driver = _URL_DRIVERS.get(parsed.drivername)
     if driver is None:
         raise UsageError(
-            f"unsupported database URL scheme {parsed.drivername!r}; use sqlite:///PATH, "
+            f"unsupported database URL scheme {parsed.drivername!r}; use sqlite:////PATH, "
             "mysql://, mariadb:// or postgresql://"
         )
     return parsed.set(drivername=driver)
