@@ -593,7 +593,8 @@ def sync_cmd(
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        syncing.run_forever(cfg, jobs, wait=wait, stop=stop, on_outcome=render_outcome)
+        syncing.run_forever(cfg, jobs, wait=wait, stop=stop, on_outcome=render_outcome,
+                            on_next=render_next)
 
 
 class _MaskedLog:
@@ -629,6 +630,16 @@ def render_outcome(outcome: JobOutcome) -> None:
                               soft_wrap=True)
         else:
             console.print(line, markup=False, soft_wrap=True)
+
+
+def render_next(job: str, due: float) -> None:
+    """The loop's next run of a job, so a waiting sync is visibly alive."""
+    from datetime import UTC, datetime
+
+    wait = max(0.0, due - datetime.now(UTC).timestamp())
+    console.print(f"job {job}: next run at {datetime.fromtimestamp(due, UTC):%Y-%m-%d %H:%M:%S}"
+                  f"Z (in {wait / 60:.0f} min)", markup=False, soft_wrap=True)
+    console.file.flush()
 
 
 def render_verify(result: VerifyResult, zone: ZoneInfo) -> None:

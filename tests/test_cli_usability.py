@@ -383,3 +383,76 @@ def test_11_restore_refuses_an_http_target_as_usage(tmp_path: Path) -> None:
     proc = run("restore", backup, "--to", "http://127.0.0.1:8123", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "recorder database" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ 10: sync paths and loop
+
+
+def recent_csv(hours: int = 6) -> str:
+    """Hourly kWh for the last complete hours: a sync's window is relative to now."""
+    import time
+
+    last = int(time.time() // HOUR) * HOUR - 2 * HOUR
+    lines = ["start,delta"]
+    lines += [f"{last - k * HOUR},0.5" for k in range(hours, 0, -1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_10_sync_paths_relative_to_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    db = copy_fixture(53, cfg, "ha.db")
+    (cfg / "meter.csv").write_text(recent_csv(), encoding="utf-8")
+    toml = cfg / "backdate.toml"
+    toml.write_text('[sync]\nstate_file = "sync.db"\n'
+                    '[[sync.jobs]]\nname = "house"\nsource = "meter.csv"\n'
+                    'targets = ["sqlite:///ha.db"]\nstatistic_id = "backdate:house"\n',
+                    encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run("sync", "--config", toml, "--once", cwd=elsewhere)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert f"sqlite:///{db}:" in out and "sqlite:/ha.db" not in out, out
+    assert sum(1 for _ in hourly(db, "backdate:house")) == 6
+    assert not (elsewhere / "ha.db").exists() and (cfg / "sync.db").exists()
+    # A plain path works too.
+    toml.write_text(toml.read_text().replace('"sqlite:///ha.db"', '"ha.db"'), encoding="utf-8")
+    proc = run("sync", "--config", toml, "--once", cwd=elsewhere)
+    assert proc.returncode == 0 and f"sqlite:///{db}:" in proc.stdout, proc.stdout + proc.stderr
+    # A missing source file is a failed source: exit 3, naming the file.
+    toml.write_text(toml.read_text().replace('"meter.csv"', '"gone.csv"'), encoding="utf-8")
+    proc = run("sync", "--config", toml, "--once", cwd=elsewhere)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert str(cfg / "gone.csv") in proc.stderr, proc.stderr
+
+
+def test_10_sync_loop_says_when_it_runs_next(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    db = copy_fixture(53, tmp_path, "ha.db")
+    (tmp_path / "meter.csv").write_text(recent_csv(), encoding="utf-8")
+    toml = tmp_path / "backdate.toml"
+    toml.write_text('[sync]\nstate_file = "sync.db"\ninterval = "2h"\njitter = "0s"\n'
+                    '[[sync.jobs]]\nname = "house"\nsource = "meter.csv"\n'
+                    f'targets = ["{db}"]\nstatistic_id = "backdate:house"\n', encoding="utf-8")
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    loop = subprocess.Popen([*BACKDATE, "sync", "--config", str(toml)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            line = loop.stdout.readline() if loop.stdout else ""
+            if not line:
+                break
+            lines.append(line)
+            if "next run" in line:
+                break
+        assert any(re.search(r"job house: next run at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ "
+                             r"\(in 120 min\)", line) for line in lines), lines
+    finally:
+        loop.send_signal(signal.SIGTERM)
+        loop.communicate(timeout=30)

@@ -576,6 +576,8 @@ def run_job(job: Job, state: SyncState, *, now: float | None = None) -> JobOutco
         except Exception as err:  # noqa: BLE001 - a failing source never ends the loop
             outcome.error = f"source {mask_url(job.source)}: {describe(err)}"
             code = err.exit_code if isinstance(err, BackdateError) else 3
+            if isinstance(err, InputError) and _missing_file(job.source):
+                code = 3  # the source is not there: a failed source, like a portal outage
             outcome.exit_code = max(outcome.exit_code, code)
             log.info("job %s: %s", job.name, outcome.error)
             for target, _result in targets:
@@ -620,6 +622,14 @@ def _quietly(call: Callable[..., object], *args: object) -> None:
         call(*args)
     except Exception:  # noqa: BLE001 - reporting a failure must not hide the failure
         log.warning("could not report to a target", exc_info=True)
+
+
+def _missing_file(source: str) -> bool:
+    from pathlib import Path
+
+    from backdate.sources.base import is_remote
+
+    return not is_remote(source) and not Path(source).exists()
 
 
 def select_jobs(config: SyncConfig, name: str | None) -> list[Job]:
@@ -670,7 +680,8 @@ def run_once(config: SyncConfig, jobs: list[Job], *, wait: bool,
 
 def run_forever(config: SyncConfig, jobs: list[Job], *, wait: bool,
                 stop: threading.Event, on_outcome: Callable[[JobOutcome], None] | None = None,
-                rng: random.Random | None = None) -> None:
+                rng: random.Random | None = None,
+                on_next: Callable[[str, float], None] | None = None) -> None:
     """The scheduler: each job every `interval` plus a random jitter, until `stop` is set.
 
     Nothing a source or target does ends the loop: a failure is logged, recorded in the state
@@ -693,6 +704,8 @@ def run_forever(config: SyncConfig, jobs: list[Job], *, wait: bool,
                 except Exception:  # noqa: BLE001 - the loop survives anything
                     log.exception("job %s failed; next round", job.name)
                 due[job.name] = time.time() + job.interval + rng.uniform(0, job.jitter)
+                if on_next is not None:  # the loop says when each job runs next
+                    on_next(job.name, due[job.name])
             stop.wait(max(0.0, min(due.values()) - time.time()))
     finally:
         state.close()
