@@ -138,7 +138,8 @@ def _shown(text: str) -> str:
 
 
 def _fail(err: BackdateError) -> None:
-    err_console.print(Text.assemble(("error: ", "bold red"), _shown(str(err))))
+    err_console.print(Text.assemble(("error: ", "bold red"), _shown(str(err))),
+                      soft_wrap=True)  # one line, whole paths: the terminal wraps it
     raise typer.Exit(err.exit_code)
 
 
@@ -392,21 +393,21 @@ def inspect_cmd(
     """
     from backdate.app import render
     from backdate.app.targets import open_target
+    from backdate.services.inspecting import select_statistics
 
     with _errors():
         _use_token(token)
+        zone = _zone(tz) if tz else None
         tgt = open_target(target)
         try:
             info = tgt.info()
             summaries = tgt.list_statistics()
         finally:
             tgt.close()
-        if energy:
-            from backdate.engine.units import unit_class
-
-            summaries = [s for s in summaries if s.meta.has_sum and unit_class(
-                s.meta.unit_of_measurement) in ("energy", "volume")]
-        render.print_inspect(console, info, summaries, as_json=as_json)
+        summaries = select_statistics(summaries, pattern=pattern, energy=energy, where=info.url)
+        if zone is None:  # the zone plan's day table uses
+            zone = ZoneInfo(info.time_zone) if info.time_zone else _local_zone()
+        render.print_inspect(console, info, summaries, as_json=as_json, tz=zone)
 
 
 @app.command("export")

@@ -456,3 +456,72 @@ def test_10_sync_loop_says_when_it_runs_next(tmp_path: Path) -> None:
     finally:
         loop.send_signal(signal.SIGTERM)
         loop.communicate(timeout=30)
+
+
+# ------------------------------------------------------------------ 12: inspect at 80 columns
+
+LONG_ID = "backdate:house_energy_total_consumption_main_meter"
+
+
+def on_terminal(*args: object, columns: int = 80, cwd: Path | None = None
+                ) -> tuple[int, str, str]:
+    """The CLI with stdout on a pseudo-terminal of `columns` columns: what a user sees."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "xterm"}
+    proc = subprocess.Popen([*BACKDATE, *(str(a) for a in args)], stdout=slave,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    _, err = proc.communicate(timeout=120)
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text), err.decode()
+
+
+def test_12_inspect_names_zone_filter_and_did_you_mean(db: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text("start,delta\n2024-03-30T22:00:00Z,1234.5\n2024-03-31T01:00:00Z,2\n",
+                    encoding="utf-8")
+    backdate("import", data, "--statistic-id", LONG_ID, "--name", "House meter", "--to", db,
+             "--yes", "--no-backup")
+    backdate("import", data, "--statistic-id", "backdate:garage", "--to", db, "--yes",
+             "--no-backup")
+    code, out, err = on_terminal("inspect", db, "--tz", "Europe/Vienna")
+    assert code == 0, out + err
+    for line in out.splitlines():
+        assert len(line) <= 80, line
+    assert LONG_ID in out and "House meter" in out, out  # neither broken nor cut
+    assert "1,234.5" not in out  # (no energy numbers here; rows are counted)
+    # Times in --tz: 22:00Z is 23:00 in Vienna (CET) the day before the spring change.
+    assert "2024-03-30 23:00" in out and "Europe/Vienna" in out, out
+    # Piped: tab-separated with a name column, times in the zone asked for.
+    piped = run("inspect", db, "--tz", "Europe/Vienna").stdout
+    header, *rows = [line.split("\t") for line in piped.splitlines()[1:]]
+    assert "name" in header, header
+    row = dict(zip(header, next(r for r in rows if r[1] == LONG_ID), strict=True))
+    assert row["name"] == "House meter" and row["first hour (Europe/Vienna)"] == (
+        "2024-03-30 23:00"), row
+    # A pattern filter, on ids and names.
+    listed = run("inspect", db, "--filter", "*garage*").stdout
+    assert "backdate:garage" in listed and LONG_ID not in listed, listed
+    assert LONG_ID in run("inspect", db, "--filter", "house meter").stdout
+    # An id typed slightly wrong: exit 1 and the id that was meant.
+    proc = run("inspect", db, "--filter", "backdate:garag")
+    assert proc.returncode == 0  # a part of an id matches
+    proc = run("inspect", db, "--filter", "backdate.garage")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "did you mean backdate:garage" in proc.stderr, proc.stderr
