@@ -199,13 +199,34 @@ def _plan(sources, target_url, opts):
     with _progress() as report:
         series = read_sources(sources, opts, report)
     target = open_target(target_url)
+    opts.zone_from = "tz_option" if opts.tz else "machine"
     if opts.tz is None:  # the day table in HA's own zone where the target knows it
         zone = target.info().time_zone
         if zone:
             opts.report_tz = zone
+            opts.zone_from = "home_assistant"
     with _status("planning"):
         imports = plan_imports(target, series, opts)
     return target, imports
+
+
+ZONE_FROM = {"home_assistant": "Home Assistant's zone", "machine": "this machine's zone"}
+
+
+def _zone_note(imports: list, zone: ZoneInfo, zone_from: str) -> None:
+    """Without --tz the days are some zone's days: say whose, and how to choose."""
+    if zone_from in ZONE_FROM and any(i.plan.meta.has_sum and i.plan.hourly.count
+                                      for i in imports):
+        console.print(f"days are {zone.key} days ({ZONE_FROM[zone_from]}); --tz ZONE shows "
+                      "another zone's days", markup=False)
+
+
+def _emit(doc: dict) -> None:
+    """A --json document: plain JSON on stdout, nothing else there."""
+    import json
+
+    sys.stdout.write(_shown(json.dumps(doc, indent=2, ensure_ascii=False)) + "\n")
+    sys.stdout.flush()
 
 
 @contextmanager
@@ -239,15 +260,16 @@ def _status(text: str):
         yield
 
 
-def _chart(imports: list, zone: ZoneInfo, path: Path) -> None:
-    """Draw the chart, and say so only when one was drawn."""
+def _chart(imports: list, zone: ZoneInfo, path: Path, *, quiet: bool = False) -> None:
+    """Draw the chart, and say so only when one was drawn (on stderr under --json)."""
     from backdate.app import render
 
+    out = err_console if quiet else console
     if render.chart(imports, zone, str(path)):
-        console.print(f"chart written to {path}", markup=False)
+        out.print(f"chart written to {path}", markup=False)
     else:
-        console.print(f"no chart written to {path}: no hourly energy (sum) rows to draw",
-                      markup=False)
+        out.print(f"no chart written to {path}: no hourly energy (sum) rows to draw",
+                  markup=False)
 
 
 @app.command("plan")
@@ -287,9 +309,15 @@ def plan_cmd(
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
-            render.print_plans(console, imports, zone, all_days=days)
+            if as_json:
+                from backdate.services.documents import plan_document
+
+                _emit(plan_document(imports, zone, target.info().url, zone_from=opts.zone_from))
+            else:
+                render.print_plans(console, imports, zone, all_days=days)
+                _zone_note(imports, zone, opts.zone_from)
             if chart:
-                _chart(imports, zone, chart)
+                _chart(imports, zone, chart, quiet=as_json)
         finally:
             target.close()
 
@@ -329,9 +357,12 @@ def import_cmd(
     from backdate.app import render
     from backdate.app.importing import apply_imports
     from backdate.app.targets import backup_target
+    from backdate.services.documents import import_document
 
     with _errors():
         _use_token(token)
+        if as_json and not yes:
+            raise UsageError("--json needs --yes: a script cannot answer \"Write this?\"")
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
                         backup, start=start, end=end)
         if chart:
@@ -339,23 +370,38 @@ def import_cmd(
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
-            render.print_plans(console, imports, zone, all_days=days)
+            path = None
+
+            def document(written: list[str]) -> dict:
+                return import_document(imports, zone, target.info().url,
+                                       zone_from=opts.zone_from,
+                                       backup=str(path) if path else None, written=written)
+
+            if not as_json:
+                render.print_plans(console, imports, zone, all_days=days)
+                _zone_note(imports, zone, opts.zone_from)
             if chart:
-                _chart(imports, zone, chart)
+                _chart(imports, zone, chart, quiet=as_json)
             if all(item.plan.is_empty for item in imports):
-                console.print("nothing to write")
+                if as_json:
+                    _emit(document([]))
+                else:
+                    console.print("nothing to write")
                 return
             if not yes:
                 if not sys.stdin.isatty():
                     raise UsageError("not a terminal: add --yes to write without asking")
                 if not typer.confirm("Write this?", default=False):
+                    console.print("nothing written")
                     raise typer.Exit(1)
             if backup:
                 with _status("backing up"):
                     path = backup_target(to, target,
                                          [item.statistic_id for item in imports
                                           if not item.plan.is_empty])
-                if path:
+                if as_json:
+                    pass
+                elif path:
                     console.print(f"backup: {path}", markup=False)
                 else:
                     console.print("no backup on this path (Home Assistant's API): HA's own "
@@ -363,7 +409,10 @@ def import_cmd(
                                   "statistic first", markup=False)
             with _progress() as report:
                 done = apply_imports(target, imports, report)
-            render.print_done(console, imports, done)
+            if as_json:
+                _emit(document(done))
+            else:
+                render.print_done(console, imports, done)
         finally:
             target.close()
 
@@ -486,8 +535,14 @@ def restore_cmd(
             raise UsageError("restore writes Home Assistant's recorder database directly: give "
                              "its URL (sqlite:////path, mysql://..., postgresql://...); over "
                              "HA's API there is no backdate backup (HA's own backups hold it)")
-        restore_target(str(backup), to, force=force)
-        console.print(f"restored {to} from {backup}", markup=False)
+        result = restore_target(str(backup), to, force=force)
+        if as_json:
+            from backdate.domain.urls import mask_url
+            from backdate.services.documents import restore_document
+
+            _emit(restore_document(str(backup), mask_url(to), result))
+            return
+        console.print(_shown(f"restored {to} from {backup}"), markup=False)
 
 
 @app.command("demo")
@@ -573,6 +628,9 @@ def sync_cmd(
     with _errors():
         cfg = load_config(config)
         jobs = syncing.select_jobs(cfg, job)
+        if as_json and (verify or not once):
+            raise UsageError("--json goes with --once (the loop runs for ever; --verify "
+                             "prints a table)")
         if verify:
             code = 0
             for item in jobs:
@@ -586,7 +644,12 @@ def sync_cmd(
                 raise typer.Exit(code)
             return
         if once:
-            outcomes = syncing.run_once(cfg, jobs, wait=wait, on_outcome=render_outcome)
+            outcomes = syncing.run_once(cfg, jobs, wait=wait,
+                                        on_outcome=None if as_json else render_outcome)
+            if as_json:
+                from backdate.services.documents import sync_document
+
+                _emit(sync_document(outcomes))
             code = max((o.exit_code for o in outcomes), default=0)
             if code:
                 raise typer.Exit(code)

@@ -8,6 +8,7 @@ copy of a database Home Assistant made, and judges it with plain SQL and the pri
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -463,9 +464,10 @@ def test_10_sync_loop_says_when_it_runs_next(tmp_path: Path) -> None:
 LONG_ID = "backdate:house_energy_total_consumption_main_meter"
 
 
-def on_terminal(*args: object, columns: int = 80, cwd: Path | None = None
-                ) -> tuple[int, str, str]:
-    """The CLI with stdout on a pseudo-terminal of `columns` columns: what a user sees."""
+def on_terminal(*args: object, columns: int = 80, cwd: Path | None = None,
+                answer: str | None = None) -> tuple[int, str, str]:
+    """The CLI with stdout on a pseudo-terminal of `columns` columns: what a user sees; with
+    `answer`, stdin is the terminal too and gets that typed in."""
     import fcntl
     import pty
     import struct
@@ -475,8 +477,11 @@ def on_terminal(*args: object, columns: int = 80, cwd: Path | None = None
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "xterm"}
     proc = subprocess.Popen([*BACKDATE, *(str(a) for a in args)], stdout=slave,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+                            stderr=subprocess.PIPE, env=env, cwd=cwd,
+                            stdin=subprocess.DEVNULL if answer is None else slave)
     os.close(slave)
+    if answer is not None:
+        os.write(master, answer.encode())  # held by the terminal until the prompt reads it
     chunks = []
     while True:
         try:
@@ -525,3 +530,94 @@ def test_12_inspect_names_zone_filter_and_did_you_mean(db: Path, tmp_path: Path)
     proc = run("inspect", db, "--filter", "backdate.garage")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "did you mean backdate:garage" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------- 13: what the output tells you
+
+
+def test_13_no_at_the_prompt_says_nothing_written(db: Path, tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text(CSV, encoding="utf-8")
+    before = digest(db)
+    code, out, err = on_terminal("import", data, "--to", db, answer="n\n")
+    assert code == 1, out + err
+    assert "Write this?" in out and "nothing written" in out, out
+    assert digest(db) == before and not list(tmp_path.glob("*.bak"))
+
+
+def test_13_chart_and_day_zone_are_stated(db: Path, tmp_path: Path) -> None:
+    temps = tmp_path / "outdoor.csv"
+    temps.write_text("start,value\n2024-01-01T00:00:00Z,1.5\n2024-01-01T01:00:00Z,2.5\n",
+                     encoding="utf-8")
+    png = tmp_path / "days.png"
+    proc = run("plan", temps, "--kind", "mean", "--unit", "°C", "--to", db, "--chart", png)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not re.search(r"(?m)^chart written", proc.stdout), proc.stdout
+    assert "no chart written" in proc.stdout, proc.stdout
+    assert not png.exists()
+    data = tmp_path / "in.csv"
+    data.write_text(CSV, encoding="utf-8")
+    proc = run("plan", data, "--to", db, "--chart", png, env={"TZ": "UTC"})
+    assert proc.returncode == 0 and f"chart written to {png}" in proc.stdout, proc.stdout
+    assert png.read_bytes().startswith(b"\x89PNG")
+    # Z times and no --tz: the day table says whose days it shows and how to choose.
+    assert "days are UTC days (this machine's zone); --tz ZONE" in proc.stdout, proc.stdout
+    proc = run("plan", data, "--to", db, "--tz", "Europe/Vienna")
+    assert "days are" not in proc.stdout and "Europe/Vienna" in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------------------ 14: --json shapes
+
+
+def test_14_json_of_plan_import_sync_and_restore(tmp_path: Path) -> None:
+    db = copy_fixture(53, tmp_path, "ha.db")
+    data = tmp_path / "in.csv"
+    data.write_text(CSV, encoding="utf-8")
+    before = digest(db)
+    proc = run("plan", data, "--to", db, "--tz", "Europe/Vienna", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert (doc["format"], doc["command"], doc["time_zone"]) == (1, "plan", "Europe/Vienna")
+    assert doc["target"] == f"sqlite:///{db}" and doc["nothing_to_write"] is False
+    [stat] = doc["statistics"]
+    assert (stat["statistic_id"], stat["exists"], stat["unit"], stat["type"]) == (
+        "backdate:in", False, "kWh", "sum")
+    assert stat["input"] == {"source": str(data), "readings": 2, "kind": "delta", "unit": "kWh"}
+    assert stat["hourly"]["new"] == 2 and stat["hourly"]["rows"] == 2
+    assert sum(day["after"] for day in stat["days"]) == pytest.approx(3.0)
+    assert {seam["closed"] for seam in stat["seams"]} <= {True}
+    assert digest(db) == before
+    # import --json needs --yes (a script cannot answer), then says what it wrote.
+    proc = run("import", data, "--to", db, "--json", cwd=tmp_path)
+    assert proc.returncode == 2 and not proc.stdout, proc.stdout + proc.stderr
+    proc = run("import", data, "--to", db, "--json", "--yes", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["command"] == "import" and doc["written"] == ["backdate:in"]
+    assert doc["backup"] and Path(doc["backup"]).is_file()
+    again = json.loads(run("import", data, "--to", db, "--json", "--yes", cwd=tmp_path).stdout)
+    assert again["nothing_to_write"] is True and again["written"] == []
+    # restore --json
+    proc = run("restore", doc["backup"], "--to", db, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    restored = json.loads(proc.stdout)
+    assert (restored["command"], restored["restored"], restored["backup"]) == (
+        "restore", True, doc["backup"])
+    assert digest(db) == before
+    # sync --once --json
+    (tmp_path / "meter.csv").write_text(recent_csv(), encoding="utf-8")
+    toml = tmp_path / "backdate.toml"
+    toml.write_text('[sync]\nstate_file = "sync.db"\n[[sync.jobs]]\nname = "house"\n'
+                    'source = "meter.csv"\ntargets = ["ha.db"]\n'
+                    'statistic_id = "backdate:house"\n', encoding="utf-8")
+    proc = run("sync", "--config", toml, "--once", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    [job] = doc["jobs"]
+    assert (doc["command"], doc["exit_code"], job["job"], job["status"]) == (
+        "sync", 0, "house", "ok")
+    assert job["read"] == 6 and job["targets"][0]["target"] == f"sqlite:///{db}"
+    assert job["targets"][0]["error"] is None and re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", job["started"])
+    proc = run("sync", "--config", toml, "--json", cwd=tmp_path)
+    assert proc.returncode == 2 and not proc.stdout, proc.stdout + proc.stderr

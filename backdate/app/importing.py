@@ -53,6 +53,8 @@ class ImportOptions:
     # --start/--end as given: without --tz, a naive bound means the remote source's own local
     # time where it has one (a Wiener Netze day is a Vienna day), else UTC.
     bounds_text: tuple[str | None, str | None] = (None, None)
+    # Where report_tz came from: "tz_option", "home_assistant" or "machine" (for the report).
+    zone_from: str = "machine"
 
 
 @dataclass(slots=True)
