@@ -621,3 +621,56 @@ def test_14_json_of_plan_import_sync_and_restore(tmp_path: Path) -> None:
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", job["started"])
     proc = run("sync", "--config", toml, "--json", cwd=tmp_path)
     assert proc.returncode == 2 and not proc.stdout, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------- the README's "Using it", followed literally
+
+
+def readme_commands() -> list[str]:
+    """The commands of the first sh block under "## Using it", continuation lines joined."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Using it", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_using_it_from_another_directory(tmp_path: Path) -> None:
+    """A user whose HA config is not at /config: the README's /config/ becomes their own
+    absolute config directory; the commands run from their home directory, not from /."""
+    import shlex
+
+    config = tmp_path / "config"
+    config.mkdir()
+    db = copy_fixture(53, config, "home-assistant_v2.db")
+    home = tmp_path / "home"
+    home.mkdir()
+    hours = [f"2024-01-{d:02d} {h:02d}:00" for d in (1, 2) for h in range(24)]
+    (home / "meter.csv").write_text(
+        "start,kwh\n" + "".join(f"{t},0.25\n" for t in hours), encoding="utf-8")
+    (home / "quarter_hours.csv").write_text("start,value\n" + "".join(
+        f"2024-02-01T{h:02d}:{m:02d}:00+01:00,{100 + m}\n" for h in range(6)
+        for m in (0, 15, 30, 45)), encoding="utf-8")
+    (home / "readings.csv").write_text("time,reading\n" + "".join(
+        f"2024-03-01T{h:02d}:00:00Z,{1000 + 2 * h}\n" for h in range(12)), encoding="utf-8")
+    (home / "outdoor.csv").write_text("time,value\n" + "".join(
+        f"2024-03-01T{h:02d}:00:00Z,{h / 2 - 1}\n" for h in range(12)), encoding="utf-8")
+    commands = readme_commands()
+    assert commands and all(c.startswith("backdate ") for c in commands), commands
+    assert any(c.startswith("backdate restore") for c in commands)
+    for command in commands:
+        command = command.replace("/config/", f"{config}/")
+        args = shlex.split(command)[1:]
+        if args[0] == "restore":  # the user names the backup their import made
+            newest = max(config.glob("home-assistant_v2.db.backdate-*.bak"),
+                         key=lambda p: p.stat().st_mtime)
+            args[1] = str(newest)
+        proc = run(*args, cwd=home)
+        assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
+    assert (home / "days.png").read_bytes().startswith(b"\x89PNG")
+    exported = (home / "house.csv").read_text(encoding="utf-8").splitlines()
+    assert len(exported) == 1 + 6, exported  # the header and six hours of quarter-hours
+    ids = {r[0] for r in sql(db, "SELECT statistic_id FROM statistics_meta")}
+    assert {"backdate:meter", "backdate:house", "backdate:readings"} <= ids, ids
+    assert not (home / "config").exists()
