@@ -535,7 +535,9 @@ _SECRET_ENV = re.compile(r"(TOKEN|PASSWORD|SECRET|API_KEY|_KEY$)")
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """Values of the environment's secrets (HA_TOKEN, INFLUXDB_TOKEN, WNSM_PASSWORD, ...): no
-    message or log line may show them, whatever library put them there."""
+    message or log line may show them, whatever library put them there. Names of files
+    holding secrets (REFRESH_TOKEN_FILE) are paths a message must show."""
     env = os.environ if env is None else env
     return [value.strip() for name, value in env.items()
-            if _SECRET_ENV.search(name.upper()) and value.strip()]
+            if _SECRET_ENV.search(name.upper()) and value.strip()
+            and not name.upper().endswith(("_FILE", "_URL", "_PATH", "_DIR"))]

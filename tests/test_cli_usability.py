@@ -194,6 +194,23 @@ def test_15_no_password_or_token_in_any_output(db: Path, tmp_path: Path) -> None
         assert "Traceback" not in out, (args, out)
 
 
+def test_15_the_one_masker() -> None:
+    from backdate.domain.urls import mask_text, mask_url
+
+    for kept in ("sqlite:////config/home-assistant_v2.db", "sqlite:///ha.db", "/data/x.csv",
+                 "wnsm:AT001?auth=api&client_id=c1", "mqtt://broker:1883",
+                 "influxdb://me@h:8086/db?measurement=m"):
+        assert mask_url(kept) == kept
+    assert mask_url(f"http://user:{PASSWORD}@ha:8123") == "http://user:***@ha:8123"
+    assert mask_url(f"influxdb://u:{PASSWORD}@h/db?p={PASSWORD}&field=f") == (
+        "influxdb://u:***@h/db?p=***&field=f")
+    assert mask_url(f"wnsm:AT1?client_secret={PASSWORD}&api_key=K&x=1") == (
+        "wnsm:AT1?client_secret=***&api_key=***&x=1")
+    text = mask_text(f"cannot reach postgresql://pg:{PASSWORD}@db/ha: token {TOKEN} refused",
+                     [TOKEN, "abc"])
+    assert text == "cannot reach postgresql://pg:***@db/ha: token *** refused", text
+
+
 # ------------------------------------------------ 9: no traceback, missing packages named
 
 BLOCKER = """

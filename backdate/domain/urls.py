@@ -54,6 +54,7 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     """A message with every URL in it masked and every known secret value (tokens from the
     command line or the environment) replaced by `***`."""
     text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+    # Very short values (a 3-letter "password") would blank out ordinary words.
+    for secret in sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
