@@ -547,6 +547,8 @@ def test_12_inspect_names_zone_filter_and_did_you_mean(db: Path, tmp_path: Path)
     proc = run("inspect", db, "--filter", "backdate.garage")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "did you mean backdate:garage" in proc.stderr, proc.stderr
+    proc = run("export", db, "--statistic-id", "backdate:garag")
+    assert proc.returncode == 1 and "did you mean backdate:garage" in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------- 13: what the output tells you
