@@ -153,6 +153,15 @@ def _errors():
         from backdate.errors import missing_package
 
         _fail(missing_package(err))
+    except OSError as err:  # a path the user named (--dir, -o) that cannot be used
+        from backdate.errors import InputError, TargetError
+
+        where = err.filename if isinstance(err.filename, str) else None
+        problem = err.strerror or type(err).__name__
+        path_problem = isinstance(err, (FileNotFoundError, NotADirectoryError,
+                                        IsADirectoryError, PermissionError, FileExistsError))
+        _fail(InputError(problem, path=where) if path_problem
+              else TargetError(f"{where}: {problem}" if where else problem))
 
 
 def _zone(tz: str | None) -> ZoneInfo:

@@ -275,7 +275,8 @@ def test_9_no_traceback_for_any_broken_argument(db: Path, tmp_path: Path) -> Non
     missing = tmp_path / "missing.csv"
     toml = tmp_path / "backdate.toml"
     toml.write_text('[[sync.jobs]]\nname = "j"\nsource = "in.csv"\n'
-                    f'targets = ["{target}"]\nstatistic_id = "backdate:j"\n', encoding="utf-8")
+                    'targets = ["ftp://example.org/x"]\nstatistic_id = "backdate:j"\n',
+                    encoding="utf-8")
     broken = {
         "missing file": {
             "plan": ["plan", missing, "--to", target],
@@ -284,6 +285,9 @@ def test_9_no_traceback_for_any_broken_argument(db: Path, tmp_path: Path) -> Non
             "export": ["export", f"sqlite:///{tmp_path}/nope.db", "--statistic-id", "a:b"],
             "restore": ["restore", tmp_path / "nope.bak", "--to", target],
             "sync": ["sync", "--config", tmp_path / "nope.toml", "--once"],
+            "demo": ["demo", "--dir", data / "demo"],  # under a file
+            "export -o": ["export", target, "--statistic-id", "backdate:in", "-o",
+                          tmp_path / "nope" / "out.csv"],
         },
         "bad URL": {
             "plan": ["plan", data, "--to", "sqlite:/x"],
@@ -292,6 +296,7 @@ def test_9_no_traceback_for_any_broken_argument(db: Path, tmp_path: Path) -> Non
             "export": ["export", "postgresql://:x@/", "--statistic-id", "a:b"],
             "restore": ["restore", data, "--to", "http://[::1"],
             "plan-source": ["plan", "influxdb://h:notaport/db", "--to", target],
+            "sync": ["sync", "--config", toml, "--once"],
         },
         "bad --tz": {
             "plan": ["plan", data, "--to", target, "--tz", "Mars/Base"],
@@ -309,6 +314,7 @@ def test_9_no_traceback_for_any_broken_argument(db: Path, tmp_path: Path) -> Non
             for name in ("plan", "import", "inspect", "export", "restore", "demo", "sync")
         },
     }
+    backdate("import", data, "--to", target, "--yes", "--no-backup")
     before = digest(db)
     for kind, commands in broken.items():
         for name, args in commands.items():
