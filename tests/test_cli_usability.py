@@ -463,20 +463,23 @@ def test_10_sync_loop_says_when_it_runs_next(tmp_path: Path) -> None:
                     f'targets = ["{db}"]\nstatistic_id = "backdate:house"\n', encoding="utf-8")
     env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
     loop = subprocess.Popen([*BACKDATE, "sync", "--config", str(toml)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
+    assert loop.stdout is not None
+    out = b""
     try:
+        import select
+
         deadline = time.monotonic() + 60
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            line = loop.stdout.readline() if loop.stdout else ""
-            if not line:
-                break
-            lines.append(line)
-            if "next run" in line:
-                break
-        assert any(re.search(r"job house: next run at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ "
-                             r"\(in 120 min\)", line) for line in lines), lines
+        while b"next run" not in out and time.monotonic() < deadline:
+            if select.select([loop.stdout], [], [], 1.0)[0]:
+                data = os.read(loop.stdout.fileno(), 65536)
+                if not data:
+                    break
+                out += data
+        text = out.decode()
+        assert re.search(r"job house: ok, .*\n.*job house: next run at "
+                         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(in 120 min\)", text, re.S), text
     finally:
         loop.send_signal(signal.SIGTERM)
         loop.communicate(timeout=30)
@@ -505,8 +508,17 @@ def on_terminal(*args: object, columns: int = 80, cwd: Path | None = None,
     os.close(slave)
     if answer is not None:
         os.write(master, answer.encode())  # held by the terminal until the prompt reads it
+    import select
+    import time
+
     chunks = []
-    while True:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
         try:
             data = os.read(master, 65536)
         except OSError:  # EIO: the child closed the terminal
@@ -514,6 +526,8 @@ def on_terminal(*args: object, columns: int = 80, cwd: Path | None = None,
         if not data:
             break
         chunks.append(data)
+    else:
+        proc.kill()
     os.close(master)
     _, err = proc.communicate(timeout=120)
     text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
