@@ -354,6 +354,14 @@ def test_8_plain_paths_and_the_relative_url_hint(db: Path, tmp_path: Path) -> No
     assert proc.returncode == 3 and "nope.db" in proc.stderr, proc.stderr
 
 
+def test_8_demo_hints_the_absolute_url(tmp_path: Path) -> None:
+    proc = run("demo", "--dir", "demo", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"backdate inspect sqlite:///{tmp_path}/demo/home-assistant_v2.db" in proc.stdout, (
+        proc.stdout)
+    assert not RELATIVE_SQLITE.findall(proc.stdout), proc.stdout
+
+
 def test_8_every_sqlite_example_is_absolute() -> None:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert not RELATIVE_SQLITE.findall(readme), [

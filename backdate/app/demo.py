@@ -57,7 +57,7 @@ def run_demo(directory: Path, console: Console) -> None:
                   markup=False)
     from backdate.app.targets import open_target
 
-    url = f"sqlite:///{db}"
+    url = f"sqlite:///{db.resolve()}"  # the absolute form, usable from any directory
     opts = ImportOptions(statistic_id=STATISTIC, name="Demo house", tz=DEMO_ZONE,
                          report_tz=DEMO_ZONE)
     target = open_target(url)
@@ -73,4 +73,5 @@ def run_demo(directory: Path, console: Console) -> None:
     finally:
         target.close()
     console.print(f"imported in {elapsed:.2f} s; chart: {chart}", markup=False)
-    console.print(f"look inside: backdate inspect {url}", markup=False)
+    console.print(f"look inside: backdate inspect {url}", markup=False,
+                  soft_wrap=True)  # a command to copy: never broken across lines
