@@ -275,10 +275,10 @@ def _chart(imports: list, zone: ZoneInfo, path: Path, *, quiet: bool = False) ->
 
     out = err_console if quiet else console
     if render.chart(imports, zone, str(path)):
-        out.print(f"chart written to {path}", markup=False)
+        out.print(f"chart written to {path}", markup=False, soft_wrap=True)
     else:
         out.print(f"no chart written to {path}: no hourly energy (sum) rows to draw",
-                  markup=False)
+                  markup=False, soft_wrap=True)
 
 
 @app.command("plan")
@@ -411,7 +411,7 @@ def import_cmd(
                 if as_json:
                     pass
                 elif path:
-                    console.print(f"backup: {path}", markup=False)
+                    console.print(f"backup: {path}", markup=False, soft_wrap=True)
                 else:
                     console.print("no backup on this path (Home Assistant's API): HA's own "
                                   "backups hold its database; `backdate export` saves a "
