@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from backdate.errors import BackdateError, UsageError
+from backdate.errors import BackdateError, UsageError, require
 from backdate.models import Kind
 
 if TYPE_CHECKING:
@@ -25,9 +25,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="backdate",
-    help="Put energy and sensor history into Home Assistant at the right time.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 def _console(stderr: bool = False) -> Console:
@@ -40,38 +39,88 @@ def _console(stderr: bool = False) -> Console:
 console = _console()
 err_console = _console(stderr=True)
 
-TargetArg = Annotated[str, typer.Option("--to", help="Target: sqlite:///path/home-assistant_v2.db, "
-                                        "mysql://..., postgresql://..., or http(s)://host:8123 "
-                                        "(HA's API; --token or HA_TOKEN)")]
-Sources = Annotated[list[str], typer.Argument(help="Input files (CSV, TSV, JSON), or remote "
-                                             "sources: influxdb://..., influxdb2://..., "
-                                             "wnsm:..., wattivahti:... (README).")]
-Start = Annotated[str | None, typer.Option("--start", help="Remote sources: first time to read "
-                                           "(ISO time or date; naive in --tz, else UTC).")]
-End = Annotated[str | None, typer.Option("--end", help="Remote sources: end of the range to "
-                                         "read (exclusive; default now).")]
-StatId = Annotated[str | None, typer.Option("--statistic-id", help="Statistic to write, e.g. "
-                                            "backdate:house or sensor.energy (default: "
-                                            "backdate:<file name>).")]
-Name = Annotated[str | None, typer.Option("--name", help="Display name of a new statistic.")]
-KindOpt = Annotated[Kind | None, typer.Option("--kind", help="delta: amount per interval; "
-                                              "cumulative: meter value; power: rate; mean: "
-                                              "measurement.", case_sensitive=False)]
-Unit = Annotated[str | None, typer.Option("--unit", help="Unit of the input values (default kWh; "
-                                          "W for power).")]
-Tz = Annotated[str | None, typer.Option("--tz", help="Time zone of naive times in the input, "
-                                        "e.g. Europe/Vienna; also the zone of the day table.")]
-TimeCol = Annotated[str | None, typer.Option("--time-column", help="Name of the time column.")]
-ValueCol = Annotated[str | None, typer.Option("--value-column", help="Name of the value column.")]
-ShortTerm = Annotated[bool, typer.Option("--short-term/--no-short-term",
-                                         help="Also write 5-minute rows inside HA's short-term "
-                                         "retention (last --short-term-days days).")]
-Chart = Annotated[Path | None, typer.Option("--chart", help="Draw the days before and after "
-                                            "into this PNG file.")]
-Days = Annotated[bool, typer.Option("--days", help="List every day even for long imports.")]
-Token = Annotated[str | None, typer.Option("--token", help="Long-lived access token for an "
-                                           "http(s):// target (default: $HA_TOKEN).",
-                                           show_default=False)]
+# Help panels: every option sits in one of these, in this order on every command.
+INPUT, TARGET, SAFETY, OUTPUT = "Input", "Target", "Safety", "Output"
+
+TargetArg = Annotated[str, typer.Option(
+    "--to", metavar="TARGET", rich_help_panel=TARGET,
+    help="HA's recorder database (sqlite:////abs/path.db, a plain file path, mysql://..., "
+    "postgresql://...) or HA itself (http(s)://host:8123, with --token).")]
+Sources = Annotated[list[str], typer.Argument(
+    metavar="SOURCE", show_default=False,
+    help="Files (CSV, TSV, JSON) or remote sources (influxdb://..., influxdb2://..., wnsm:..., "
+    "wattivahti:...).")]
+Start = Annotated[str | None, typer.Option(
+    "--start", metavar="TIME", rich_help_panel=INPUT,
+    help="Remote sources: first time to read (ISO time or date; naive in --tz).")]
+End = Annotated[str | None, typer.Option(
+    "--end", metavar="TIME", rich_help_panel=INPUT,
+    help="Remote sources: end of the range (exclusive; default now).")]
+StatId = Annotated[str | None, typer.Option(
+    "--statistic-id", metavar="ID", rich_help_panel=TARGET,
+    help="Statistic to write, e.g. backdate:house or sensor.energy (default: "
+    "backdate:<file name>).")]
+Name = Annotated[str | None, typer.Option("--name", metavar="TEXT", rich_help_panel=TARGET,
+                                          help="Display name of a new statistic.")]
+KindOpt = Annotated[Kind | None, typer.Option(
+    "--kind", metavar="KIND", case_sensitive=False, rich_help_panel=INPUT,
+    help="delta (amount per interval), cumulative (meter value), power (rate) or mean "
+    "(measurement).")]
+Unit = Annotated[str | None, typer.Option(
+    "--unit", metavar="UNIT", rich_help_panel=INPUT,
+    help="Unit of the input values (default kWh; W for power).")]
+Tz = Annotated[str | None, typer.Option(
+    "--tz", metavar="ZONE", rich_help_panel=INPUT,
+    help="Zone of naive times in the input, e.g. Europe/Vienna; also the zone of the day "
+    "table.")]
+TimeCol = Annotated[str | None, typer.Option("--time-column", metavar="NAME",
+                                             rich_help_panel=INPUT,
+                                             help="Name of the time column.")]
+ValueCol = Annotated[str | None, typer.Option("--value-column", metavar="NAME",
+                                              rich_help_panel=INPUT,
+                                              help="Name of the value column.")]
+ShortTerm = Annotated[bool, typer.Option(
+    "--short-term/--no-short-term", rich_help_panel=TARGET, metavar="",
+    help="Also write 5-minute rows for the last 10 days (HA's short-term retention).")]
+Chart = Annotated[Path | None, typer.Option(
+    "--chart", metavar="FILE.png", rich_help_panel=OUTPUT,
+    help="Draw the days before and after into this PNG file (needs backdate\\[chart]).")]
+Days = Annotated[bool, typer.Option("--days", rich_help_panel=OUTPUT, metavar="",
+                                    help="List every day, even for long imports.")]
+Token = Annotated[str | None, typer.Option(
+    "--token", metavar="TOKEN", show_default=False, rich_help_panel=TARGET,
+    help="Long-lived access token for an http(s):// target (default: $HA_TOKEN).")]
+Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, metavar="",
+                                    help="One JSON document on stdout (README: shapes).")]
+DatabaseArg = Annotated[str, typer.Argument(
+    metavar="TARGET", show_default=False,
+    help="sqlite:////abs/path.db, a plain file path, mysql://..., postgresql://..., or "
+    "http(s)://host:8123 (with --token).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("backdate")
+        except PackageNotFoundError:
+            number = "unknown"
+        console.print(f"backdate {number}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, metavar="",
+        help="Show the version and exit.")] = False,
+) -> None:
+    """Put energy and sensor history into Home Assistant at the right time.
+
+    Exit codes: 0 done, 1 invalid input or refused (nothing written), 2 usage error, 3 target
+    unreachable or failed.
+    """
 
 
 def _use_token(token: str | None) -> None:
@@ -80,8 +129,17 @@ def _use_token(token: str | None) -> None:
         os.environ["HA_TOKEN"] = token
 
 
+def _shown(text: str) -> str:
+    """Every message passes the one masker: no password in a URL, no token, ever."""
+    from backdate.config import secret_values
+    from backdate.domain.urls import mask_text
+
+    return mask_text(text, secret_values())
+
+
 def _fail(err: BackdateError) -> None:
-    err_console.print(Text.assemble(("error: ", "bold red"), str(err)))
+    err_console.print(Text.assemble(("error: ", "bold red"), _shown(str(err))),
+                      soft_wrap=True)  # one line, whole paths: the terminal wraps it
     raise typer.Exit(err.exit_code)
 
 
@@ -91,6 +149,19 @@ def _errors():
         yield
     except BackdateError as err:
         _fail(err)
+    except ImportError as err:  # an optional package missing where nothing checked it first
+        from backdate.errors import missing_package
+
+        _fail(missing_package(err))
+    except OSError as err:  # a path the user named (--dir, -o) that cannot be used
+        from backdate.errors import InputError, TargetError
+
+        where = err.filename if isinstance(err.filename, str) else None
+        problem = err.strerror or type(err).__name__
+        path_problem = isinstance(err, (FileNotFoundError, NotADirectoryError,
+                                        IsADirectoryError, PermissionError, FileExistsError))
+        _fail(InputError(problem, path=where) if path_problem
+              else TargetError(f"{where}: {problem}" if where else problem))
 
 
 def _zone(tz: str | None) -> ZoneInfo:
@@ -137,13 +208,34 @@ def _plan(sources, target_url, opts):
     with _progress() as report:
         series = read_sources(sources, opts, report)
     target = open_target(target_url)
+    opts.zone_from = "tz_option" if opts.tz else "machine"
     if opts.tz is None:  # the day table in HA's own zone where the target knows it
         zone = target.info().time_zone
         if zone:
             opts.report_tz = zone
+            opts.zone_from = "home_assistant"
     with _status("planning"):
         imports = plan_imports(target, series, opts)
     return target, imports
+
+
+ZONE_FROM = {"home_assistant": "Home Assistant's zone", "machine": "this machine's zone"}
+
+
+def _zone_note(imports: list, zone: ZoneInfo, zone_from: str) -> None:
+    """Without --tz the days are some zone's days: say whose, and how to choose."""
+    if zone_from in ZONE_FROM and any(i.plan.meta.has_sum and i.plan.hourly.count
+                                      for i in imports):
+        console.print(f"days are {zone.key} days ({ZONE_FROM[zone_from]}); --tz ZONE shows "
+                      "another zone's days", markup=False)
+
+
+def _emit(doc: dict) -> None:
+    """A --json document: plain JSON on stdout, nothing else there."""
+    import json
+
+    sys.stdout.write(_shown(json.dumps(doc, indent=2, ensure_ascii=False)) + "\n")
+    sys.stdout.flush()
 
 
 @contextmanager
@@ -171,33 +263,49 @@ def _progress():
 def _status(text: str):
     """A live status line on a terminal; nothing when output is piped."""
     if console.is_terminal:
-        with console.status(f"{text}…"):
+        with console.status(f"{text}..."):
             yield
     else:
         yield
 
 
+def _chart(imports: list, zone: ZoneInfo, path: Path, *, quiet: bool = False) -> None:
+    """Draw the chart, and say so only when one was drawn (on stderr under --json)."""
+    from backdate.app import render
+
+    out = err_console if quiet else console
+    if render.chart(imports, zone, str(path)):
+        out.print(f"chart written to {path}", markup=False, soft_wrap=True)
+    else:
+        out.print(f"no chart written to {path}: no hourly energy (sum) rows to draw",
+                  markup=False, soft_wrap=True)
+
+
 @app.command("plan")
 def plan_cmd(
     sources: Sources,
-    to: TargetArg,
-    statistic_id: StatId = None,
-    name: Name = None,
+    tz: Tz = None,
     kind: KindOpt = None,
     unit: Unit = None,
-    tz: Tz = None,
     time_column: TimeCol = None,
     value_column: ValueCol = None,
-    short_term: ShortTerm = True,
-    chart: Chart = None,
-    days: Days = False,
-    token: Token = None,
     start: Start = None,
     end: End = None,
+    to: TargetArg = ...,  # type: ignore[assignment]
+    statistic_id: StatId = None,
+    name: Name = None,
+    short_term: ShortTerm = True,
+    token: Token = None,
+    days: Days = False,
+    chart: Chart = None,
+    as_json: Json = False,
 ) -> None:
     """Show what an import would write, and the days and seams it changes. Writes nothing.
 
-    Example: backdate plan meter.csv --to sqlite:///config/home-assistant_v2.db --tz Europe/Vienna
+    Example:
+
+        backdate plan meter.csv --tz Europe/Vienna \\
+            --to sqlite:////config/home-assistant_v2.db
     """
     from backdate.app import render
 
@@ -205,13 +313,20 @@ def plan_cmd(
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
                         start=start, end=end)
+        if chart:
+            require("matplotlib", "--chart")
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
-            render.print_plans(console, imports, zone, all_days=days)
+            if as_json:
+                from backdate.services.documents import plan_document
+
+                _emit(plan_document(imports, zone, target.info().url, zone_from=opts.zone_from))
+            else:
+                render.print_plans(console, imports, zone, all_days=days)
+                _zone_note(imports, zone, opts.zone_from)
             if chart:
-                render.chart(imports, zone, str(chart))
-                console.print(f"chart written to {chart}", markup=False)
+                _chart(imports, zone, chart, quiet=as_json)
         finally:
             target.close()
 
@@ -219,119 +334,170 @@ def plan_cmd(
 @app.command("import")
 def import_cmd(
     sources: Sources,
-    to: TargetArg,
-    statistic_id: StatId = None,
-    name: Name = None,
+    tz: Tz = None,
     kind: KindOpt = None,
     unit: Unit = None,
-    tz: Tz = None,
     time_column: TimeCol = None,
     value_column: ValueCol = None,
-    short_term: ShortTerm = True,
-    backup: Annotated[bool, typer.Option("--backup/--no-backup",
-                                         help="Back up first: SQLite, the whole file (backup "
-                                         "API); MariaDB/PostgreSQL, the affected statistics' "
-                                         "rows to backdate-backup-<time>.jsonl.")] = True,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
-    chart: Chart = None,
-    days: Days = False,
-    token: Token = None,
     start: Start = None,
     end: End = None,
+    to: TargetArg = ...,  # type: ignore[assignment]
+    statistic_id: StatId = None,
+    name: Name = None,
+    short_term: ShortTerm = True,
+    token: Token = None,
+    backup: Annotated[bool, typer.Option(
+        "--backup/--no-backup", rich_help_panel=SAFETY, metavar="",
+        help="Back up first: SQLite, the whole file; MariaDB/PostgreSQL, the statistics' "
+        "rows (backdate-backup-<time>.jsonl).")] = True,
+    yes: Annotated[bool, typer.Option("--yes", "-y", rich_help_panel=SAFETY, metavar="",
+                                      help="Write without asking.")] = False,
+    days: Days = False,
+    chart: Chart = None,
+    as_json: Json = False,
 ) -> None:
     """Import readings into Home Assistant's statistics: plan, back up, write, verify.
 
-    Example: backdate import meter.csv --to sqlite:///config/home-assistant_v2.db --yes
+    Example:
+
+        backdate import meter.csv --tz Europe/Vienna --yes \\
+            --to sqlite:////config/home-assistant_v2.db
     """
     from backdate.app import render
     from backdate.app.importing import apply_imports
     from backdate.app.targets import backup_target
+    from backdate.services.documents import import_document
 
     with _errors():
         _use_token(token)
+        if as_json and not yes:
+            raise UsageError("--json needs --yes: a script cannot answer \"Write this?\"")
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
                         backup, start=start, end=end)
+        if chart:
+            require("matplotlib", "--chart")
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
-            render.print_plans(console, imports, zone, all_days=days)
+            path = None
+
+            def document(written: list[str]) -> dict:
+                return import_document(imports, zone, target.info().url,
+                                       zone_from=opts.zone_from,
+                                       backup=str(path) if path else None, written=written)
+
+            if not as_json:
+                render.print_plans(console, imports, zone, all_days=days)
+                _zone_note(imports, zone, opts.zone_from)
             if chart:
-                render.chart(imports, zone, str(chart))
+                _chart(imports, zone, chart, quiet=as_json)
             if all(item.plan.is_empty for item in imports):
-                console.print("nothing to write")
+                if as_json:
+                    _emit(document([]))
+                else:
+                    console.print("nothing to write")
                 return
             if not yes:
                 if not sys.stdin.isatty():
                     raise UsageError("not a terminal: add --yes to write without asking")
                 if not typer.confirm("Write this?", default=False):
+                    console.print("nothing written")
                     raise typer.Exit(1)
             if backup:
                 with _status("backing up"):
                     path = backup_target(to, target,
                                          [item.statistic_id for item in imports
                                           if not item.plan.is_empty])
-                if path:
-                    console.print(f"backup: {path}", markup=False)
+                if as_json:
+                    pass
+                elif path:
+                    console.print(f"backup: {path}", markup=False, soft_wrap=True)
                 else:
                     console.print("no backup on this path (Home Assistant's API): HA's own "
                                   "backups hold its database; `backdate export` saves a "
                                   "statistic first", markup=False)
             with _progress() as report:
                 done = apply_imports(target, imports, report)
-            render.print_done(console, imports, done)
+            if as_json:
+                _emit(document(done))
+            else:
+                render.print_done(console, imports, done)
         finally:
             target.close()
 
 
 @app.command("inspect")
 def inspect_cmd(
-    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://...")],
-    energy: Annotated[bool, typer.Option("--energy", help="Only statistics the Energy dashboard "
-                                         "can use (sums in energy or volume units).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    target: DatabaseArg,
     token: Token = None,
+    pattern: Annotated[str | None, typer.Option(
+        "--filter", metavar="PATTERN", rich_help_panel=OUTPUT,
+        help="Only statistics whose id or name matches, e.g. 'sensor.*energy*'.")] = None,
+    energy: Annotated[bool, typer.Option(
+        "--energy", rich_help_panel=OUTPUT, metavar="",
+        help="Only statistics the Energy dashboard can use (sums of energy or volume).")
+    ] = False,
+    tz: Annotated[str | None, typer.Option(
+        "--tz", metavar="ZONE", rich_help_panel=OUTPUT,
+        help="Zone of the times shown (default: HA's zone where known, else this machine's).")
+    ] = None,
+    as_json: Json = False,
 ) -> None:
     """List every statistic a database holds, with row counts, ranges and problems.
 
-    Example: backdate inspect sqlite:///config/home-assistant_v2.db --energy
+    Example:
+
+        backdate inspect sqlite:////config/home-assistant_v2.db --energy
     """
     from backdate.app import render
     from backdate.app.targets import open_target
+    from backdate.services.inspecting import select_statistics
 
     with _errors():
         _use_token(token)
+        zone = _zone(tz) if tz else None
         tgt = open_target(target)
         try:
             info = tgt.info()
             summaries = tgt.list_statistics()
         finally:
             tgt.close()
-        if energy:
-            from backdate.engine.units import unit_class
-
-            summaries = [s for s in summaries if s.meta.has_sum and unit_class(
-                s.meta.unit_of_measurement) in ("energy", "volume")]
-        render.print_inspect(console, info, summaries, as_json=as_json)
+        summaries = select_statistics(summaries, pattern=pattern, energy=energy, where=info.url)
+        if zone is None:  # the zone plan's day table uses
+            zone = ZoneInfo(info.time_zone) if info.time_zone else _local_zone()
+        render.print_inspect(console, info, summaries, as_json=as_json, tz=zone)
 
 
 @app.command("export")
 def export_cmd(
-    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://...")],
-    statistic_id: Annotated[str, typer.Option("--statistic-id", help="Statistic to export.")],
-    start: Annotated[str | None, typer.Option("--start", help="First hour (ISO time or date).")
-                     ] = None,
-    end: Annotated[str | None, typer.Option("--end", help="End (exclusive).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv, json or klausj1.")] = "csv",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default stdout).")
-                      ] = None,
-    tz: Tz = None,
-    short_term: Annotated[bool, typer.Option("--short-term", help="Export 5-minute rows.")
-                          ] = False,
+    target: DatabaseArg,
+    statistic_id: Annotated[str, typer.Option("--statistic-id", metavar="ID",
+                                              rich_help_panel=INPUT,
+                                              help="Statistic to export.")],
+    start: Annotated[str | None, typer.Option(
+        "--start", metavar="TIME", rich_help_panel=INPUT,
+        help="First hour (ISO time or date; naive in --tz).")] = None,
+    end: Annotated[str | None, typer.Option("--end", metavar="TIME", rich_help_panel=INPUT,
+                                            help="End (exclusive).")] = None,
+    short_term: Annotated[bool, typer.Option("--short-term", rich_help_panel=INPUT, metavar="",
+                                             help="Export 5-minute rows.")] = False,
     token: Token = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", rich_help_panel=OUTPUT,
+                                     help="csv, json or klausj1.")] = "csv",
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE",
+                                                rich_help_panel=OUTPUT,
+                                                help="File (default stdout).")] = None,
+    tz: Annotated[str | None, typer.Option(
+        "--tz", metavar="ZONE", rich_help_panel=OUTPUT,
+        help="Write times in this zone with their offset (default UTC, 'Z'); klausj1 "
+        "needs it.")] = None,
 ) -> None:
     """Read a statistic back out, in a form `backdate import` reads losslessly.
 
-    Example: backdate export sqlite:///home-assistant_v2.db --statistic-id backdate:house -o h.csv
+    Example:
+
+        backdate export sqlite:////config/home-assistant_v2.db \\
+            --statistic-id backdate:house -o house.csv
     """
     from backdate.app.exporting import export_statistic
 
@@ -349,30 +515,56 @@ def export_cmd(
 
 @app.command("restore")
 def restore_cmd(
-    backup: Annotated[Path, typer.Argument(help="A backup file that `import` wrote.")],
-    to: TargetArg,
+    backup: Annotated[Path, typer.Argument(metavar="BACKUP", show_default=False,
+                                           help="A backup file that `import` wrote.")],
+    to: Annotated[str, typer.Option(
+        "--to", metavar="TARGET", rich_help_panel=TARGET,
+        help="The recorder database the backup belongs to: sqlite:////abs/path.db, a plain "
+        "file path, mysql://... or postgresql://....")],
     force: Annotated[bool, typer.Option(
-        "--force", help="Restore even when Home Assistant compiled newer rows of an entity "
-        "statistic since the backup (they are deleted).")] = False,
+        "--force", rich_help_panel=SAFETY, metavar="",
+        help="Restore even when Home Assistant compiled newer rows of an entity statistic "
+        "since the backup (they are deleted).")] = False,
+    as_json: Json = False,
 ) -> None:
     """Undo an import from its backup (SQLite .bak file, or a server's .jsonl file).
 
-    Example: backdate restore home-assistant_v2.db.backdate-20261123T010203Z.bak --to sqlite:///...
-    Example: backdate restore backdate-backup-20261123T010203Z.jsonl --to postgresql://...
+    Examples:
+
+        backdate restore /config/home-assistant_v2.db.backdate-20261123T010203Z.bak \\
+            --to sqlite:////config/home-assistant_v2.db
+
+        backdate restore backdate-backup-20261123T010203Z.jsonl \\
+            --to postgresql://ha@localhost/ha
     """
     from backdate.app.targets import restore_target
 
     with _errors():
-        restore_target(str(backup), to, force=force)
-        console.print(f"restored {to} from {backup}", markup=False)
+        if to.startswith(("http://", "https://")):
+            raise UsageError("restore writes Home Assistant's recorder database directly: give "
+                             "its URL (sqlite:////path, mysql://..., postgresql://...); over "
+                             "HA's API there is no backdate backup (HA's own backups hold it)")
+        result = restore_target(str(backup), to, force=force)
+        if as_json:
+            from backdate.domain.urls import mask_url
+            from backdate.services.documents import restore_document
+
+            _emit(restore_document(str(backup), mask_url(to), result))
+            return
+        console.print(_shown(f"restored {to} from {backup}"), markup=False)
 
 
 @app.command("demo")
 def demo_cmd(
-    directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo.")] = Path(
-        "demo"),
+    directory: Annotated[Path, typer.Option("--dir", metavar="DIR", rich_help_panel=OUTPUT,
+                                            help="Where to create the demo.")] = Path("demo"),
 ) -> None:
-    """Create a fresh recorder database in ./demo and import a year of synthetic data into it."""
+    """Create a fresh recorder database in ./demo and import a year of made-up data into it.
+
+    Example:
+
+        backdate demo --dir /tmp/backdate-demo
+    """
     from backdate.app.demo import run_demo
 
     with _errors():
@@ -381,27 +573,37 @@ def demo_cmd(
 
 @app.command("sync")
 def sync_cmd(
-    config: Annotated[Path | None, typer.Option("--config", help="backdate.toml (default: "
-                                                "./backdate.toml, else "
-                                                "~/.config/backdate/backdate.toml).")] = None,
-    once: Annotated[bool, typer.Option("--once", help="Run every job once and exit (cron); "
-                                       "default: run forever, each job every `interval` plus "
-                                       "jitter.")] = False,
-    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Compare the per-hour energy of the "
-                                         "source and every target; list each hour that "
-                                         "differs (exit 1 when any).")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="If the job is running elsewhere, wait "
-                                       "for it (default: exit 1 with a message).")] = False,
+    config: Annotated[Path | None, typer.Option(
+        "--config", metavar="FILE", rich_help_panel=INPUT,
+        help="backdate.toml (default: ./backdate.toml, else "
+        "~/.config/backdate/backdate.toml).")] = None,
+    job: Annotated[str | None, typer.Option("--job", metavar="NAME", rich_help_panel=INPUT,
+                                            help="Only this job.")] = None,
+    once: Annotated[bool, typer.Option(
+        "--once", rich_help_panel=SAFETY, metavar="",
+        help="Run every job once and exit (cron); default: run forever, each job every "
+        "`interval` plus jitter.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", rich_help_panel=SAFETY, metavar="",
+        help="If the job is running elsewhere, wait for it (default: exit 1).")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", rich_help_panel=OUTPUT, metavar="",
+        help="Compare the per-hour energy of the source and every target; list each hour "
+        "that differs (exit 1 when any).")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=OUTPUT, metavar="",
+        help="With --once: one JSON document on stdout (README: shapes).")] = False,
 ) -> None:
     """Sync jobs from backdate.toml into Home Assistant, InfluxDB and MQTT, incrementally.
 
     Each run reads from (the newest hour a target holds - sync_buffer_hours), or the whole
     correction window (default 30 days) if that is longer, and rewrites only what changed.
+    Paths in backdate.toml (sources, sqlite targets, state_file) are relative to the file.
+
     Exit codes: 0 done, 1 bad configuration, --verify found differences, or the job is
     already running (without --wait; refused, nothing written), 3 a source or target failed
-    (or could not be read by --verify). --verify takes the job's lock shared: it waits for (or,
-    without --wait, refuses during) a run that is writing.
+    (or could not be read by --verify). --verify takes the job's lock shared: it waits for
+    (or, without --wait, refuses during) a run that is writing.
 
     Without a configuration file, the environment of the WattiVahti to InfluxDB sync
     (WATTIVAHTI_METERING_POINT, REFRESH_TOKEN_FILE, INFLUXDB_URL/TOKEN/ORG/BUCKET, HA_URL,
@@ -411,11 +613,14 @@ def sync_cmd(
 
         \\[\\[sync.jobs]]
         name = "house"
-        source = "influxdb://localhost:8086/powerwall?measurement=http&field=home&kind=power"
-        targets = ["sqlite:////config/home-assistant_v2.db", "influxdb://localhost:8086/energy"]
+        source = "meter.csv"
+        targets = ["sqlite:////config/home-assistant_v2.db",
+                   "influxdb://localhost:8086/energy"]
         statistic_id = "backdate:house"
 
-    Example: backdate sync --config backdate.toml --once
+    Example:
+
+        backdate sync --config backdate.toml --once
     """
     import logging
     import signal
@@ -427,9 +632,14 @@ def sync_cmd(
     # Outcomes are printed per run; the log carries only what the loop itself survives.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MaskedLog())
     with _errors():
         cfg = load_config(config)
         jobs = syncing.select_jobs(cfg, job)
+        if as_json and (verify or not once):
+            raise UsageError("--json goes with --once (the loop runs for ever; --verify "
+                             "prints a table)")
         if verify:
             code = 0
             for item in jobs:
@@ -443,7 +653,12 @@ def sync_cmd(
                 raise typer.Exit(code)
             return
         if once:
-            outcomes = syncing.run_once(cfg, jobs, wait=wait, on_outcome=render_outcome)
+            outcomes = syncing.run_once(cfg, jobs, wait=wait,
+                                        on_outcome=None if as_json else render_outcome)
+            if as_json:
+                from backdate.services.documents import sync_document
+
+                _emit(sync_document(outcomes))
             code = max((o.exit_code for o in outcomes), default=0)
             if code:
                 raise typer.Exit(code)
@@ -451,7 +666,19 @@ def sync_cmd(
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        syncing.run_forever(cfg, jobs, wait=wait, stop=stop, on_outcome=render_outcome)
+        syncing.run_forever(cfg, jobs, wait=wait, stop=stop, on_outcome=render_outcome,
+                            on_next=render_next)
+
+
+class _MaskedLog:
+    """A log filter: log lines pass the same masker as every message."""
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        assert isinstance(record, logging.LogRecord)
+        record.msg, record.args = _shown(record.getMessage()), None
+        return True
 
 
 def render_outcome(outcome: JobOutcome) -> None:
@@ -468,13 +695,24 @@ def render_outcome(outcome: JobOutcome) -> None:
                   f"{outcome.read} readings read, {outcome.points} points written",
                   markup=False, soft_wrap=True)
     if outcome.error:
-        err_console.print(f"  error: {outcome.error}", markup=False, soft_wrap=True)
+        err_console.print(_shown(f"  error: {outcome.error}"), markup=False, soft_wrap=True)
     for target in outcome.targets:
         line = f"  {target.url}: {target.points} points"
         if target.error:
-            err_console.print(f"{line}, error: {target.error}", markup=False, soft_wrap=True)
+            err_console.print(_shown(f"{line}, error: {target.error}"), markup=False,
+                              soft_wrap=True)
         else:
             console.print(line, markup=False, soft_wrap=True)
+
+
+def render_next(job: str, due: float) -> None:
+    """The loop's next run of a job, so a waiting sync is visibly alive."""
+    from datetime import UTC, datetime
+
+    wait = max(0.0, due - datetime.now(UTC).timestamp())
+    console.print(f"job {job}: next run at {datetime.fromtimestamp(due, UTC):%Y-%m-%d %H:%M:%S}"
+                  f"Z (in {wait / 60:.0f} min)", markup=False, soft_wrap=True)
+    console.file.flush()
 
 
 def render_verify(result: VerifyResult, zone: ZoneInfo) -> None:

@@ -305,7 +305,11 @@ def _resolve_job(fields: JobFields, section: SyncSection, env: dict[str, str], p
                 # The WattiVahti sync's users set INFLUXDB_URL=http://host:8086 with a 2.x
                 # token/org/bucket; the influxdb2:// target fills itself from those variables.
                 target = "influxdb2://"
-        targets.append(target)
+        targets.append(_beside(target, path) if var is None else target)
+    if not fields.source.startswith(REMOTE_SOURCES):  # a file, relative to backdate.toml
+        source = Path(fields.source).expanduser()
+        fields = fields.model_copy(update={
+            "source": str(source if source.is_absolute() else path.parent / source)})
     check_urls(fields, targets, env, path, text, loc)
     if fields.source.startswith(REMOTE_SOURCES) and (fields.kind or fields.unit):
         which = "kind" if fields.kind else "unit"
@@ -355,6 +359,21 @@ def _resolve_job(fields: JobFields, section: SyncSection, env: dict[str, str], p
 # ------------------------------------------------------------------------------ URL checks
 
 
+def _beside(target: str, config: Path) -> str:
+    """A SQLite target in backdate.toml, like state_file, is relative to the file: a plain
+    path or sqlite:///relative/path becomes the absolute sqlite:////… URL."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", target):
+        if not target.startswith("sqlite:///") or target.startswith("sqlite:////"):
+            return target
+        rest = target[len("sqlite:///"):]
+        if not rest or rest.startswith("?"):
+            return target
+        return f"sqlite:///{config.parent / rest}"
+    path = Path(target).expanduser()
+    return f"sqlite:///{path if path.is_absolute() else config.parent / path}"
+
+
+
 TARGET_SCHEMES = ("sqlite:", "mysql:", "mysql+pymysql:", "mariadb:", "postgresql:",
                   "postgresql+psycopg:", "postgres:", "http://", "https://", "influxdb://",
                   "influxdb2://", "influxdbs://", "influxdb2s://", "mqtt://", "mqtts://")
@@ -386,7 +405,7 @@ def check_target(url: str, env: Mapping[str, str]) -> None:
     from backdate.errors import UsageError
 
     if not url.startswith(TARGET_SCHEMES):
-        raise UsageError("unknown target: use sqlite:///path/home-assistant_v2.db, mysql://, "
+        raise UsageError("unknown target: use sqlite:////path/home-assistant_v2.db, mysql://, "
                          "postgresql://, http(s)://host:8123, influxdb://, influxdb2:// or "
                          "mqtt://")
     if url.startswith(("influxdb://", "influxdb2://", "influxdbs://", "influxdb2s://")):
@@ -396,8 +415,8 @@ def check_target(url: str, env: Mapping[str, str]) -> None:
         return
     if url.startswith("sqlite:"):
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
-            raise UsageError("a SQLite target is sqlite:///relative/path or "
-                             "sqlite:////absolute/path")
+            raise UsageError("a SQLite target is sqlite:////absolute/path, or a path "
+                             "relative to backdate.toml")
         return
     parts = urlsplit(url)
     parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -509,3 +528,16 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
             if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
                 return i + 1
     return start + 1 if lines else None
+
+
+_SECRET_ENV = re.compile(r"(TOKEN|PASSWORD|SECRET|API_KEY|_KEY$)")
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """Values of the environment's secrets (HA_TOKEN, INFLUXDB_TOKEN, WNSM_PASSWORD, ...): no
+    message or log line may show them, whatever library put them there. Names of files
+    holding secrets (REFRESH_TOKEN_FILE) are paths a message must show."""
+    env = os.environ if env is None else env
+    return [value.strip() for name, value in env.items()
+            if _SECRET_ENV.search(name.upper()) and value.strip()
+            and not name.upper().endswith(("_FILE", "_URL", "_PATH", "_DIR"))]

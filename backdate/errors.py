@@ -47,3 +47,36 @@ class TargetError(BackdateError):
 
 class VerificationError(TargetError):
     """The target does not hold what the plan wrote (read-back after commit)."""
+
+
+class MissingPackageError(BackdateError):
+    """An optional Python package is not installed: one line naming the `pip install` that
+    fixes it, raised before anything is written. Exit 1."""
+
+    exit_code = 1
+
+
+# What to install for each package backdate imports only when asked for.
+INSTALL = {
+    "matplotlib": "pip install 'backdate[chart]'",
+    "pymysql": "pip install PyMySQL",
+    "psycopg": "pip install 'psycopg[binary]'",
+}
+
+
+def require(module: str, what: str) -> None:
+    """Import `module` now (so a missing one fails before any write), else MissingPackageError."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise missing_package(err, what) from None
+
+
+def missing_package(err: ImportError, what: str | None = None) -> MissingPackageError:
+    """The one-line error for an ImportError of a package that is not installed."""
+    name = (err.name or "").split(".")[0] or str(err)
+    fix = INSTALL.get(name, f"pip install {name}")
+    need = f"{what} needs" if what else "backdate needs"
+    return MissingPackageError(f"{need} the Python package {name}, which is not installed: {fix}")

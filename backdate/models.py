@@ -76,6 +76,9 @@ class Series:
     # The source states unit and kind itself (a utility portal's answer, converted to kWh):
     # a --unit or --kind that disagrees is an error, never an override.
     unit_fixed: bool = False
+    # The file has a unit column whose cells are blank for this series (klausj1 files leave it
+    # empty for a statistic that exists): the unit is the target statistic's, from this line.
+    unit_blank_line: int | None = None
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
@@ -125,6 +128,7 @@ class Series:
             kind=first.kind, unit=first.unit, statistic_id=first.statistic_id, name=first.name,
             hourly_sums=first.hourly_sums, files=files[order], file_names=names,
             unit_fixed=any(p.unit_fixed for p in parts),
+            unit_blank_line=next((p.unit_blank_line for p in parts if p.unit_blank_line), None),
         )
 
 

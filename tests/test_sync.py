@@ -964,7 +964,7 @@ def test_mqtt_status_sensors_follow_the_job(tmp_path: Path) -> None:
         assert day_end.timestamp() <= hour  # a complete day
 
         csv.unlink()
-        failed = sync(config, "--once", expect=1)
+        failed = sync(config, "--once", expect=3)  # a missing source file is a failed source
         assert "house.csv" in failed.stderr
         held = retained()
         assert held[f"{tag}/house/sync_status/state"] == "error"

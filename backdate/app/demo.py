@@ -17,6 +17,7 @@ from rich.console import Console
 
 from backdate.app import render
 from backdate.app.importing import ImportOptions, apply_imports, plan_imports, read_sources
+from backdate.errors import require
 from backdate.targets.fresh import create_recorder_sqlite
 
 DEMO_ZONE = "Europe/Vienna"
@@ -37,6 +38,7 @@ def synthetic_year(end: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_demo(directory: Path, console: Console) -> None:
+    require("matplotlib", "the demo's chart")  # before anything is written
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "home-assistant_v2.db"
     for leftover in directory.glob("home-assistant_v2.db*"):
@@ -55,7 +57,7 @@ def run_demo(directory: Path, console: Console) -> None:
                   markup=False)
     from backdate.app.targets import open_target
 
-    url = f"sqlite:///{db}"
+    url = f"sqlite:///{db.resolve()}"  # the absolute form, usable from any directory
     opts = ImportOptions(statistic_id=STATISTIC, name="Demo house", tz=DEMO_ZONE,
                          report_tz=DEMO_ZONE)
     target = open_target(url)
@@ -71,4 +73,5 @@ def run_demo(directory: Path, console: Console) -> None:
     finally:
         target.close()
     console.print(f"imported in {elapsed:.2f} s; chart: {chart}", markup=False)
-    console.print(f"look inside: backdate inspect {url}", markup=False)
+    console.print(f"look inside: backdate inspect {url}", markup=False,
+                  soft_wrap=True)  # a command to copy: never broken across lines

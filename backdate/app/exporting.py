@@ -36,6 +36,21 @@ def _iso(ts: float, tz: ZoneInfo | None) -> str:
     return datetime.fromtimestamp(ts, tz).isoformat()
 
 
+def _unknown(target: object, statistic_id: str) -> str:
+    """Not there: name the closest ids (a database lists them cheaply; over HA's API listing
+    means reading every statistic's rows, so it is left out there)."""
+    from backdate.services.inspecting import suggestions
+
+    info = target.info()  # type: ignore[attr-defined]
+    text = f"{statistic_id} is not in {info.url}"
+    if info.kind != "websocket":
+        known = [s.meta.statistic_id for s in target.list_statistics()]  # type: ignore[attr-defined]
+        close = suggestions(statistic_id, known)
+        if close:
+            text += "; did you mean " + " or ".join(close) + "?"
+    return text
+
+
 def export_statistic(url: str, statistic_id: str, *, start: str | None, end: str | None,
                      fmt: str, tz: str | None, short_term: bool = False) -> str:
     """Read one statistic's rows from the target and render them."""
@@ -52,7 +67,7 @@ def export_statistic(url: str, statistic_id: str, *, start: str | None, end: str
     try:
         meta = target.get_metadata(statistic_id)
         if meta is None:
-            raise InputError(f"{statistic_id} is not in {target.info().url}")
+            raise InputError(_unknown(target, statistic_id))
         table = Table.SHORT_TERM if short_term else Table.HOURLY
         lo = parse_bound(start, zone or ZoneInfo("UTC"))
         hi = parse_bound(end, zone or ZoneInfo("UTC"))

@@ -53,6 +53,8 @@ class ImportOptions:
     # --start/--end as given: without --tz, a naive bound means the remote source's own local
     # time where it has one (a Wiener Netze day is a Vienna day), else UTC.
     bounds_text: tuple[str | None, str | None] = (None, None)
+    # Where report_tz came from: "tz_option", "home_assistant" or "machine" (for the report).
+    zone_from: str = "machine"
 
 
 @dataclass(slots=True)
@@ -226,6 +228,9 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
         kind = resolve_kind(series, opts)
         input_unit = _input_unit(series, opts, kind)
         existing = target.get_metadata(statistic_id)
+        unit_note = None
+        if series.unit_blank_line is not None and not opts.unit:
+            input_unit, unit_note = _unit_from_target(statistic_id, existing, series)
         meta = _meta_for(statistic_id, existing, kind, input_unit, opts, series)
         prepared = prepare(series, kind=kind, input_unit=input_unit,
                            statistic_unit=meta.unit_of_measurement, max_gap=opts.max_gap)
@@ -246,6 +251,8 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
             supports_short_term=info.supports_short_term,
         )
         plan = build_plan(meta, existing is not None, prepared, fetch, policy)
+        if unit_note:
+            plan.notes.insert(0, unit_note)
         item = StatisticImport(series, prepared, plan, captured.get(Table.HOURLY), input_unit)
         if existing is not None and plan.hourly.count:
             _load_days(target, item, ZoneInfo(opts.report_tz or opts.tz or "UTC"))
@@ -265,6 +272,20 @@ def _load_days(target: StatisticsTarget, item: StatisticImport, tz: ZoneInfo) ->
     before = target.neighbourhood(Table.HOURLY, sid, start, start + 1).before
     item.day_base = before.sum if before is not None and before.sum is not None else 0.0
     item.day_rows = target.read_rows(Table.HOURLY, sid, start, end_ts)
+
+
+def _unit_from_target(statistic_id: str, existing: StatisticMeta | None,
+                      series: Series) -> tuple[str | None, str]:
+    """Blank unit cells mean "the statistic's own unit" (as klausj1's tool reads them); with
+    no statistic to take it from, no unit can be known."""
+    if existing is None:
+        raise InputError(
+            f"blank unit, and {statistic_id} is not in the target to take its unit from: "
+            "fill in the unit column or give --unit",
+            path=series.source, line=series.unit_blank_line)
+    unit = existing.unit_of_measurement
+    return unit, (f"blank unit cells: unit {unit or 'none'} from the existing statistic "
+                  f"{statistic_id}")
 
 
 def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,

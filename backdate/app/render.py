@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table as RichTable
 from rich.text import Text
 
@@ -115,10 +116,12 @@ def _print_seams(console: Console, item: StatisticImport, tz: ZoneInfo) -> None:
     console.print(table)
 
 
-def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> None:
+def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> bool:
+    """Draw the days before and after; False (and no file) when no sum has hourly rows."""
     sums = [i for i in imports if i.plan.meta.has_sum and i.plan.hourly.count]
     if sums:
         draw_chart(sums, tz, path)
+    return bool(sums)
 
 
 def print_done(console: Console, imports: list[StatisticImport], done: list[str]) -> None:
@@ -130,7 +133,9 @@ def print_done(console: Console, imports: list[StatisticImport], done: list[str]
 
 
 def print_inspect(console: Console, info: TargetInfo, summaries: list[StatisticSummary],
-                  *, as_json: bool) -> None:
+                  *, as_json: bool, tz: ZoneInfo | None = None) -> None:
+    """Statistics of a target: JSON (UTC, stable), one tab-separated line each when piped,
+    and on a terminal two lines each that wrap between words at any width."""
     if as_json:
         doc = {
             "target": info.url,
@@ -157,26 +162,42 @@ def print_inspect(console: Console, info: TargetInfo, summaries: list[StatisticS
         }
         console.print_json(json.dumps(doc))
         return
+    zone = tz or ZoneInfo("UTC")
     console.print(f"{info.url}: {info.kind}, schema {info.schema_version}, "
-                  f"{len(summaries)} statistics", markup=False)
-    header = ("id", "statistic_id", "source", "unit", "type", "hourly", "5-minute",
-              "first hour", "last hour", "problems")
-    rows = [
-        (str(s.meta.id), s.meta.statistic_id, s.meta.source, s.meta.unit_of_measurement or "",
-         "sum" if s.meta.has_sum else "mean", _count(s.hourly_rows), _count(s.short_term_rows),
-         _iso(s.first_start) or "", _iso(s.last_start) or "", "; ".join(s.problems) or "none")
-        for s in summaries
-    ]
+                  f"{len(summaries)} statistics; times in {zone.key}", markup=False,
+                  soft_wrap=not console.is_terminal)
     if not console.is_terminal:  # piped: one tab-separated line per statistic, for grep/cut
-        for line in (header, *rows):
-            console.print("\t".join(line), markup=False, soft_wrap=True)
+        header = ("id", "statistic_id", "name", "source", "unit", "type", "hourly", "5-minute",
+                  f"first hour ({zone.key})", f"last hour ({zone.key})", "problems")
+        rows = [
+            (str(s.meta.id), s.meta.statistic_id, s.meta.name or "", s.meta.source,
+             s.meta.unit_of_measurement or "", "sum" if s.meta.has_sum else "mean",
+             _count(s.hourly_rows), _count(s.short_term_rows), _local(s.first_start, zone),
+             _local(s.last_start, zone), "; ".join(s.problems) or "none")
+            for s in summaries
+        ]
+        for line in (header, *rows):  # written as is: Rich would expand the tabs
+            console.file.write("\t".join(line) + "\n")
         return
-    table = RichTable()
-    for col in header:
-        table.add_column(col, overflow="fold")
-    for cells in rows:
-        table.add_row(*(Text(c) for c in cells))
-    console.print(table)
+    for s in summaries:
+        head = Text(s.meta.statistic_id, style="bold")
+        if s.meta.name:
+            head.append(f"  {s.meta.name}")
+        console.print(head)
+        span = (f"{_local(s.first_start, zone)} to {_local(s.last_start, zone)}"
+                if s.first_start is not None else "no rows")
+        parts = [f"#{s.meta.id}", s.meta.source, s.meta.unit_of_measurement or "no unit",
+                 "sum" if s.meta.has_sum else "mean", f"{_count(s.hourly_rows)} hourly",
+                 f"{_count(s.short_term_rows)} 5-minute", span]
+        problems = "; ".join(s.problems)
+        for text in (Text(" · ".join(parts)),
+                     Text(f"problems: {problems}", style="red") if problems
+                     else Text("no problems")):
+            console.print(Padding(text, (0, 0, 0, 4)))  # wrapped lines stay indented
+
+
+def _local(ts: float | None, zone: ZoneInfo) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M")
 
 
 def _count(n: int) -> str:

@@ -28,13 +28,11 @@ import dataclasses
 import logging
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -48,6 +46,7 @@ from backdate.app.importing import (
 )
 from backdate.app.sync_state import JobLockedError, SyncState, job_lock
 from backdate.config import Job, SyncConfig
+from backdate.domain.urls import mask_url
 from backdate.engine import units
 from backdate.engine.curve import _infer_step
 from backdate.engine.prepare import prepare, slugify
@@ -62,28 +61,7 @@ VERIFY_TOLERANCE = 1e-6  # kWh per hour
 # ---------------------------------------------------------------------------------- secrets
 
 
-# Query keys that hold secrets: any name with secret/password/token/key in it (client_secret,
-# api_key, refresh_token, ...), and InfluxDB 1.x's short u/p.
-_SECRET_KEYS = re.compile(r"(secret|passw|token|key|^pass$|^pw$|^u$|^p$)", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """The URL without its password and secret query parameters (for logs and the state)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if _SECRET_KEYS.search(k) else v)
-                 for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*:/")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+# Every address shown or stored goes through the one masker (backdate.domain.urls).
 
 
 # ------------------------------------------------------------------------- energy intervals
@@ -598,6 +576,8 @@ def run_job(job: Job, state: SyncState, *, now: float | None = None) -> JobOutco
         except Exception as err:  # noqa: BLE001 - a failing source never ends the loop
             outcome.error = f"source {mask_url(job.source)}: {describe(err)}"
             code = err.exit_code if isinstance(err, BackdateError) else 3
+            if isinstance(err, InputError) and _missing_file(job.source):
+                code = 3  # the source is not there: a failed source, like a portal outage
             outcome.exit_code = max(outcome.exit_code, code)
             log.info("job %s: %s", job.name, outcome.error)
             for target, _result in targets:
@@ -642,6 +622,14 @@ def _quietly(call: Callable[..., object], *args: object) -> None:
         call(*args)
     except Exception:  # noqa: BLE001 - reporting a failure must not hide the failure
         log.warning("could not report to a target", exc_info=True)
+
+
+def _missing_file(source: str) -> bool:
+    from pathlib import Path
+
+    from backdate.sources.base import is_remote
+
+    return not is_remote(source) and not Path(source).exists()
 
 
 def select_jobs(config: SyncConfig, name: str | None) -> list[Job]:
@@ -692,7 +680,8 @@ def run_once(config: SyncConfig, jobs: list[Job], *, wait: bool,
 
 def run_forever(config: SyncConfig, jobs: list[Job], *, wait: bool,
                 stop: threading.Event, on_outcome: Callable[[JobOutcome], None] | None = None,
-                rng: random.Random | None = None) -> None:
+                rng: random.Random | None = None,
+                on_next: Callable[[str, float], None] | None = None) -> None:
     """The scheduler: each job every `interval` plus a random jitter, until `stop` is set.
 
     Nothing a source or target does ends the loop: a failure is logged, recorded in the state
@@ -715,6 +704,8 @@ def run_forever(config: SyncConfig, jobs: list[Job], *, wait: bool,
                 except Exception:  # noqa: BLE001 - the loop survives anything
                     log.exception("job %s failed; next round", job.name)
                 due[job.name] = time.time() + job.interval + rng.uniform(0, job.jitter)
+                if on_next is not None:  # the loop says when each job runs next
+                    on_next(job.name, due[job.name])
             stop.wait(max(0.0, min(due.values()) - time.time()))
     finally:
         state.close()

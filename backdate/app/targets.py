@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from backdate.domain.urls import mask_url
 from backdate.errors import UsageError
 from backdate.targets.base import StatisticsTarget
 
@@ -11,8 +13,24 @@ DATABASE_SCHEMES = ("sqlite:", "mysql:", "mysql+pymysql:", "mariadb:", "postgres
                     "postgresql+psycopg:", "postgres:")
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def target_url(text: str, base: Path | None = None) -> str:
+    """A plain file path names a SQLite recorder database: the absolute `sqlite:////…` URL of
+    it (relative paths from `base`, default the working directory). URLs stay as given."""
+    if _SCHEME.match(text):
+        return text
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return f"sqlite:///{path}"
+
+
 def open_target(url: str) -> StatisticsTarget:
-    """A database URL opens HA's recorder database; http(s) is HA's WebSocket API."""
+    """A database URL (or a plain file path) opens HA's recorder database; http(s) is HA's
+    WebSocket API."""
+    url = target_url(url)
     if url.startswith(DATABASE_SCHEMES):
         from backdate.targets.recorder_db import open_recorder
 
@@ -25,19 +43,21 @@ def open_target(url: str) -> StatisticsTarget:
         # The CLI's --token lands in HA_TOKEN (so it never needs to reach a log line).
         return open_websocket(url, os.environ.get("HA_TOKEN"))
     raise UsageError(
-        f"unknown target {url!r}: use sqlite:///path/home-assistant_v2.db, mysql://..., "
-        "postgresql://..."
+        f"unknown target {mask_url(url)!r}: use sqlite:////path/home-assistant_v2.db, "
+        "mysql://..., postgresql://... or http(s)://host:8123"
     )
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file behind a sqlite:/// URL (HA's db_url syntax), else None."""
+    """The file behind a sqlite:/// URL (HA's db_url syntax) or a plain path, else None."""
+    url = target_url(url)
     if not url.startswith("sqlite:"):
         return None
     rest = url.split(":", 1)[1]
     if rest.startswith("///"):
         return Path(rest[3:].split("?", 1)[0])
-    raise UsageError(f"{url}: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
+    raise UsageError(f"{url}: a SQLite URL is sqlite:////absolute/path (or "
+                     "sqlite:///relative/path, from the working directory)")
 
 
 def backup_target(url: str, target: StatisticsTarget,
@@ -62,6 +82,7 @@ def restore_target(backup: str, url: str, *, force: bool = False) -> None:
     Home Assistant has compiled newer rows of an entity statistic unless `force`."""
     if not Path(backup).exists():
         raise UsageError(f"no such backup file: {backup}")
+    url = target_url(url)
     path = sqlite_path(url)
     if path is None:
         from backdate.targets.recorder_db import open_recorder

@@ -61,6 +61,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from backdate.domain.urls import mask_url
 from backdate.errors import TargetError
 
 __all__ = [
@@ -305,7 +306,8 @@ class HAClient:
         except TimeoutError:
             await session.close()
             raise HAUnreachableError(
-                "unreachable", f"cannot reach Home Assistant at {url}: no answer within {timeout} s"
+                "unreachable",
+                f"cannot reach Home Assistant at {mask_url(url)}: no answer within {timeout} s"
             ) from None
         except HAError:
             await session.close()
@@ -314,13 +316,14 @@ class HAClient:
             await session.close()
             raise HAUnreachableError(
                 "unreachable",
-                f"cannot reach Home Assistant at {url}: HTTP {err.status} {err.message}"
+                f"cannot reach Home Assistant at {mask_url(url)}: HTTP {err.status} {err.message}"
                 " (is this the address of Home Assistant?)",
             ) from err
         except (aiohttp.ClientError, OSError, ValueError) as err:
             await session.close()
             raise HAUnreachableError(
-                "unreachable", f"cannot reach Home Assistant at {url}: {err or type(err).__name__}"
+                "unreachable",
+                f"cannot reach Home Assistant at {mask_url(url)}: {err or type(err).__name__}"
             ) from err
         except BaseException:
             await session.close()

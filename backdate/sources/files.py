@@ -219,7 +219,8 @@ def _aligned(text: str, delim: str, ncols: int, count: int) -> bool:
 def _checked_rows(
     texts: list[str], delim: str, ncols: int, line0: int, path: str
 ) -> Iterator[Chunk]:
-    """Line by line: skip blank lines, refuse rows with the wrong number of fields.
+    """Line by line: skip blank lines, read a short row's missing trailing fields as empty
+    (spreadsheets leave them out), refuse rows with more fields than the header.
 
     Rows before a bad one are yielded first, so an earlier bad value is reported first.
     """
@@ -229,6 +230,8 @@ def _checked_rows(
         if not text.strip():
             continue
         row = text.split(delim)
+        if len(row) < ncols:
+            row += [""] * (ncols - len(row))
         if len(row) != ncols:
             if rows:
                 yield _transpose(rows, ncols), lines
@@ -244,7 +247,7 @@ def _transpose(rows: list[list[str]], ncols: int) -> list[Sequence[str]]:
 
 def _field_count(ncols: int, found: int, path: str, line: int) -> InputError:
     return InputError(
-        f"expected {ncols} fields like the header, found {found}", path=path, line=line
+        f"{found} fields, more than the header's {ncols}", path=path, line=line
     )
 
 
@@ -257,9 +260,11 @@ def _quoted_chunks(
     lines = array("q")
     try:
         for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if len(row) < ncols:  # trailing empty fields left out
+                row += [""] * (ncols - len(row))
             if len(row) != ncols:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
                 bad_line = line0 + reader.line_num
                 if rows:  # convert the rows before it first: an earlier bad value wins
                     yield _transpose(rows, ncols), lines
@@ -435,11 +440,13 @@ def _first_error(*calls: tuple[Any, ...] | None) -> list[Any]:
 class _Constant:
     """Checks that a column (unit, ...) holds one value throughout; remembers where it was seen."""
 
-    def __init__(self, column: str, opts: _Options) -> None:
+    def __init__(self, column: str, opts: _Options, *, allow_blank: bool = False) -> None:
         self.column = column
         self.opts = opts
         self.value: str | None = None
         self.line = 0
+        self.allow_blank = allow_blank
+        self.blank_line: int | None = None  # first blank cell, when blanks are allowed
 
     def check(self, col: Sequence[Any], lines: Sequence[int]) -> None:
         if self.value is not None:
@@ -452,6 +459,9 @@ class _Constant:
         for x, line in zip(col, lines, strict=True):
             s = "" if x is None else str(x).strip()
             if s == self.value:
+                continue
+            if not s and self.allow_blank:
+                self.blank_line = self.blank_line or line
                 continue
             if self.value is None:
                 if not s:
@@ -825,7 +835,8 @@ def _units_per_series(
     opts: _Options,
 ) -> None:
     for code, a, b in _runs(codes):
-        units.setdefault(code, _Constant("unit", opts)).check(col[a:b], lines[a:b])
+        units.setdefault(code, _Constant("unit", opts, allow_blank=True)).check(col[a:b],
+                                                                                lines[a:b])
 
 
 def _statistic_codes(
@@ -948,6 +959,8 @@ def _klausj1(table: _Table, opts: _Options) -> list[Series]:
                              statistic_id=sid, hourly_sums=kind is Kind.CUMULATIVE)
         if kind is Kind.CUMULATIVE:
             series.states, series.mins = series.mins, None
+        if unit_col is not None and unit_col.value is None and opts.unit is None:
+            series.unit_blank_line = unit_col.blank_line
         out.append(series)
     return out
 

@@ -49,6 +49,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import numpy as np
 
+from backdate.domain.urls import mask_url
 from backdate.engine import units
 from backdate.engine.prepare import slugify
 from backdate.errors import InputError, TargetError, UsageError
@@ -83,25 +84,6 @@ class Endpoint:
     def one(self, name: str, default: str | None = None) -> str | None:
         values = self.params.get(name)
         return values[-1] if values else default
-
-
-SECRET_PARAMS = ("token", "password", "p")
-
-
-def mask_url(spec: str) -> str:
-    """The spec with password and token replaced by ***."""
-    parts = urlsplit(spec)
-    netloc = parts.netloc
-    if "@" in netloc:
-        cred, host = netloc.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in cred else f"{user}@{host}"
-    query = "&".join(
-        f"{k}=***" if k in SECRET_PARAMS else f"{k}={v}"
-        for k, v in (item.split("=", 1) if "=" in item else (item, "")
-                     for item in parts.query.split("&") if item))
-    out = f"{parts.scheme}://{netloc}{parts.path}"
-    return f"{out}?{query}" if query else out
 
 
 def parse_endpoint(spec: str, env: Mapping[str, str] | None = None) -> Endpoint:
@@ -798,4 +780,4 @@ def parse_flux_csv(text: str, where: str) -> Iterator[dict[str, str]]:
         yield item
 
 
-__all__ = ["InfluxSource", "open_influx_source", "parse_endpoint", "mask_url", "InfluxHTTP"]
+__all__ = ["InfluxSource", "open_influx_source", "parse_endpoint", "InfluxHTTP"]

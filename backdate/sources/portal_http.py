@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from backdate.domain.urls import mask_url
 from backdate.errors import InputError, TargetError, UsageError
 
 DAY = 86400
@@ -52,7 +53,7 @@ class PortalSpec:
 def parse_spec(spec: str, scheme: str, *, known: set[str]) -> PortalSpec:
     """`wnsm:AT00...?role=...` or `wnsm://AT00...`; unknown parameters are a usage error."""
     if not spec.startswith(scheme + ":"):
-        raise UsageError(f"not a {scheme}: source: {mask(spec)!r}")
+        raise UsageError(f"not a {scheme}: source: {mask_url(spec)!r}")
     parts = urlsplit(spec)
     point = (parts.netloc or parts.path).strip("/")
     params: dict[str, str] = {}
@@ -64,14 +65,6 @@ def parse_spec(spec: str, scheme: str, *, known: set[str]) -> PortalSpec:
             )
         params[low] = value
     return PortalSpec(scheme, point, params)
-
-
-_SECRET_PARAM = re.compile(r"(?i)((?:password|secret|token|api_key|apikey)=)[^&]*")
-
-
-def mask(spec: str) -> str:
-    """The spec with every secret-looking parameter replaced by ***."""
-    return _SECRET_PARAM.sub(r"\1***", spec)
 
 
 def secret(spec: PortalSpec, key: str, env: str, *, what: str) -> str | None:

@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import numpy as np
 
+from backdate.domain.urls import mask_url
 from backdate.engine.prepare import slugify
 from backdate.errors import InputError, TargetError, UsageError
 from backdate.models import Series
@@ -51,7 +52,6 @@ from backdate.sources.portal_http import (
     choice,
     day_chunks,
     int_param,
-    mask,
     parse_spec,
     secret,
     timeout_param,
@@ -330,7 +330,7 @@ class WattiVahtiSource:
     time_zone = "Europe/Helsinki"  # the portal's days (MQTT's "last complete day", --start)
 
     def __init__(self, spec: str, *, now: float | None = None) -> None:
-        self.url = mask(spec)
+        self.url = mask_url(spec)
         self._spec = parse_spec(spec, "wattivahti", known=KNOWN)
         s = self._spec
         self.metering_point = (s.point or s.get("metering_point", "WATTIVAHTI_METERING_POINT")

@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from backdate.domain.urls import mask_url
 from backdate.engine.prepare import slugify
 from backdate.errors import InputError, RefusedError, TargetError, UsageError
 from backdate.models import Kind, Series
@@ -48,7 +49,6 @@ from backdate.sources.portal_http import (
     choice,
     day_chunks,
     int_param,
-    mask,
     parse_spec,
     secret,
     timeout_param,
@@ -417,7 +417,7 @@ class WnsmSource:
     time_zone = "Europe/Vienna"  # the portal's days (MQTT's "last complete day", --start)
 
     def __init__(self, spec: str, *, now: float | None = None) -> None:
-        self.url = mask(spec)
+        self.url = mask_url(spec)
         self._spec = parse_spec(spec, "wnsm", known=KNOWN)
         s = self._spec
         self.zaehlpunkt = s.point or (s.get("zaehlpunkt", "WNSM_ZP") or "")

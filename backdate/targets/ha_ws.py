@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from backdate.domain.urls import mask_url
 from backdate.engine import units
 from backdate.errors import RefusedError, TargetError, VerificationError
 from backdate.hass.client import (
@@ -128,7 +129,8 @@ class HAWebSocketTarget:
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0,
                  client: SyncHAClient | None = None):
-        self.url = url
+        self.url = mask_url(url)  # for messages; the address itself stays private
+        self._address = url
         self.timeout = timeout
         self._units: dict[str, str | None] = {}
         self._token = token
@@ -414,7 +416,7 @@ class HAWebSocketTarget:
                             f"{delay:.0f} s")
 
         self._ws = SyncHAClient.connect_retrying(
-            self.url, self._token, min(self.timeout, RECONNECT_ATTEMPT_SECONDS),
+            self._address, self._token, min(self.timeout, RECONNECT_ATTEMPT_SECONDS),
             backoff=Backoff(1.0, 2.0, 10.0, RECONNECT_SECONDS), on_retry=told,
             call_timeout=self.timeout)
 
@@ -870,8 +872,8 @@ def open_websocket(url: str, token: str | None, *, timeout: float = 30.0) -> HAW
     from backdate.errors import UsageError
 
     if not token:
-        raise UsageError(f"{url}: a Home Assistant target needs a long-lived access token: "
-                         "set HA_TOKEN (create one in your HA profile, Security tab)")
+        raise UsageError(f"{mask_url(url)}: a Home Assistant target needs a long-lived access "
+                         "token: set HA_TOKEN (create one in your HA profile, Security tab)")
     return HAWebSocketTarget(url, token.strip(), timeout=timeout)
 
 

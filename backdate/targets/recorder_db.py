@@ -42,7 +42,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from backdate import clock
-from backdate.errors import RefusedError, TargetError, UsageError, VerificationError
+from backdate.domain.urls import mask_url
+from backdate.errors import (
+    RefusedError,
+    TargetError,
+    UsageError,
+    VerificationError,
+    require,
+)
 from backdate.models import (
     MeanType,
     RowBlock,
@@ -384,12 +391,12 @@ def _driver_url(url: str) -> sa.URL:
     """Map HA's db_url onto the SQLAlchemy driver backdate ships (pymysql, psycopg)."""
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise UsageError(f"not a database URL: {url!r}") from None
+    except (sa.exc.ArgumentError, ValueError):
+        raise UsageError(f"not a database URL: {mask_url(url)!r}") from None
     driver = _URL_DRIVERS.get(parsed.drivername)
     if driver is None:
         raise UsageError(
-            f"unsupported database URL scheme {parsed.drivername!r}; use sqlite:///PATH, "
+            f"unsupported database URL scheme {parsed.drivername!r}; use sqlite:////PATH, "
             "mysql://, mariadb:// or postgresql://"
         )
     return parsed.set(drivername=driver)
@@ -428,7 +435,7 @@ def open_recorder(
     if retry_for is None:
         retry_for = retry_budget()
     parsed = _driver_url(url)
-    masked = parsed.render_as_string(hide_password=True)
+    masked = mask_url(url)
     if parsed.get_backend_name() != "sqlite":
         return _open_server(parsed, masked, retry_for)
     database = parsed.database
@@ -436,7 +443,7 @@ def open_recorder(
         raise UsageError(f"{url!r} names no database file; use sqlite:////path/to/db")
     path = Path(database)
     if not path.is_file():
-        raise TargetError(f"no such database: {path}")
+        raise TargetError(_missing_sqlite(path))
     if sqlite3.sqlite_version_info < (3, 25, 0):
         raise TargetError(
             f"SQLite {sqlite3.sqlite_version} is too old (upserts need 3.24, checks need 3.25)"
@@ -462,6 +469,9 @@ def _server_engine(parsed: sa.URL, lock_wait: float) -> Engine:
     so backdate never sits in a lock queue in front of Home Assistant's own writes.
     """
     backend = parsed.get_backend_name()
+    driver = {"mysql": "pymysql", "postgresql": "psycopg"}.get(backend)
+    if driver:
+        require(driver, f"a {'MariaDB/MySQL' if backend == 'mysql' else 'PostgreSQL'} target")
     if backend == "mysql":
         query = dict(parsed.query)
         query["charset"] = "utf8mb4"
@@ -478,6 +488,20 @@ def _server_engine(parsed: sa.URL, lock_wait: float) -> Engine:
     else:  # pragma: no cover - _URL_DRIVERS only maps onto these
         raise UsageError(f"unsupported database backend {backend!r}")
     return engine
+
+
+def _missing_sqlite(path: Path) -> str:
+    """No database there; when the URL's path is relative (three slashes) and the same path
+    from / exists, that is what the user meant: say so."""
+    if path.is_absolute():
+        return f"no such database: {path}"
+    here = Path.cwd() / path
+    absolute = Path("/") / path
+    text = (f"no such database: {here} (sqlite:///{path} is relative to the working "
+            f"directory; an absolute path needs four slashes: sqlite:////path)")
+    if absolute.is_file():
+        text += f"; {absolute} exists: use sqlite:///{absolute}"
+    return text
 
 
 def _open_server(parsed: sa.URL, masked: str, retry_for: float) -> RecorderDatabase:
