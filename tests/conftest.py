@@ -73,11 +73,14 @@ _MQTT_MODULES = {"test_mqtt", "test_sync", "test_portal_sync"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start (or install) Mosquitto once when the session has tests that need it, so that a
+    """Order the run, and start (or install) Mosquitto once when the session has tests that need it, so that a
     single test file run on a fresh machine passes the same way as scripts/test.sh.
 
     Under --time-shift, tests whose data follows the system clock are skipped: a running
     Home Assistant compiles, and InfluxDB answers `now()`, by the machine's clock."""
+    # The modules that wait minutes for Home Assistant's compile timer go first, so that the
+    # parallel run (one module per process) does not end with them running alone.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     if datagen.time_shift():
         why = pytest.mark.skip(reason="follows the system clock (a running Home Assistant or "
                                       "InfluxDB's now()); --time-shift cannot move it")
