@@ -25,7 +25,7 @@ LOST = "lost"
 GAP_STATUSES = (OPEN, RESOLVED, LOST)
 
 MAX_LISTED = 1000  # numbers spelled out in `missing_sequences`; `missing_ranges` has them all
-MAX_SEQUENCE = 2**63 - 1
+MAX_SEQUENCE = 2**62  # leaves room for counts of whole ranges in a signed 64-bit column
 
 
 class WireError(ValueError):
@@ -74,7 +74,7 @@ class Batch:
 
 def canonical(obj: Any) -> str:
     """Compact JSON with sorted keys: the same event always gives the same text and hash."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=False)
 
 
@@ -102,7 +102,14 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return value.strip() or None
+        value = value.strip()
+        if "\x00" in value:
+            raise WireError("a text field contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise WireError("a text field is not valid Unicode") from None
+        return value or None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -112,6 +119,15 @@ def _text(value: Any) -> str | None:
 
 def parse_event(obj: Any, index: int, default_vendor: str = "unknown") -> WireEvent:
     """One event object; the seed's alternative names are accepted."""
+    try:
+        return _parse_event(obj, index, default_vendor)
+    except WireError as err:
+        text = str(err)
+        raise WireError(text if text.startswith("event ") else f"event {index}: {text}") \
+            from None
+
+
+def _parse_event(obj: Any, index: int, default_vendor: str) -> WireEvent:
     where = f"event {index}"
     if not isinstance(obj, dict):
         raise WireError(f"{where}: an event is a JSON object")
@@ -135,6 +151,15 @@ def parse_event(obj: Any, index: int, default_vendor: str = "unknown") -> WireEv
 
 
 def parse_lost(obj: Any, index: int) -> LostReport:
+    try:
+        return _parse_lost(obj, index)
+    except WireError as err:
+        text = str(err)
+        raise WireError(text if text.startswith("lost ") else f"lost {index}: {text}") \
+            from None
+
+
+def _parse_lost(obj: Any, index: int) -> LostReport:
     where = f"lost {index}"
     if not isinstance(obj, dict):
         raise WireError(f"{where}: a lost report is a JSON object")

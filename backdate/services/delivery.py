@@ -247,7 +247,7 @@ def send_file(path: Path, outbox: Outbox, transport: Transport, *, stop: threadi
 
     def feed() -> None:
         try:
-            feed_file(outbox, path, stop, sender)
+            feed_file(outbox, path, stop, sender, chunk=max(1, min(1000, outbox.max_pending)))
         finally:
             done.set()
 

@@ -126,8 +126,8 @@ _EVENT_SCHEMA: dict[str, Any] = {
     "properties": {
         "device_id": {"type": "string"}, "device_key": {"type": "string"},
         "source_vendor": {"type": "string"},
-        "sequence_number": {"type": "integer", "minimum": 0},
-        "epoch": {"type": "integer", "minimum": 0},
+        "sequence_number": {"type": "integer", "minimum": 0, "maximum": 2**62},
+        "epoch": {"type": "integer", "minimum": 0, "maximum": 2**62},
         "timestamp": {"type": "string"}, "event_type": {"type": "string"},
     },
     "additionalProperties": True,
@@ -136,7 +136,7 @@ _LOST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "device_id": {"type": "string"}, "source_vendor": {"type": "string"},
-        "epoch": {"type": "integer", "minimum": 0},
+        "epoch": {"type": "integer", "minimum": 0, "maximum": 2**62},
         "sequences": {"type": "array", "items": {"oneOf": [
             {"type": "integer", "minimum": 0},
             {"type": "array", "items": {"type": "integer", "minimum": 0},
