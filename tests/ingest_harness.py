@@ -20,7 +20,7 @@ from typing import Any
 HOST = "127.0.0.1"
 READ_TOKEN = "read-token-0123456789"
 INGEST_KEY = "ingest-key-0123456789"
-JWT_SECRET = "jwt-secret-0123456789abcdef"
+JWT_SECRET = "jwt-secret-0123456789abcdef-0123456"
 JWT_ISSUER = "bubble.smartfilterpro"
 JWT_AUDIENCE = "core.smartfilterpro"
 

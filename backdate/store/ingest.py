@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from backdate.domain.delivery import (
     LOST,
+    MAX_SEQUENCE,
     OPEN,
     RESOLVED,
     Batch,
@@ -293,6 +294,13 @@ class IngestStore:
             for a, b in still:
                 new_rows.append({**base, "first_seq": a, "last_seq": b, "missing": b - a + 1,
                                  "status": OPEN, "detected_at": g.detected_at})
+        if s.floor is not None:
+            # Below the first number the server saw: nothing to fill, but recorded as lost.
+            for a, b in subtract(merge(ranges), [(s.floor, MAX_SEQUENCE)]):
+                new_rows.append({**base, "first_seq": a, "last_seq": b, "missing": b - a + 1,
+                                 "status": LOST, "reason": "sender reported lost",
+                                 "resolved_at": now})
+                recorded += b - a + 1
         above = merge(ranges) if s.hwm is None else subtract(merge(ranges), [(0, s.hwm)])
         for a, b in above:
             if s.hwm is not None and a > s.hwm + 1:
