@@ -179,8 +179,8 @@ def test_401_on_every_route(serve: Serve) -> None:
     url = serve.url + "/ingest/v1/events:batch"
     assert request("POST", url, _token(), [_ev("jwt", 1)])[0] == 200
     for bad in (_token(aud="other"), _token(iss="other"), _token(exp=int(time.time()) - 3600),
-                jwt.encode({"iss": JWT_ISSUER, "aud": JWT_AUDIENCE}, "another-secret-0123456789abcdefghij",
-                           algorithm="HS256"),
+                jwt.encode({"iss": JWT_ISSUER, "aud": JWT_AUDIENCE},
+                           "another-secret-0123456789abcdefghij", algorithm="HS256"),
                 jwt.encode({"iss": JWT_ISSUER, "aud": JWT_AUDIENCE}, None, algorithm="none")):
         assert request("POST", url, bad, [_ev("jwt", 2)])[0] == 401
     # The page takes HTTP Basic with the token as password (a browser's login dialog).
