@@ -99,6 +99,7 @@ class IngestStore:
         self._lock: Any = threading.Lock() if is_sqlite(engine) else nullcontext()
         self._queue_lock = threading.Lock()
         self._queue: list[_Slot] = []
+        self._ids: dict[StreamKey, int] = {}
 
     # ------------------------------------------------------------------ the batch
     def apply(self, batch: Batch, now: float | None = None) -> BatchResult:
@@ -150,17 +151,34 @@ class IngestStore:
     def _lock_streams(self, conn: Connection, keys: list[StreamKey],
                       now: float) -> dict[StreamKey, _Stream]:
         keys = sorted(set(keys), key=lambda k: (k.device_id, k.source_vendor, k.epoch))
+        out = self._select_streams(conn, keys)
+        missing = [k for k in keys if k not in out]
+        if not missing:
+            return out
         rows = [{"device_id": k.device_id, "source_vendor": k.source_vendor, "epoch": k.epoch,
-                 "first_seen": now, "last_seen": now} for k in keys]
+                 "first_seen": now, "last_seen": now} for k in missing]
         stmt = self._insert(ingest_streams).on_conflict_do_nothing(
             index_elements=["device_id", "source_vendor", "epoch"])
         for i in range(0, len(rows), 200):
             conn.execute(stmt, rows[i:i + 200])
+        return self._select_streams(conn, keys)
+
+    def _select_streams(self, conn: Connection, keys: list[StreamKey],
+                        ) -> dict[StreamKey, _Stream]:
+        """The streams' rows, locked in key order (PostgreSQL; SQLite holds the write lock
+        already)."""
         cols = ingest_streams.c
+        known = [self._ids[k] for k in keys if k in self._ids]
+        unknown = [(k.device_id, k.source_vendor, k.epoch) for k in keys if k not in self._ids]
+        # A stream's id never changes, so known streams are found by primary key.
+        where = []
+        if known:
+            where.append(cols.id.in_(known))
+        if unknown:
+            where.append(tuple_(cols.device_id, cols.source_vendor, cols.epoch).in_(unknown))
         query = (select(cols.id, cols.device_id, cols.source_vendor, cols.epoch, cols.floor_seq,
                         cols.hwm, cols.events, cols.resets)
-                 .where(tuple_(cols.device_id, cols.source_vendor, cols.epoch).in_(
-                     [(k.device_id, k.source_vendor, k.epoch) for k in keys]))
+                 .where(or_(*where))
                  .order_by(cols.device_id, cols.source_vendor, cols.epoch))
         if not is_sqlite(self.engine):
             query = query.with_for_update()
@@ -169,6 +187,8 @@ class IngestStore:
             key = StreamKey(r.device_id, r.source_vendor, r.epoch)
             out[key] = _Stream(r.id, key, r.floor_seq, r.hwm, r.events, r.resets,
                                fresh=r.hwm is None)
+            if len(self._ids) < 100_000:
+                self._ids[key] = r.id
         return out
 
     def _apply(self, conn: Connection, batch: Batch, now: float) -> BatchResult:
