@@ -253,3 +253,12 @@ def test_send_refuses_bad_file_and_unreachable_server(tmp_path: Path) -> None:
     assert proc.returncode == 3, proc.stderr
     assert "stay in the outbox" in " ".join(proc.stderr.split()), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_late_request_of_an_old_epoch_opens_no_gap(serve: Serve) -> None:
+    post(serve.url, [_ev("late", 1, epoch=1)])
+    post(serve.url, [_ev("late", 1, epoch=2)])
+    status, answer = post(serve.url, [_ev("late", 5, epoch=1)])  # delayed, from the old sender
+    assert status == 200 and answer["accepted"] == 1 and answer["gaps"] == []
+    [gap] = _gaps(serve, "late")
+    assert (gap["epoch"], gap["status"], gap["reason"]) == (1, "lost", "superseded by epoch 2")

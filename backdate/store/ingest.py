@@ -273,10 +273,23 @@ class IngestStore:
 
         gp = ingestion_gaps.c
         if new_gaps:
+            # A late request of an older epoch opens no gap that nobody can fill any more: a
+            # newer epoch of the same device and vendor means that sender is gone.
+            st = ingest_streams.c
+            newest: dict[tuple[str, str], int] = {}
+            for s, _a, _b in new_gaps:
+                pair = (s.key.device_id, s.key.source_vendor)
+                if pair not in newest:
+                    newest[pair] = conn.execute(select(func.max(st.epoch)).where(
+                        st.device_id == pair[0], st.source_vendor == pair[1])).scalar() or 0
             conn.execute(insert(ingestion_gaps), [
                 {"stream_id": s.id, "device_id": s.key.device_id,
                  "source_vendor": s.key.source_vendor, "epoch": s.key.epoch, "first_seq": a,
-                 "last_seq": b, "missing": b - a + 1, "status": OPEN, "detected_at": now}
+                 "last_seq": b, "missing": b - a + 1, "detected_at": now,
+                 **({"status": OPEN, "reason": None, "resolved_at": None}
+                    if newest[(s.key.device_id, s.key.source_vendor)] <= s.key.epoch else
+                    {"status": LOST, "resolved_at": now, "reason": "superseded by epoch "
+                     f"{newest[(s.key.device_id, s.key.source_vendor)]}"})}
                 for s, a, b in new_gaps])
         if fills:
             self._fill(conn, fills, now)
