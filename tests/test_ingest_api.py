@@ -262,3 +262,16 @@ def test_late_request_of_an_old_epoch_opens_no_gap(serve: Serve) -> None:
     assert status == 200 and answer["accepted"] == 1 and answer["gaps"] == []
     [gap] = _gaps(serve, "late")
     assert (gap["epoch"], gap["status"], gap["reason"]) == (1, "lost", "superseded by epoch 2")
+
+
+def test_overtaken_first_events_of_an_epoch_are_not_resets(serve: Serve) -> None:
+    # Parallel requests: numbers 4-5 arrive before 1-3.
+    status, answer = post(serve.url, [_ev("overtaken", 4), _ev("overtaken", 5)])
+    status, answer = post(serve.url, [_ev("overtaken", 1)])
+    assert "counter_resets" not in answer
+    assert answer["gaps"][0]["missing_ranges"] == [[2, 3]]
+    status, answer = post(serve.url, [_ev("overtaken", 3), _ev("overtaken", 2)])
+    assert answer["gaps"] == [] and "counter_resets" not in answer
+    [stream] = _stream(serve, "overtaken")
+    assert (stream["first_sequence"], stream["counter_resets"], stream["events"]) == (1, 0, 5)
+    assert [g["status"] for g in _gaps(serve, "overtaken")] == ["resolved"]

@@ -232,7 +232,10 @@ class IngestStore:
                 seq = e.seq
                 held = existing.get((s.id, seq))
                 below_floor = s.floor is not None and seq < s.floor and held is None
-                if held is not None or below_floor:
+                # Below the first number: a sender with epochs numbers from its start, so
+                # that is a late (overtaken) event; without epochs (the seed's clients) it is
+                # the counter going back.
+                if held is not None or (below_floor and s.key.epoch == 0):
                     if held == e.digest:
                         result.duplicates += 1
                         continue
@@ -256,6 +259,10 @@ class IngestStore:
                     if seq > s.hwm + 1:
                         new_gaps.append((s, s.hwm + 1, seq - 1))
                     s.hwm = seq
+                elif s.floor is not None and seq < s.floor:
+                    if seq + 1 < s.floor:
+                        new_gaps.append((s, seq + 1, s.floor - 1))
+                    s.floor = seq
                 else:
                     fills[s.id].append(seq)
         if rows:
