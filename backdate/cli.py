@@ -681,6 +681,137 @@ class _MaskedLog:
         return True
 
 
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path | None, typer.Option("--config", help="backdate.toml (default: "
+                                                "./backdate.toml, else "
+                                                "~/.config/backdate/backdate.toml).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Check the configuration and the "
+                                        "store (migrating it), then exit.")] = False,
+    listen: Annotated[str | None, typer.Option("--listen", help="host:port, overriding "
+                                               "\\[serve] listen.")] = None,
+) -> None:
+    """Serve the HTTP API, the web page and (with \\[serve.ingest]) the event ingest endpoint.
+
+    Example backdate.toml:
+
+        \\[serve]
+        listen = "127.0.0.1:8765"
+        store = "sqlite:////var/lib/backdate/serve.db"   # or postgresql://user@host/db
+        api_tokens = ["a-long-random-read-token"]
+
+        \\[serve.ingest]
+        api_keys = ["a-long-random-ingest-key"]
+        gap_deadline = "24h"
+
+    Example: backdate serve --config backdate.toml
+    """
+    import logging
+
+    from backdate.config import ConfigError, load_serve_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    with _errors():
+        cfg = load_serve_config(config)
+        if listen is not None:
+            host, _, port = listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UsageError(f"--listen {listen!r} is not host:port")
+            cfg.host, cfg.port = host.strip("[]"), int(port)
+        from backdate.interfaces.http.server import open_store, run
+
+        try:
+            engine = open_store(cfg)
+        except Exception as err:  # noqa: BLE001 - any driver error: unreachable store
+            from backdate.errors import TargetError
+
+            if isinstance(err, ConfigError | BackdateError):
+                raise
+            raise TargetError(f"the store cannot be opened: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}") from None
+        if check:
+            parts = ["ingest" if cfg.ingest else None,
+                     f"{len(cfg.homes)} homes" if cfg.homes else None]
+            console.print(f"configuration ok: listen {cfg.host}:{cfg.port}, serves "
+                          f"{', '.join(p for p in parts if p)}; store ready", markup=False)
+            return
+        run(cfg, engine)
+
+
+@app.command("send")
+def send_cmd(
+    file: Annotated[Path, typer.Argument(help="JSON Lines: one event object per line, each "
+                                         "with device_id (or device_key).")],
+    to: Annotated[str, typer.Option("--to", help="Ingest URL: http(s)://host:8765 or the full "
+                                    ".../ingest/v1/events:batch.")],
+    api_key: Annotated[str | None, typer.Option("--api-key", help="API key or JWT (default: "
+                                                "$BACKDATE_INGEST_API_KEY).",
+                                                show_default=False)] = None,
+    outbox: Annotated[Path | None, typer.Option("--outbox", help="Outbox file (default: "
+                                                "FILE.outbox.db beside the file).")] = None,
+    vendor: Annotated[str, typer.Option("--vendor", help="source_vendor of events that name "
+                                        "none.")] = "backdate",
+    batch: Annotated[int, typer.Option("--batch", min=1, max=10_000,
+                                       help="Events per request.")] = 100,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=16,
+                                          help="Requests in flight.")] = 2,
+    ring: Annotated[int, typer.Option("--ring", min=0, help="Acknowledged events kept to "
+                                      "answer gaps.")] = 200,
+    max_pending: Annotated[int, typer.Option("--max-pending", min=1, help="Events the outbox "
+                                             "holds before the policy applies.")] = 100_000,
+    policy: Annotated[str, typer.Option("--policy", help="Full outbox: block, or drop_oldest "
+                                        "(dropped numbers are reported as lost).")] = "block",
+    give_up: Annotated[int | None, typer.Option("--give-up-after", min=1, help="Failed "
+                                                "attempts in a row before exit 3 (default: "
+                                                "retry forever).")] = None,
+) -> None:
+    """Deliver events through the persistent outbox with sequence numbers.
+
+    Each line is numbered and stored in the outbox before it is sent, and kept until the
+    server acknowledged it; a killed send resumes where it stopped, with the same numbers.
+    Exit codes: 0 everything acknowledged, 1 bad file, 3 the server refused or stayed
+    unreachable (the events stay in the outbox).
+
+    Example: backdate send events.jsonl --to http://127.0.0.1:8765 --api-key "$KEY"
+    """
+    import signal
+    import threading
+
+    from backdate.adapters.ingest_http.client import IngestClient
+    from backdate.services.delivery import check_jsonl, send_file
+    from backdate.store.outbox import Outbox
+
+    with _errors():
+        token = api_key or os.environ.get("BACKDATE_INGEST_API_KEY")
+        if not token:
+            raise UsageError("no credentials: pass --api-key or set BACKDATE_INGEST_API_KEY")
+        try:
+            client = IngestClient(to, token)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        check = check_jsonl(file)
+        box = Outbox(outbox or file.with_name(file.name + ".outbox.db"), ring_events=ring,
+                     max_pending=max_pending, policy=policy, default_vendor=vendor)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            stats = send_file(file, box, client, stop=stop, batch_events=batch,
+                              parallel=parallel, max_failures=give_up)
+            health = box.health()
+        finally:
+            box.close()
+            client.close()
+        interrupted = health["buffered"] > 0 or health["lost_unreported"] > 0
+        console.print(f"{check.events} events in {file.name}; epoch {box.epoch}: "
+                      f"{stats.accepted} stored, {stats.duplicates} duplicates, "
+                      f"{stats.resent} resent for gaps, {health['lost_events']} reported lost, "
+                      f"{health['buffered']} still in the outbox", markup=False)
+        if interrupted:
+            raise typer.Exit(3)
+
+
 def render_outcome(outcome: JobOutcome) -> None:
     """One line per job run and per target (the cause of any failure)."""
     from datetime import UTC, datetime

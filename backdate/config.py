@@ -541,3 +541,216 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     return [value.strip() for name, value in env.items()
             if _SECRET_ENV.search(name.upper()) and value.strip()
             and not name.upper().endswith(("_FILE", "_URL", "_PATH", "_DIR"))]
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+DEFAULT_LISTEN = "127.0.0.1:8765"
+DEFAULT_GAP_DEADLINE = 86400.0
+
+
+class HomeFields(_Strict):
+    """One `[[serve.homes]]` entry: a Home Assistant that `serve` mirrors (built later)."""
+
+    name: str = Field(min_length=1)
+    url: str = Field(min_length=1)
+    token: str | None = None
+
+
+class IngestSection(_Strict):
+    """`[serve.ingest]`: the event ingest endpoint and who may post to it."""
+
+    enabled: bool = True
+    api_keys: list[str] = Field(default_factory=list)
+    jwt_secret: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    gap_deadline: float = DEFAULT_GAP_DEADLINE
+    max_events: int = Field(default=10_000, ge=1, le=100_000)  # per request
+
+    @field_validator("gap_deadline", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        if any(len(k.strip()) < 8 for k in value):
+            raise ValueError("every API key needs at least 8 characters")
+        return [k.strip() for k in value]
+
+
+class ServeSection(_Strict):
+    """`[serve]`: where it listens, its store, and the read API's tokens."""
+
+    listen: str = DEFAULT_LISTEN
+    store: str | None = None
+    api_tokens: list[str] = Field(default_factory=list)
+    homes: list[HomeFields] = Field(default_factory=list)
+    ingest: IngestSection | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port, e.g. \"127.0.0.1:8765\"")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:///", "postgresql://",
+                                                       "postgres://", "postgresql+psycopg://")):
+            raise ValueError("the store is sqlite:////absolute/path.db or postgresql://…")
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens(cls, value: list[str]) -> list[str]:
+        if any(len(t.strip()) < 8 for t in value):
+            raise ValueError("every API token needs at least 8 characters")
+        return [t.strip() for t in value]
+
+
+class _ServeFile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    serve: ServeSection = Field(default_factory=ServeSection)
+
+
+@dataclass(slots=True)
+class IngestSettings:
+    """The ingest endpoint's settings, resolved (seconds; secrets never printed)."""
+
+    api_keys: list[str]
+    jwt_secret: str | None
+    jwt_issuer: str | None
+    jwt_audience: str | None
+    gap_deadline: float
+    max_events: int = 10_000
+
+
+@dataclass(slots=True)
+class ServeConfig:
+    path: Path | None
+    host: str
+    port: int
+    store: str
+    api_tokens: list[str]
+    homes: list[HomeFields] = field(default_factory=list)
+    ingest: IngestSettings | None = None
+
+
+def default_serve_store(env: Mapping[str, str]) -> str:
+    base = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return f"sqlite:///{base / 'backdate' / 'serve.db'}"
+
+
+def load_serve_config(path: str | Path | None, env: Mapping[str, str] | None = None
+                      ) -> ServeConfig:
+    """`[serve]` of backdate.toml, with BACKDATE_API_TOKENS, BACKDATE_INGEST_API_KEYS and
+    BACKDATE_INGEST_JWT_SECRET (comma-separated lists) overriding the file. Raises
+    ConfigError naming the file and line."""
+    env = dict(os.environ) if env is None else dict(env)
+    text = ""
+    if path is None:
+        path = default_config_path()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read the configuration: {err.strerror}",
+                              path=str(path)) from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"not valid TOML: {err}", path=str(path),
+                              line=_toml_error_line(str(err))) from None
+    else:
+        raw = {}
+    where = str(path) if path is not None else "<environment>"
+    try:
+        section = _ServeFile.model_validate(raw).serve
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first["loc"])
+        raise ConfigError(f"{_field_name(loc)}: {_message(first)}", path=where,
+                          line=_serve_line(text, loc)) from None
+
+    def env_list(var: str) -> list[str] | None:
+        value = env.get(var)
+        if value is None or not value.strip():
+            return None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if any(len(v) < 8 for v in items):
+            raise ConfigError(f"environment variable {var}: every entry needs at least 8 "
+                              "characters")
+        return items
+
+    tokens = env_list("BACKDATE_API_TOKENS") or section.api_tokens
+    host, _, port = section.listen.rpartition(":")
+    store = section.store or default_serve_store(env)
+    if store.startswith("sqlite:///") and path is not None:
+        rel = store[len("sqlite:///"):]
+        if rel and not rel.startswith("/"):
+            store = f"sqlite:///{(path.parent / rel).resolve()}"
+    ingest = None
+    if section.ingest is not None and section.ingest.enabled:
+        sec = section.ingest
+        keys = env_list("BACKDATE_INGEST_API_KEYS") or sec.api_keys
+        secret = env.get("BACKDATE_INGEST_JWT_SECRET") or sec.jwt_secret
+        line = _serve_line(text, ("serve", "ingest"))
+        if not keys and not secret:
+            raise ConfigError("serve.ingest: set api_keys or jwt_secret (there is no "
+                              "unauthenticated ingest)", path=where, line=line)
+        if secret and not (sec.jwt_issuer and sec.jwt_audience):
+            raise ConfigError("serve.ingest: jwt_secret needs jwt_issuer and jwt_audience",
+                              path=where, line=line)
+        if secret and len(secret) < 16:
+            raise ConfigError("serve.ingest.jwt_secret: use at least 16 characters",
+                              path=where, line=line)
+        if sec.gap_deadline < 1:
+            raise ConfigError("serve.ingest.gap_deadline: at least 1 second", path=where,
+                              line=line)
+        ingest = IngestSettings(api_keys=keys, jwt_secret=secret, jwt_issuer=sec.jwt_issuer,
+                                jwt_audience=sec.jwt_audience, gap_deadline=sec.gap_deadline,
+                                max_events=sec.max_events)
+    if not tokens:
+        raise ConfigError("serve.api_tokens: set at least one token for the read API (or "
+                          "BACKDATE_API_TOKENS)", path=where,
+                          line=_serve_line(text, ("serve",)))
+    if ingest is None and not section.homes:
+        raise ConfigError("serve: nothing to serve: add [serve.ingest] (or [[serve.homes]])",
+                          path=where, line=_serve_line(text, ("serve",)))
+    return ServeConfig(path=path, host=host.strip("[]"), port=int(port), store=store,
+                       api_tokens=tokens, homes=section.homes, ingest=ingest)
+
+
+def _serve_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Line of a `[serve]` / `[serve.ingest]` / `[[serve.homes]]` key."""
+    lines = text.splitlines()
+    keys = [k for k in loc if isinstance(k, str)]
+    header = r"\[\s*serve\s*\]"
+    rest = keys[1:]
+    if len(keys) >= 2 and keys[1] == "ingest":
+        header, rest = r"\[\s*serve\.ingest\s*\]", keys[2:]
+    elif len(keys) >= 2 and keys[1] == "homes":
+        header, rest = r"\[\[\s*serve\.homes\s*\]\]", keys[2:]
+    start = None
+    for i, line in enumerate(lines):
+        if re.match(rf"^\s*{header}", line):
+            start = i
+            break
+    if start is None:
+        return None
+    for key in rest[-1:]:
+        for i in range(start + 1, len(lines)):
+            if re.match(r"^\s*\[", lines[i]):
+                break
+            if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+    return start + 1

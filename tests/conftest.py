@@ -73,8 +73,9 @@ _MQTT_MODULES = {"test_mqtt", "test_sync", "test_portal_sync"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the run, and start (or install) Mosquitto once when the session has tests that need it, so that a
-    single test file run on a fresh machine passes the same way as scripts/test.sh.
+    """Order the run, and start (or install) Mosquitto once when the session has tests that
+    need it, so that a single test file run on a fresh machine passes the same way as
+    scripts/test.sh.
 
     Under --time-shift, tests whose data follows the system clock are skipped: a running
     Home Assistant compiles, and InfluxDB answers `now()`, by the machine's clock."""
