@@ -155,6 +155,8 @@ class ChaosProxy:
         self.counts = {"requests": 0, "drop_request": 0, "drop_answer": 0, "duplicate": 0,
                        "delay": 0, "upstream_down": 0}
         self.port = free_port()
+        self.open = threading.Event()  # cleared by hold(): requests wait, nothing is answered
+        self.open.set()
         proxy = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -176,8 +178,16 @@ class ChaosProxy:
         self.thread.start()
 
     def stop(self) -> None:
+        self.open.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def hold(self) -> None:
+        """Stop forwarding: the client gets no acknowledgement, so its outbox fills."""
+        self.open.clear()
+
+    def release(self) -> None:
+        self.open.set()
 
     def _pick(self) -> tuple[str | None, int]:
         with self.lock:
@@ -212,6 +222,7 @@ class ChaosProxy:
                 line = reader.readline(65536)
                 if not line:
                     return
+                self.open.wait(30)
                 method, path, _ = line.decode("latin-1").split(" ", 2)
                 headers: dict[str, str] = {}
                 while True:

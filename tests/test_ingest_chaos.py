@@ -104,7 +104,16 @@ def run_chaos(tmp: Path, store: str, n: int, servers: int = 1, delete_outbox: bo
                     target.kill9()
                     target.start()
                 else:
+                    if delete_outbox and not pending_at_delete:
+                        # the outbox must hold unacknowledged events when it is lost: hold
+                        # the answers until it does (the client keeps taking events in)
+                        proxy.hold()
+                        held_until = time.monotonic() + 30
+                        while (not _outbox_state(outbox)[1]
+                               and time.monotonic() < held_until):
+                            time.sleep(0.05)
                     send.kill9()
+                    proxy.release()
                     if delete_outbox and not pending_at_delete:
                         position, pending_at_delete = _outbox_state(outbox)
                         old_epoch = int(_query(f"sqlite:///{outbox}",
