@@ -12,12 +12,13 @@ DATABASE_SCHEMES = ("sqlite:", "mysql:", "mysql+pymysql:", "mariadb:", "postgres
 
 
 def open_target(url: str) -> StatisticsTarget:
-    """A database URL opens HA's recorder database; http(s) is HA's WebSocket API."""
+    """A database URL opens HA's recorder database; http(s) is HA's WebSocket API (ws(s)://
+    names the WebSocket itself, e.g. the Supervisor's ws://supervisor/core/websocket)."""
     if url.startswith(DATABASE_SCHEMES):
         from backdate.targets.recorder_db import open_recorder
 
         return open_recorder(url)
-    if url.startswith(("http://", "https://")):
+    if url.startswith(("http://", "https://", "ws://", "wss://")):
         import os
 
         from backdate.targets.ha_ws import open_websocket
