@@ -30,6 +30,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+def _print_version(value: bool) -> None:
+    """`backdate --version`: the installed package's version, from its metadata."""
+    if value:
+        from importlib.metadata import version
+
+        print(f"backdate {version('backdate')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print backdate's version and exit.")] = False,
+) -> None:
+    """Put energy and sensor history into Home Assistant at the right time."""
+
+
 def _console(stderr: bool = False) -> Console:
     """Rich consoles that never read user data as markup or emoji codes; wide when piped."""
     probe = Console(stderr=stderr)
