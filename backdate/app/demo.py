@@ -67,8 +67,10 @@ def run_demo(directory: Path, console: Console) -> None:
         elapsed = time.perf_counter() - started
         render.print_done(console, imports, [i.statistic_id for i in imports])
         chart = directory / "chart.png"
-        render.chart(imports, zone, str(chart))
+        if render.can_chart():
+            render.chart(imports, zone, str(chart))
     finally:
         target.close()
-    console.print(f"imported in {elapsed:.2f} s; chart: {chart}", markup=False)
+    drawn = chart if render.can_chart() else "not drawn (pip install 'backdate[chart]')"
+    console.print(f"imported in {elapsed:.2f} s; chart: {drawn}", markup=False)
     console.print(f"look inside: backdate inspect {url}", markup=False)

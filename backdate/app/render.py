@@ -115,7 +115,18 @@ def _print_seams(console: Console, item: StatisticImport, tz: ZoneInfo) -> None:
     console.print(table)
 
 
+def can_chart() -> bool:
+    """matplotlib is an extra (`backdate[chart]`): a plain `pip install backdate` has none."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> None:
+    if not can_chart():
+        from backdate.errors import UsageError
+
+        raise UsageError("--chart needs matplotlib: pip install 'backdate[chart]'")
     sums = [i for i in imports if i.plan.meta.has_sum and i.plan.hourly.count]
     if sums:
         draw_chart(sums, tz, path)
