@@ -242,3 +242,156 @@ def test_no_mariadb_service_is_explained(app_ha: tuple[HomeAssistant, Path],
     assert proc.returncode == 1, proc.stdout
     assert "option 'write_to': mariadb" in proc.stdout and "MariaDB app" in proc.stdout
     assert_clean_log(proc, ha.token)
+
+
+@pytest.mark.ha
+def test_the_loop_runs_and_stops_on_sigterm(app_ha: tuple[HomeAssistant, Path]) -> None:
+    """What the container runs: no --once. The first round runs at once; SIGTERM (the
+    Supervisor stopping the app) ends it cleanly with exit 0."""
+    import signal
+
+    ha, root = app_ha
+    end = int(time.time()) // HOUR * HOUR
+    house_csv(root / "share" / "backdate" / "loop.csv", end, 6, 0.5)
+    options = {"write_to": "websocket", "interval": "1h", "jobs": [
+        {"name": "loop", "source": "/share/backdate/loop.csv", "statistic_id": "backdate:loop"}]}
+    (root / "data" / "options.json").write_text(json.dumps(options))
+    env = {k: v for k, v in os.environ.items() if k not in ("HA_TOKEN", "HA_URL")}
+    env.update(BACKDATE_APP_ROOT=str(root), BACKDATE_SUPERVISOR_URL=ha.url,
+               BACKDATE_CORE_WEBSOCKET=f"ws://127.0.0.1:{ha.port}/api/websocket",
+               SUPERVISOR_TOKEN=ha.token)
+    proc = subprocess.Popen([sys.executable, "-m", "backdate.haos"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "job loop: ok" in line:
+                break
+        assert any("job loop: ok" in line for line in lines), "".join(lines)
+        assert proc.poll() is None  # still looping
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, ("".join(lines) + out, err)
+    done = subprocess.CompletedProcess(proc.args, 0, "".join(lines) + out, err)
+    assert_clean_log(done, ha.token)
+    changes = _hourly_change(ha, "backdate:loop", end - 6 * HOUR, end)
+    assert len(changes) == 6 and all(abs(v - 2.0) < 1e-9 for v in changes.values()), changes
+
+
+# -------------------------------------------------------------- MariaDB through the Supervisor
+
+
+SERVICE_PASSWORD = "S3rv!ce/pw:x@y%z"
+
+
+class SupervisorServices:
+    """The Supervisor's `GET /services/mysql` as it documents it, on loopback: with the app's
+    bearer token it answers `{"result": "ok", "data": {host, port, username, password}}`;
+    without it, 401. It hands out a real MariaDB user (this machine has no Supervisor)."""
+
+    def __init__(self, token: str, data: dict) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.calls: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                outer.calls.append(self.path)
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self._answer(401, {"result": "error", "message": "Unauthorized"})
+                elif self.path == "/services/mysql":
+                    self._answer(200, {"result": "ok", "data": data})
+                else:
+                    self._answer(404, {"result": "error", "message": "not found"})
+
+            def _answer(self, status: int, body: dict) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.ha
+@pytest.mark.servers
+def test_mariadb_app_credentials_from_the_supervisor(ha_venv: Path, tmp_path: Path) -> None:
+    """write_to: mariadb. HA's recorder runs on MariaDB; the app asks the Supervisor for the
+    MariaDB service, connects as the user it hands out (a password with URL-special
+    characters), writes the job, and HA shows it. Neither the token nor the password is
+    logged."""
+    import services
+    from ha_harness import recorder_database
+
+    with recorder_database("mariadb", "app") as db_url:
+        assert db_url is not None
+        database = db_url.rsplit("/", 1)[1].split("?", 1)[0]
+        con = services.mysql_connect("mysql")
+        try:
+            with con.cursor() as cur:
+                cur.execute("DROP USER IF EXISTS 'backdate_app'@'127.0.0.1'")
+                cur.execute("CREATE USER 'backdate_app'@'127.0.0.1' IDENTIFIED BY %s",
+                            (SERVICE_PASSWORD,))
+                cur.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO "
+                            "'backdate_app'@'127.0.0.1'")
+            con.commit()
+        finally:
+            con.close()
+        root = app_root(tmp_path, {"jobs": []})
+        ha = HomeAssistant(root / "homeassistant", venv=ha_venv, db_url=db_url)
+        ha.start()
+        supervisor = SupervisorServices(ha.token, {"host": "127.0.0.1", "port": services.MYSQL_PORT,
+                                                   "username": "backdate_app",
+                                                   "password": SERVICE_PASSWORD})
+        try:
+            end = int(time.time()) // HOUR * HOUR
+            house_csv(root / "share" / "backdate" / "maria.csv", end, 12, 0.1)
+            options = {"write_to": "mariadb", "mariadb_database": database, "jobs": [
+                {"name": "maria", "source": "/share/backdate/maria.csv",
+                 "statistic_id": "backdate:app_mariadb"}]}
+            (root / "data" / "options.json").write_text(json.dumps(options))
+            proc = run_app(root, "--once", token=ha.token, supervisor=supervisor.url)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert supervisor.calls == ["/services/mysql"]
+            assert_clean_log(proc, ha.token, SERVICE_PASSWORD,
+                             SERVICE_PASSWORD.replace("/", "%2F"))
+            assert "job maria: ok" in proc.stdout and "backdate_app:***@" in proc.stdout
+            changes = _hourly_change(ha, "backdate:app_mariadb", end - 12 * HOUR, end)
+            assert len(changes) == 12, changes
+            assert all(abs(v - 0.4) < 1e-9 for v in changes.values()), changes
+            # the app's own copy of the credentials is private
+            assert (root / "data" / "backdate.toml").stat().st_mode & 0o777 == 0o600
+        finally:
+            supervisor.close()
+            ha.stop()
+            con = services.mysql_connect("mysql")
+            try:
+                with con.cursor() as cur:
+                    cur.execute("DROP USER IF EXISTS 'backdate_app'@'127.0.0.1'")
+                con.commit()
+            finally:
+                con.close()

@@ -236,6 +236,7 @@ class Plan:
     secrets: list[str] = field(default_factory=list)
     serve: bool = False
     target: str = ""
+    jobs: int = 0
 
 
 def target_for(options: AppOptions, app_env: AppEnvironment) -> tuple[str, list[str]]:
@@ -347,6 +348,9 @@ def prepare(app_env: AppEnvironment) -> Plan:
     target, target_secrets = target_for(options, app_env)
     serve = options.serve and has_command("serve")
     if options.serve and not serve:
+        if not options.jobs:
+            raise AppError("option 'jobs': no job, and option 'serve' cannot run: this "
+                           "backdate has no `serve` command yet")
         log.warning("option 'serve' is on, but this backdate has no `serve` command yet; "
                     "only the sync runs")
     text, headers = render_config(options, app_env, target, serve)
@@ -361,7 +365,7 @@ def prepare(app_env: AppEnvironment) -> Plan:
     check_config(config, options, headers, env)
     secrets = [s for s in [app_env.token, *target_secrets, *options.secrets()] if s]
     return Plan(config=config, env=env, secrets=secrets, serve=serve,
-                target=options.write_to)
+                target=options.write_to, jobs=len(options.jobs))
 
 
 # ------------------------------------------------------------------------------------ logging
@@ -446,9 +450,11 @@ def start(args: list[str], plan: Plan,
 def run(plan: Plan, once: bool) -> int:
     """`backdate sync` (and `backdate serve` when asked and present) until one ends."""
     sync_args = ["sync", "--config", str(plan.config)] + (["--once"] if once else [])
-    children = [start(sync_args, plan, "")]
+    children = [start(sync_args, plan, "")] if plan.jobs else []
     if plan.serve and not once:
         children.append(start(["serve", "--config", str(plan.config)], plan, "serve: "))
+    if not children:
+        return 0
 
     def stop(*_: object) -> None:
         for proc, _threads in children:
@@ -469,6 +475,8 @@ def run(plan: Plan, once: bool) -> int:
                 children[0][0].wait(timeout=1)
             except subprocess.TimeoutExpired:
                 continue
+            except KeyboardInterrupt:
+                stop()
     finally:
         stop()
         for proc, threads in children:
@@ -510,17 +518,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except InputError as err:
         log.error("%s", err)
         sys.exit(1)
+    except OSError as err:  # a mount missing or read-only: say which, no traceback
+        log.error("cannot prepare the app's files: %s", err)
+        sys.exit(1)
     REDACTOR.add(plan.secrets)
     from importlib.metadata import version
 
     log.info("backdate %s: %d job(s) into Home Assistant (%s), %s", version("backdate"),
-             _count_jobs(plan.config), plan.target, "once" if args.once else "syncing")
+             plan.jobs, plan.target, "once" if args.once else "syncing")
     if args.check:
         log.info("options are valid; %s written", plan.config)
         return
     sys.exit(run(plan, args.once))
 
-
-def _count_jobs(path: Path) -> int:
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines()
-               if line.strip() == "[[sync.jobs]]")
