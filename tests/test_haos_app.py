@@ -93,6 +93,9 @@ def house_csv(path: Path, end: int, hours: int, per_quarter: float) -> None:
     ({"jobs": [{"name": "a", "source": "influxdb://h:8086/db?measurement=m&field=f&oops=1",
                 "statistic_id": "backdate:a"}]}, ["option 'jobs[1] (a).source'", "oops"]),
     ({"initial_sync_days": 0, "jobs": []}, ["option 'initial_sync_days'"]),
+    ({"interval": "often", "jobs": [{"name": "a", "source": "x.csv",
+                                    "statistic_id": "backdate:a"}]},
+     ["option 'interval'", "not a duration"]),
 ])
 def test_a_wrong_option_is_named(tmp_path: Path, options: dict, words: list[str]) -> None:
     root = app_root(tmp_path, {**SECRETS, **options})

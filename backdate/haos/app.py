@@ -321,13 +321,13 @@ def check_config(path: Path, options: AppOptions, headers: list[int],
         load_config(path, env)
     except ConfigError as err:
         index = sum(1 for line in headers if err.line is not None and line <= err.line)
-        where = f"jobs[{index}]" if index else "options"
-        if index:
-            where += f" ({options.jobs[index - 1].name})"
-        problem = re.sub(r"^sync\.jobs\[\d+\]\.", "", err.problem).split(":", 1)
-        name = f"{where}.{problem[0]}" if index and len(problem) == 2 else where
-        text = problem[1].strip() if index and len(problem) == 2 else err.problem
-        raise AppError(f"option '{name}': {text}") from None
+        problem = re.sub(r"^sync\.(jobs\[\d+\]\.)?", "", err.problem)
+        field_name, _, text = problem.partition(":")
+        if not text or " " in field_name.strip():  # no "field: problem" shape
+            field_name, text = "", problem
+        where = f"jobs[{index}] ({options.jobs[index - 1].name})" if index else ""
+        name = ".".join(part for part in (where, field_name.strip()) if part) or "options"
+        raise AppError(f"option '{name}': {text.strip()}") from None
 
 
 def has_command(name: str) -> bool:
