@@ -398,3 +398,18 @@ def test_mariadb_app_credentials_from_the_supervisor(ha_venv: Path, tmp_path: Pa
                 con.commit()
             finally:
                 con.close()
+
+
+def test_the_supervisors_websocket_url_is_taken_as_it_is() -> None:
+    """ws://supervisor/core/websocket is the WebSocket itself; http(s) still maps to HA's
+    /api/websocket; sync configs accept both."""
+    from backdate.config import check_target
+    from backdate.hass.client import websocket_url
+
+    assert websocket_url("ws://supervisor/core/websocket") == "ws://supervisor/core/websocket"
+    assert websocket_url("http://ha.local:8123") == "ws://ha.local:8123/api/websocket"
+    assert websocket_url("https://ha.example/x/") == "wss://ha.example/x/api/websocket"
+    assert websocket_url("ws://ha.local:8123") == "ws://ha.local:8123/api/websocket"
+    check_target("ws://supervisor/core/websocket", {})
+    with pytest.raises(ValueError):
+        check_target("ws://supervisor:notaport/core/websocket", {})
