@@ -1,6 +1,6 @@
 """`pip install backdate` from a built wheel works from nothing.
 
-The wheel is built the way CI builds it (`python -m build --wheel`, isolated, so the build
+The wheel is built the way CI builds it (`python -m build`, isolated, so the build
 requirements come from pyproject.toml alone) with no warning about the package metadata, then
 installed into a fresh virtual environment with nothing else in it, and the installed
 `backdate` runs: `--version`, `demo` in an empty folder, `inspect` of what demo made. pip's
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,18 +30,26 @@ def run(*args: str | Path, cwd: Path | None = None, timeout: float = 300
 
 def test_wheel_installs_and_runs_from_nothing(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    build = run(sys.executable, "-m", "build", "--wheel", "--outdir", dist, ROOT)
+    # sdist first, then the wheel built from the sdist: what a release uploads
+    build = run(sys.executable, "-m", "build", "--outdir", dist, ROOT)
     output = build.stdout + build.stderr
     # setuptools' metadata warnings (license tables, classifiers, ...) all say "Warning".
     assert "Warning" not in output and "deprecated" not in output.lower(), output[-3000:]
     [wheel] = dist.glob("backdate-*.whl")
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert wheel.name == f"backdate-{version}-py3-none-any.whl"
+    assert (dist / f"backdate-{version}.tar.gz").exists()
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(f"backdate-{version}.dist-info/METADATA").decode()
+    assert f"backdate-{version}.dist-info/licenses/LICENSE" in names
+    assert any(n.startswith("backdate/targets/ddl/") for n in names)
+    assert "License-Expression: Apache-2.0" in metadata
 
     env_dir = tmp_path / "fresh"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel,
+    run(python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check", wheel,
         timeout=600)
     backdate = env_dir / "bin" / "backdate"
     assert run(backdate, "--version").stdout.strip() == f"backdate {version}"
