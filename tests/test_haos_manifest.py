@@ -219,3 +219,17 @@ def test_dockerfile_and_tabs() -> None:
 @pytest.mark.parametrize("name", ["config.yaml", "translations/en.yaml"])
 def test_yaml_files_parse(name: str) -> None:
     assert isinstance(load(APP / name), dict)
+
+
+def test_the_documented_example_options_are_valid() -> None:
+    """The Configuration example in DOCS.md passes the Supervisor's schema and the entry
+    point's own check."""
+    from backdate.haos.app import parse_options
+
+    docs = (APP / "DOCS.md").read_text()
+    [example] = re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL)
+    options = yaml.safe_load(example)
+    schema = load(APP / "config.yaml")["schema"]
+    assert value_problems(schema, options, "options") == []
+    parsed = parse_options(options)
+    assert [job.name for job in parsed.jobs] == ["house", "powerwall"]
