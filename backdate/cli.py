@@ -29,6 +29,8 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+
 def _console(stderr: bool = False) -> Console:
     """Rich consoles that never read user data as markup or emoji codes; wide when piped."""
     probe = Console(stderr=stderr)

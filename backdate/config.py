@@ -319,7 +319,7 @@ def _resolve_job(fields: JobFields, section: SyncSection, env: dict[str, str], p
             f"source URL); remove {which} from the job", path=str(path),
             line=_line_of(text, (*loc, which)))
     has_ha = any(t.startswith(("sqlite:", "mysql", "mariadb:", "postgres", "http://",
-                               "https://")) for t in targets)
+                               "https://", "ws://", "wss://")) for t in targets)
     if has_ha and not fields.statistic_id:
         raise ConfigError(
             f"statistic_id: job {fields.name!r} writes Home Assistant statistics, so it needs "
@@ -375,8 +375,9 @@ def _beside(target: str, config: Path) -> str:
 
 
 TARGET_SCHEMES = ("sqlite:", "mysql:", "mysql+pymysql:", "mariadb:", "postgresql:",
-                  "postgresql+psycopg:", "postgres:", "http://", "https://", "influxdb://",
-                  "influxdb2://", "influxdbs://", "influxdb2s://", "mqtt://", "mqtts://")
+                  "postgresql+psycopg:", "postgres:", "http://", "https://", "ws://", "wss://",
+                  "influxdb://", "influxdb2://", "influxdbs://", "influxdb2s://", "mqtt://",
+                  "mqtts://")
 
 
 def check_source(spec: str, env: Mapping[str, str]) -> None:

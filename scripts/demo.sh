@@ -6,3 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh chart
 .venv/bin/backdate demo --dir demo
 .venv/bin/backdate inspect sqlite:///demo/home-assistant_v2.db
+echo
+echo "backdate is installed in $(pwd)/.venv, not on your PATH. To use it in this shell:"
+echo "    source $(pwd)/.venv/bin/activate && backdate --help"
+echo "or install it for your account: pipx install $(pwd)   (README: Install)"

@@ -17,7 +17,6 @@ from rich.console import Console
 
 from backdate.app import render
 from backdate.app.importing import ImportOptions, apply_imports, plan_imports, read_sources
-from backdate.errors import require
 from backdate.targets.fresh import create_recorder_sqlite
 
 DEMO_ZONE = "Europe/Vienna"
@@ -38,7 +37,6 @@ def synthetic_year(end: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_demo(directory: Path, console: Console) -> None:
-    require("matplotlib", "the demo's chart")  # before anything is written
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "home-assistant_v2.db"
     for leftover in directory.glob("home-assistant_v2.db*"):
@@ -69,9 +67,11 @@ def run_demo(directory: Path, console: Console) -> None:
         elapsed = time.perf_counter() - started
         render.print_done(console, imports, [i.statistic_id for i in imports])
         chart = directory / "chart.png"
-        render.chart(imports, zone, str(chart))
+        if render.can_chart():
+            render.chart(imports, zone, str(chart))
     finally:
         target.close()
-    console.print(f"imported in {elapsed:.2f} s; chart: {chart}", markup=False)
+    drawn = chart if render.can_chart() else "not drawn (pip install 'backdate[chart]')"
+    console.print(f"imported in {elapsed:.2f} s; chart: {drawn}", markup=False)
     console.print(f"look inside: backdate inspect {url}", markup=False,
                   soft_wrap=True)  # a command to copy: never broken across lines

@@ -116,6 +116,13 @@ def _print_seams(console: Console, item: StatisticImport, tz: ZoneInfo) -> None:
     console.print(table)
 
 
+def can_chart() -> bool:
+    """matplotlib is an extra (`backdate[chart]`): a plain `pip install backdate` has none."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> bool:
     """Draw the days before and after; False (and no file) when no sum has hourly rows."""
     sums = [i for i in imports if i.plan.meta.has_sum and i.plan.hourly.count]

@@ -29,13 +29,14 @@ def target_url(text: str, base: Path | None = None) -> str:
 
 def open_target(url: str) -> StatisticsTarget:
     """A database URL (or a plain file path) opens HA's recorder database; http(s) is HA's
-    WebSocket API."""
+    WebSocket API (ws(s):// names the WebSocket itself, e.g. the Supervisor's
+    ws://supervisor/core/websocket)."""
     url = target_url(url)
     if url.startswith(DATABASE_SCHEMES):
         from backdate.targets.recorder_db import open_recorder
 
         return open_recorder(url)
-    if url.startswith(("http://", "https://")):
+    if url.startswith(("http://", "https://", "ws://", "wss://")):
         import os
 
         from backdate.targets.ha_ws import open_websocket

@@ -146,7 +146,9 @@ class HAMessageTooBigError(HAError):
 def websocket_url(base_url: str) -> str:
     """Map ``http(s)://host:port[/prefix]`` to ``ws(s)://host:port[/prefix]/api/websocket``.
 
-    A prefix is kept so HA behind a reverse proxy at a sub-path works.
+    A prefix is kept so HA behind a reverse proxy at a sub-path works. A ``ws(s)://`` URL whose
+    path already ends in ``/websocket`` is used as it is: the Supervisor's proxy for apps is
+    ``ws://supervisor/core/websocket``.
     """
     parts = urlsplit(base_url.strip())
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
@@ -155,7 +157,8 @@ def websocket_url(base_url: str) -> str:
             "unreachable", f"not an http(s) URL: {base_url!r} (expected e.g. http://host:8123)"
         )
     path = parts.path.rstrip("/")
-    if not path.endswith("/api/websocket"):
+    verbatim = parts.scheme.lower() in ("ws", "wss") and path.endswith("/websocket")
+    if not verbatim and not path.endswith("/api/websocket"):
         path += "/api/websocket"
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
