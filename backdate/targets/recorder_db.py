@@ -558,6 +558,17 @@ class Repair:
     new_sum: float
 
 
+@dataclass(frozen=True, slots=True)
+class Rename:
+    """One statistics_meta row that `migrate` moves to a new statistic id (NEW had none)."""
+
+    old_id: str
+    new_id: str
+    metadata_id: int
+    source: str  # "recorder" for an entity id, the domain for an external one
+    name: str | None = None
+
+
 class RecorderDatabase:
     """A `StatisticsTarget` on HA's recorder database."""
 
@@ -1001,34 +1012,97 @@ class RecorderDatabase:
         self._repair_compiled(plan, written)
 
     def apply_all(self, plans: Sequence[WritePlan], *,
-                  progress: Callable[[int], None] | None = None) -> None:
+                  progress: Callable[[int], None] | None = None,
+                  renames: Sequence[Rename] = ()) -> None:
         """Write several statistics in ONE transaction: an import of a file with import,
-        export and generation columns lands whole or not at all. Then verify each."""
+        export and generation columns lands whole or not at all. Then verify each.
+
+        `renames` (migrate) move statistics_meta rows to a new statistic id in the same
+        transaction, before the plans are written; each is read back after the commit."""
         for plan in plans:
             self._check_plan(plan)
         self.repairs = []
         work = [(plan, self._prepare(plan)) for plan in plans]
         work = [(plan, prep) for plan, prep in work
                 if any(p.rows or _has_shift(p.plan) for p in prep)]
-        if not work:
+        if not work and not renames:
             return
         totals = [sum(tp.count for tp in plan.tables) for plan, _ in work]
         bases = [sum(totals[:k]) for k in range(len(totals))]
 
         def write_all(conn: Connection) -> list[_Written]:
             # Offsets are fixed per plan, so a retried attempt reports from 0 again.
+            for rename in renames:
+                self._rename(conn, rename)
             out = []
             for (plan, prep), base in zip(work, bases, strict=True):
                 report = None if progress is None else (lambda n, _b=base: progress(_b + n))
                 out.append(self._write_plan(conn, plan, prep, False, report))
             return out
 
-        written = self._write(write_all, guard=self._compile_guard([p for p, _ in work]))
+        guard = self._compile_guard([p for p, _ in work]) if work else None
+        written = self._write(write_all, guard=guard)
+        for rename in renames:
+            self._verify_rename(rename)
         for (plan, _), done in zip(work, written, strict=True):
             plan.meta.id = done.metadata_id
             self._verify(plan, done)
         for (plan, _), done in zip(work, written, strict=True):
             self._repair_compiled(plan, done)
+
+    def _rename(self, conn: Connection, rename: Rename) -> None:
+        """Move one statistics_meta row to `new_id` (its rows follow by metadata_id), with
+        the source HA expects for the new id and has_mean/mean_type/unit_class filled in
+        where this schema has them (HA < 2025.4 breaks on NULL has_mean)."""
+        m = self._t[META]
+        row = self._meta_row(conn, rename.old_id)
+        if row is None or int(row.id) != rename.metadata_id:
+            raise RefusedError(f"{rename.old_id} changed after the plan was made; run backdate "
+                               "again")
+        if self._meta_row(conn, rename.new_id) is not None:
+            raise RefusedError(f"{rename.new_id} appeared in the database after the plan was "
+                               "made; run backdate again")
+        data = row._mapping
+        values: dict[str, Any] = {"statistic_id": rename.new_id, "source": rename.source,
+                                  "has_mean": bool(data["has_mean"])}
+        if self.schema.has_mean_type and data["mean_type"] is None:
+            values["mean_type"] = int(MeanType.ARITHMETIC if data["has_mean"]
+                                      else MeanType.NONE)
+        if self.schema.has_unit_class and data["unit_class"] is None:
+            values["unit_class"] = unit_class_for(data["unit_of_measurement"])
+        if rename.name is not None:
+            values["name"] = rename.name
+        conn.execute(sa.update(m).where(m.c.id == row.id).values(**values))
+
+    def _verify_rename(self, rename: Rename) -> None:
+        with self._read() as conn:
+            row = self._meta_row(conn, rename.new_id)
+            old = self._meta_row(conn, rename.old_id)
+        if row is None or int(row.id) != rename.metadata_id or old is not None:
+            raise VerificationError(f"{rename.old_id} -> {rename.new_id}: the metadata row does "
+                                    "not read back as moved")
+
+    def statistic_metas(self) -> list[StatisticMeta]:
+        """Every statistics_meta row (no row counts): `migrate --map` expands globs on it."""
+        m = self._t[META]
+        with self._read() as conn:
+            rows = conn.execute(sa.select(m).order_by(m.c.statistic_id)).all()
+        return [self._meta_from_row(r) for r in rows]
+
+    def delete_statistics(self, statistic_ids: Sequence[str]) -> int:
+        """Delete statistics (metadata and the rows of both tables) in one transaction;
+        `migrate --remove-source` calls it only after the merged statistic was verified.
+        Returns how many existed."""
+        def work(conn: Connection) -> int:
+            found = 0
+            for sid in statistic_ids:
+                row = self._meta_row(conn, sid)
+                if row is not None:
+                    self._delete_statistic(conn, self._t, int(row.id))
+                    found += 1
+            return found
+
+        return self._write(work)
 
     def _compile_guard(self, plans: Sequence[WritePlan]) -> float | None:
         """The expected transaction length when the plans touch a statistic Home Assistant

@@ -1,0 +1,523 @@
+"""`backdate migrate`: carry one statistic's history into another, then optionally let a better
+source overwrite what it covers.
+
+Phase 1 is an import whose input is OLD's hourly (and 5-minute) changes, converted into NEW's
+unit, minus the hours the overlap rule leaves to NEW: so seams, the compile-window guard, the
+single transaction, and the read-back all come from the import path. When NEW holds nothing
+yet (database targets), its metadata row simply moves. Phase 2 (`then_backfill`) is a plain
+import of NEW from the named source; if it fails, phase 1 stays committed and the result says
+so with the command that retries it (exit 3).
+
+No Rich, no Typer, no environment here: the CLI passes settings in and renders the result.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import re
+import shlex
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backdate.engine import units
+from backdate.engine.merge import (
+    Changes,
+    MergeCounts,
+    Overlap,
+    as_series,
+    chain,
+    five_minute_detail,
+    row_changes,
+    select_hours,
+)
+from backdate.engine.prepare import validate_statistic_id
+from backdate.errors import BackdateError, InputError, RefusedError, UsageError
+from backdate.models import FIVE_MINUTES, HOUR, Kind, StatisticMeta, StatRow, Table
+from backdate.targets.base import StatisticsTarget
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(slots=True)
+class Pair:
+    """OLD ids (oldest first) whose history goes into NEW."""
+
+    sources: list[str]
+    into: str
+
+
+@dataclass(slots=True)
+class MigrateSettings:
+    """Everything the command line decided."""
+
+    target: str  # the target URL as given (for backups and the retry command)
+    pairs: list[Pair]
+    overlap: Overlap = Overlap.KEEP_TARGET
+    start: float | None = None
+    end: float | None = None
+    bounds_text: tuple[str | None, str | None] = (None, None)
+    dry_run: bool = False
+    remove_source: bool = False
+    backup: bool = True
+    then_backfill: str | None = None
+    short_term: bool = True
+    short_term_days: float = 10.0
+    report_tz: str = "UTC"
+    now: float | None = None
+
+
+@dataclass(slots=True)
+class PairPlan:
+    """One NEW statistic's part of the migration."""
+
+    pair: Pair
+    action: str  # "merge", "rename", or "nothing"
+    unit: str | None  # NEW's unit after the migration
+    source_units: dict[str, str | None] = field(default_factory=dict)
+    factors: dict[str, float] = field(default_factory=dict)
+    rows_read: dict[str, int] = field(default_factory=dict)  # hourly rows of each OLD
+    counts: MergeCounts = field(default_factory=MergeCounts)
+    item: Any = None  # StatisticImport of the merge (plan, day rows, seams)
+    rename: Any = None  # recorder_db.Rename
+    notes: list[str] = field(default_factory=list)
+    source_fate: str = "kept"  # "kept", "removed", "moved" (renamed), "will be removed"
+
+    @property
+    def rows_written(self) -> int:
+        if self.item is None:
+            return 0
+        return sum(tp.count for tp in self.item.plan.tables)
+
+    @property
+    def rows_shifted(self) -> int:
+        if self.item is None:
+            return 0
+        return sum(tp.shifted for tp in self.item.plan.tables)
+
+
+@dataclass(slots=True)
+class MigrateResult:
+    """What happened (or, with dry_run, would happen), for the CLI and `--json`."""
+
+    target: str
+    overlap: Overlap
+    dry_run: bool
+    pairs: list[PairPlan]
+    backup_path: Path | None = None
+    phase1: str = "planned"  # "planned", "done", "nothing to do"
+    phase2: str = "not requested"  # "planned", "done", "failed", "not requested"
+    phase2_source: str | None = None
+    phase2_error: str | None = None
+    phase2_items: list[Any] = field(default_factory=list)
+    retry_command: str | None = None
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.phase2 == "failed" else 0
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(ts: float | None) -> str | None:
+            return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+        pairs = []
+        for p in self.pairs:
+            plan = p.item.plan if p.item is not None else None
+            pairs.append({
+                "into": p.pair.into, "from": p.pair.sources, "action": p.action,
+                "unit": p.unit, "source_units": p.source_units, "factors": p.factors,
+                "rows_read": p.rows_read,
+                "hours_from_source": p.counts.from_source, "hours_overlap": p.counts.overlap,
+                "hours_overwritten": p.counts.overwritten,
+                "hours_kept_target": p.counts.kept_target,
+                "rows_written": p.rows_written, "rows_shifted": p.rows_shifted,
+                "tables": None if plan is None else {
+                    tp.table.value: {"rows": tp.count, "new": tp.inserted,
+                                     "updated": tp.updated, "shifted": tp.shifted,
+                                     "shift": tp.shift, "shift_from": iso(tp.shift_from)}
+                    for tp in plan.tables},
+                "source": p.source_fate, "notes": p.notes + (plan.notes if plan else []),
+            })
+        return {"target": self.target, "overlap": self.overlap.value, "dry_run": self.dry_run,
+                "phase1": self.phase1, "phase2": self.phase2,
+                "phase2_source": self.phase2_source, "phase2_error": self.phase2_error,
+                "retry_command": self.retry_command,
+                "backup": None if self.backup_path is None else str(self.backup_path),
+                "removed": self.removed, "pairs": pairs, "exit_code": self.exit_code}
+
+
+# -- pairs ----------------------------------------------------------------------------------
+
+
+def read_map(path: Path) -> list[tuple[str, str]]:
+    """Pairs from a TOML file (`"old" = "new"` lines, at the top or under [map]) or a CSV file
+    (`from,into` per line; a header line is allowed). Globs with `*` are expanded later."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read --map {path}: {exc.strerror or exc}") from None
+    pairs: list[tuple[str, str]] = []
+    if path.suffix.lower() == ".toml":
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"not valid TOML: {exc}", path=str(path)) from None
+        table = doc.get("map", doc)
+        for key, value in table.items():
+            if not isinstance(value, str):
+                raise InputError(f"{key!r}: the new statistic id must be a string",
+                                 path=str(path))
+            pairs.append((key.strip(), value.strip()))
+    else:
+        for n, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+            cells = [c.strip() for c in row if c.strip()]
+            if not cells or cells[0].startswith("#"):
+                continue
+            if len(cells) != 2:
+                raise InputError("each line is `old_id,new_id`", path=str(path), line=n)
+            if n == 1 and cells[0].lower() in ("from", "old", "source"):
+                continue
+            pairs.append((cells[0], cells[1]))
+    if not pairs:
+        raise InputError("no pairs in the map file", path=str(path))
+    return pairs
+
+
+def expand_pairs(raw: Sequence[tuple[str, str]], known: Sequence[str]) -> list[Pair]:
+    """`sensor.powerwall_* = sensor.teslemetry_*`: each existing id matching the left side
+    pairs with the right side, `*` filled with what it matched there."""
+    out: list[Pair] = []
+    for old, new in raw:
+        if "*" not in old:
+            out.append(Pair([old], new))
+            continue
+        if old.count("*") != new.count("*"):
+            raise InputError(f"{old} = {new}: both sides need the same number of '*'")
+        hits = [sid for sid in known if fnmatch.fnmatchcase(sid, old)]
+        if not hits:
+            raise InputError(f"{old}: no statistic in the target matches")
+        regex = fnmatch.translate(old).replace(".*", "(.*)")
+        for sid in hits:
+            m = re.match(regex, sid)
+            target = new
+            for part in (m.groups() if m else ()):
+                target = target.replace("*", part, 1)
+            out.append(Pair([sid], target))
+    return out
+
+
+def check_pairs(pairs: Sequence[Pair]) -> None:
+    """Valid ids, no id both written and read, no NEW twice."""
+    seen: set[str] = set()
+    sources = {s for p in pairs for s in p.sources}
+    for p in pairs:
+        for sid in (*p.sources, p.into):
+            validate_statistic_id(sid)
+        if p.into in p.sources:
+            raise UsageError(f"{p.into} cannot be migrated into itself")
+        if p.into in seen:
+            raise UsageError(f"{p.into} is the target of two pairs; use --from several times")
+        if p.into in sources:
+            raise UsageError(f"{p.into} is both a source and a target of this migration")
+        seen.add(p.into)
+        if len(set(p.sources)) != len(p.sources):
+            raise UsageError(f"{p.into}: a source is named twice")
+
+
+# -- planning -------------------------------------------------------------------------------
+
+
+def _hour_sum(rows: Sequence[StatRow]) -> dict[float, float]:
+    return {r.start_ts: r.sum for r in rows if r.sum is not None}
+
+
+def _changes(target: StatisticsTarget, sid: str, factor: float, five: bool
+             ) -> tuple[Changes, Changes, int]:
+    """OLD's hourly and 5-minute changes in NEW's unit; the first 5-minute row is measured
+    from the hourly sum at its start where the hourly table has it."""
+    hourly_rows = target.read_rows(Table.HOURLY, sid)
+    hours = row_changes(hourly_rows, HOUR, label=sid).scaled(factor)
+    fives = Changes.empty(FIVE_MINUTES)
+    if five:
+        rows5 = target.read_rows(Table.SHORT_TERM, sid)
+        if rows5:
+            base = _hour_sum(hourly_rows).get(rows5[0].start_ts - HOUR)
+            fives = row_changes(rows5, FIVE_MINUTES, label=sid, base=base).scaled(factor)
+    return hours, fives, len(hourly_rows)
+
+
+def _factor(old: StatisticMeta, unit: str | None, into: str) -> float:
+    try:
+        conv = units.conversion(old.unit_of_measurement, unit)
+    except InputError:
+        raise RefusedError(
+            f"{old.statistic_id} is in {old.unit_of_measurement!r}, which cannot be converted "
+            f"into {into}'s {unit!r} (a different kind of quantity); nothing was written"
+        ) from None
+    if conv.offset:
+        raise RefusedError(f"{old.statistic_id} ({old.unit_of_measurement}) into {unit}: an "
+                           "offset conversion cannot apply to a sum")
+    return conv.factor
+
+
+def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *,
+              can_rename: bool, now: float) -> PairPlan:
+    """One pair's plan: a rename when NEW holds nothing (database targets), else a merge."""
+    from backdate.app.importing import ImportOptions, plan_imports
+
+    olds: list[StatisticMeta] = []
+    for sid in pair.sources:
+        meta = target.get_metadata(sid)
+        if meta is None:
+            raise InputError(f"{sid}: no such statistic in {settings.target}")
+        olds.append(meta)
+    new = target.get_metadata(pair.into)
+    for meta in olds + ([new] if new is not None else []):
+        if not meta.has_sum:
+            raise RefusedError(f"{meta.statistic_id} is a measurement (mean) statistic; "
+                               "migrate merges sums (meters) only")
+    unit = new.unit_of_measurement if new is not None else olds[-1].unit_of_measurement
+    result = PairPlan(pair=pair, action="merge", unit=unit)
+    for meta in olds:
+        result.source_units[meta.statistic_id] = meta.unit_of_measurement
+        result.factors[meta.statistic_id] = _factor(meta, unit, pair.into)
+    ranged = settings.start is not None or settings.end is not None
+    if new is None and can_rename and len(olds) == 1 and not ranged:
+        from backdate.targets.recorder_db import Rename
+
+        old = olds[0]
+        source, _ = validate_statistic_id(pair.into)
+        assert old.id is not None
+        result.action = "rename"
+        result.rename = Rename(old.statistic_id, pair.into, old.id, source)
+        result.source_fate = "moved"
+        result.rows_read[old.statistic_id] = sum(
+            1 for _ in target.read_rows(Table.HOURLY, old.statistic_id))
+        result.counts.from_source = result.rows_read[old.statistic_id]
+        return result
+
+    info = target.info()
+    hours_parts, five_parts = [], []
+    for meta in olds:
+        hours, fives, n = _changes(target, meta.statistic_id, result.factors[meta.statistic_id],
+                                   info.supports_short_term)
+        result.rows_read[meta.statistic_id] = n
+        hours_parts.append(hours)
+        five_parts.append(fives)
+    old_hours = chain(hours_parts).within(settings.start, settings.end)
+    old_fives = chain(five_parts).within(settings.start, settings.end)
+    result.notes.extend(old_hours.notes)
+    if len(old_hours) == 0:
+        result.action = "nothing"
+        result.notes.append("the sources hold no hours in the range")
+        return result
+    span = (float(old_hours.starts[0]), float(old_hours.starts[-1]) + HOUR)
+    new_starts = np.array([r.start_ts for r in target.read_rows(Table.HOURLY, pair.into, *span)
+                           if r.sum is not None], dtype=np.float64) if new else np.empty(0)
+    picked, result.counts = select_hours(old_hours, new_starts, settings.overlap)
+    if len(picked) == 0:
+        result.action = "nothing"
+        result.notes.append("NEW already holds every hour the sources have (keep-target)")
+        return result
+    detail = five_minute_detail(picked, old_fives)
+    series = as_series(picked, detail, source=" + ".join(pair.sources), unit=unit)
+    series.name = new.name if new is not None else olds[-1].name
+    opts = ImportOptions(statistic_id=pair.into, kind=Kind.DELTA, unit=unit,
+                         short_term=settings.short_term,
+                         short_term_days=settings.short_term_days, backup=settings.backup,
+                         report_tz=settings.report_tz)
+    [item] = plan_imports(target, [series], opts, now=now)
+    result.item = item
+    result.unit = item.plan.meta.unit_of_measurement
+    return result
+
+
+def plan_migration(target: StatisticsTarget, settings: MigrateSettings) -> MigrateResult:
+    """Every pair planned before anything is written; any refusal stops everything."""
+    check_pairs(settings.pairs)
+    now = time.time() if settings.now is None else settings.now
+    can_rename = hasattr(target, "statistic_metas") and target.info().kind != "websocket"
+    pairs = [plan_pair(target, pair, settings, can_rename=can_rename, now=now)
+             for pair in settings.pairs]
+    result = MigrateResult(settings.target, settings.overlap, settings.dry_run, pairs)
+    if all(p.action == "nothing" for p in pairs):
+        result.phase1 = "nothing to do"
+    if settings.remove_source:
+        for p in pairs:
+            if p.action == "merge":
+                p.source_fate = "will be removed after NEW is verified"
+    if settings.then_backfill:
+        result.phase2 = "planned"
+        result.phase2_source = settings.then_backfill
+        result.retry_command = retry_command(settings)
+    return result
+
+
+def retry_command(settings: MigrateSettings) -> str:
+    """The `backdate import` that phase 2 runs, for the user to run again."""
+    into = settings.pairs[0].into
+    args = ["backdate", "import", settings.then_backfill or "", "--to", settings.target,
+            "--statistic-id", into]
+    start, end = settings.bounds_text
+    if start:
+        args += ["--start", start]
+    if end:
+        args += ["--end", end]
+    args.append("--yes")
+    return shlex.join(args)
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+Backup = Callable[[list[str]], Path | None]
+
+
+def run_migration(target: StatisticsTarget, settings: MigrateSettings, *,
+                  backup: Backup | None = None, progress: Progress | None = None,
+                  plan: MigrateResult | None = None) -> MigrateResult:
+    """Plan (unless given), then: backup, phase 1 in one transaction (database targets),
+    read-back, --remove-source, phase 2. Never reports a phase done that did not run."""
+    result = plan if plan is not None else plan_migration(target, settings)
+    if settings.dry_run:
+        if settings.then_backfill:
+            _plan_backfill(target, settings, result)
+        return result
+    merges = [p for p in result.pairs if p.action == "merge"]
+    renames = [p.rename for p in result.pairs if p.action == "rename"]
+    if merges or renames:
+        if backup is not None and settings.backup:
+            ids = sorted({s for p in result.pairs for s in p.pair.sources}
+                         | {p.pair.into for p in result.pairs})
+            result.backup_path = backup(ids)
+        report = None
+        if progress is not None:
+            total = sum(p.rows_written for p in merges) or 1
+            label = "migrating " + ", ".join(p.pair.into for p in result.pairs)
+
+            def report(n: int) -> None:
+                progress(label, n, total)
+
+        plans = [p.item.plan for p in merges if not p.item.plan.is_empty]
+        if renames:
+            target.apply_all(plans, progress=report, renames=renames)  # type: ignore[call-arg]
+        elif plans:
+            target.apply_all(plans, progress=report)
+        result.phase1 = "done"
+        if settings.remove_source:
+            olds = [s for p in merges for s in p.pair.sources]
+            remover = getattr(target, "delete_statistics", None)
+            if remover is None:
+                raise RefusedError("this target cannot delete statistics; OLD was kept")
+            remover(olds)
+            result.removed = olds
+            for p in merges:
+                p.source_fate = "removed"
+    if settings.then_backfill:
+        _run_backfill(target, settings, result)
+    return result
+
+
+def _backfill_imports(target: StatisticsTarget, settings: MigrateSettings,
+                      now: float | None = None) -> list[Any]:
+    from backdate.app.importing import ImportOptions, plan_imports, read_sources
+
+    assert settings.then_backfill is not None
+    opts = ImportOptions(statistic_id=settings.pairs[0].into, start=settings.start,
+                         end=settings.end, bounds_text=settings.bounds_text,
+                         short_term=settings.short_term,
+                         short_term_days=settings.short_term_days, report_tz=settings.report_tz)
+    series = read_sources([settings.then_backfill], opts)
+    return plan_imports(target, series, opts, now=now)
+
+
+def _plan_backfill(target: StatisticsTarget, settings: MigrateSettings,
+                   result: MigrateResult) -> None:
+    """--dry-run: phase 2 planned against NEW as it is now (before phase 1)."""
+    try:
+        result.phase2_items = _backfill_imports(target, settings, settings.now)
+    except BackdateError as err:
+        result.phase2_error = f"phase 2 could not be planned: {err}"
+
+
+def _run_backfill(target: StatisticsTarget, settings: MigrateSettings,
+                  result: MigrateResult) -> None:
+    from backdate.app.importing import apply_imports
+
+    try:
+        items = _backfill_imports(target, settings)
+        apply_imports(target, items)
+        result.phase2_items = items
+        result.phase2 = "done"
+    except (BackdateError, OSError) as err:
+        result.phase2 = "failed"
+        result.phase2_error = str(err)
+
+
+# -- suggestions ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Suggestion:
+    """A statistic that stopped, beside one of the same kind that started near then."""
+
+    old: str
+    new: str
+    unit_class: str | None
+    old_last: float
+    new_first: float
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.old, "into": self.new, "unit_class": self.unit_class,
+                "old_last_start": self.old_last, "new_first_start": self.new_first,
+                "why": self.why}
+
+
+def suggest_pairs(target: StatisticsTarget, *, stopped_for: float = 6 * HOUR,
+                  near: float = 14 * 86400) -> list[Suggestion]:
+    """Orphans (entity statistics whose rows stopped `stopped_for` before the newest row of
+    the target) beside statistics with the same unit class and sum/mean type whose first row
+    lies within `near` of the orphan's last; closest first."""
+    summaries = [s for s in target.list_statistics()
+                 if s.first_start is not None and s.last_start is not None]
+    if not summaries:
+        return []
+    newest = max(s.last_start for s in summaries if s.last_start is not None)
+    out: list[Suggestion] = []
+    for old in summaries:
+        assert old.last_start is not None
+        if old.meta.is_external or old.last_start > newest - stopped_for:
+            continue
+        cls = units.unit_class(old.meta.unit_of_measurement)
+        best: list[tuple[float, Any]] = []
+        for new in summaries:
+            assert new.first_start is not None and new.last_start is not None
+            if new is old or new.meta.has_sum != old.meta.has_sum:
+                continue
+            if new.meta.mean_type != old.meta.mean_type:
+                continue
+            if units.unit_class(new.meta.unit_of_measurement) != cls:
+                continue
+            if new.last_start <= old.last_start:
+                continue
+            gap = new.first_start - old.last_start
+            if abs(gap) <= near:
+                best.append((abs(gap), new))
+        for gap, new in sorted(best, key=lambda x: x[0])[:3]:
+            assert new.first_start is not None
+            overlap = "overlapping" if new.first_start <= old.last_start else "after it"
+            out.append(Suggestion(old.meta.statistic_id, new.meta.statistic_id, cls,
+                                  old.last_start, new.first_start,
+                                  f"same unit class and type, started {gap / 3600:.0f} h "
+                                  f"{overlap}"))
+    return out
