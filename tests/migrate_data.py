@@ -53,14 +53,22 @@ def make_meter(statistic_id: str, unit: str, start: int, end: int, *, seed: int,
     return m
 
 
+def driver_url(db_url: str) -> str:
+    """HA's db_url with the drivers these tests use."""
+    for plain, full in (("mysql://", "mysql+pymysql://"), ("mariadb://", "mysql+pymysql://"),
+                        ("postgresql://", "postgresql+psycopg://")):
+        if db_url.startswith(plain):
+            return full + db_url[len(plain):]
+    return db_url
+
+
 def _columns(conn: sa.Connection, table: str) -> set[str]:
     return {c["name"] for c in sa.inspect(conn).get_columns(table)}
 
 
 def write_meter(db_url: str, m: Meter, *, mean_type_missing: bool = False) -> int:
     """Insert the statistic's metadata and rows; returns its metadata id."""
-    engine = sa.create_engine(db_url.replace("mysql://", "mysql+pymysql://", 1)
-                              .replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = sa.create_engine(driver_url(db_url))
     now = time.time()
     try:
         with engine.begin() as conn:
@@ -88,8 +96,7 @@ def write_meter(db_url: str, m: Meter, *, mean_type_missing: bool = False) -> in
 
 def read_rows(db_url: str, statistic_id: str, table: str = "statistics"
               ) -> dict[int, tuple[float, float]]:
-    engine = sa.create_engine(db_url.replace("mysql://", "mysql+pymysql://", 1)
-                              .replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = sa.create_engine(driver_url(db_url))
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.text(

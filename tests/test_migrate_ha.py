@@ -94,7 +94,8 @@ def live(request: pytest.FixtureRequest, ha_venv: Path,
             poster.start()
             yield Live(ha, poster, old, new, ws_old, ws_new, new_start)
         finally:
-            poster.stop()
+            if poster.is_alive():
+                poster.stop()
             ha.stop()
 
 
