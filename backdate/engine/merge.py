@@ -65,8 +65,11 @@ def row_changes(rows: Sequence[StatRow], period: int, *, label: str = "",
     times the largest later change); otherwise it is an offset some tool put there (a meter
     reading as the first sum) and counts as 0, with a note. Rows without a sum are skipped.
     """
-    starts = np.array([r.start_ts for r in rows if r.sum is not None], dtype=np.float64)
-    sums = np.array([r.sum for r in rows if r.sum is not None], dtype=np.float64)
+    if isinstance(rows, _Columns):
+        starts, sums = rows.starts, rows.sums
+    else:
+        starts = np.array([r.start_ts for r in rows if r.sum is not None], dtype=np.float64)
+        sums = np.array([r.sum for r in rows if r.sum is not None], dtype=np.float64)
     if starts.size == 0:
         return Changes.empty(period)
     amounts = np.diff(sums, prepend=0.0 if base is None else base)
@@ -83,6 +86,20 @@ def row_changes(rows: Sequence[StatRow], period: int, *, label: str = "",
     if falls:
         notes.append(f"{label}: {falls} slot(s) where the sum falls are carried as they are")
     return Changes(starts, amounts, period, notes)
+
+
+def sum_changes(starts: np.ndarray, sums: np.ndarray, period: int, *, label: str = "",
+                base: float | None = None) -> Changes:
+    """`row_changes` on columns (start_ts, sum) already sorted and without NULL sums."""
+    rows = _Columns(starts, sums)
+    return row_changes(rows, period, label=label, base=base)  # type: ignore[arg-type]
+
+
+class _Columns:
+    """Columns that `row_changes` reads like rows (without building a StatRow per row)."""
+
+    def __init__(self, starts: np.ndarray, sums: np.ndarray) -> None:
+        self.starts, self.sums = starts, sums
 
 
 def chain(parts: Sequence[Changes]) -> Changes:

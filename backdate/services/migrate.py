@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
+import math
 import re
 import shlex
 import time
@@ -36,12 +37,12 @@ from backdate.engine.merge import (
     as_series,
     chain,
     five_minute_detail,
-    row_changes,
     select_hours,
+    sum_changes,
 )
 from backdate.engine.prepare import validate_statistic_id
 from backdate.errors import BackdateError, InputError, RefusedError, UsageError
-from backdate.models import FIVE_MINUTES, HOUR, Kind, StatisticMeta, StatRow, Table
+from backdate.models import FIVE_MINUTES, HOUR, Kind, StatisticMeta, Table
 from backdate.targets.base import StatisticsTarget
 
 Progress = Callable[[str, int, int], None]
@@ -236,23 +237,46 @@ def check_pairs(pairs: Sequence[Pair]) -> None:
 # -- planning -------------------------------------------------------------------------------
 
 
-def _hour_sum(rows: Sequence[StatRow]) -> dict[float, float]:
-    return {r.start_ts: r.sum for r in rows if r.sum is not None}
+def _sums(target: StatisticsTarget, table: Table, sid: str, start: float | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(start_ts, sum) columns: the database targets' columnar read, else read_rows."""
+    reader = getattr(target, "read_sums", None)
+    if reader is not None:
+        return reader(table, sid, start)
+    rows = [r for r in target.read_rows(table, sid, start) if r.sum is not None]
+    return (np.array([r.start_ts for r in rows], dtype=np.float64),
+            np.array([r.sum for r in rows], dtype=np.float64))
 
 
-def _changes(target: StatisticsTarget, sid: str, factor: float, five: bool
+def _changes(target: StatisticsTarget, sid: str, factor: float, five_from: float | None
              ) -> tuple[Changes, Changes, int]:
-    """OLD's hourly and 5-minute changes in NEW's unit; the first 5-minute row is measured
-    from the hourly sum at its start where the hourly table has it."""
-    hourly_rows = target.read_rows(Table.HOURLY, sid)
-    hours = row_changes(hourly_rows, HOUR, label=sid).scaled(factor)
+    """OLD's hourly and 5-minute changes in NEW's unit. 5-minute rows are read from
+    `five_from` on (None: not at all): before it the planner writes no 5-minute rows. The first
+    5-minute row is measured from the hourly sum at its start where the hourly table has it."""
+    h_starts, h_sums = _sums(target, Table.HOURLY, sid)
+    hours = sum_changes(h_starts, h_sums, HOUR, label=sid).scaled(factor)
     fives = Changes.empty(FIVE_MINUTES)
-    if five:
-        rows5 = target.read_rows(Table.SHORT_TERM, sid)
-        if rows5:
-            base = _hour_sum(hourly_rows).get(rows5[0].start_ts - HOUR)
-            fives = row_changes(rows5, FIVE_MINUTES, label=sid, base=base).scaled(factor)
-    return hours, fives, len(hourly_rows)
+    if five_from is not None:
+        f_starts, f_sums = _sums(target, Table.SHORT_TERM, sid, five_from)
+        if f_starts.size:
+            i = int(np.searchsorted(h_starts, f_starts[0] - HOUR))
+            base = float(h_sums[i]) if i < h_starts.size and h_starts[i] == f_starts[0] - HOUR \
+                else None
+            fives = sum_changes(f_starts, f_sums, FIVE_MINUTES, label=sid,
+                                base=base).scaled(factor)
+    return hours, fives, int(h_starts.size)
+
+
+def _five_from(target: StatisticsTarget, into: str, exists: bool, settings: MigrateSettings,
+               now: float) -> float | None:
+    """Where 5-minute rows of NEW can be written: inside HA's short-term retention (unless
+    --no-short-term), and wherever NEW already has 5-minute rows (the planner's rule)."""
+    start = now - settings.short_term_days * 86400 if settings.short_term else math.inf
+    if exists:
+        starts, _ = _sums(target, Table.SHORT_TERM, into)
+        if starts.size:
+            start = min(start, float(starts[0]))
+    return None if math.isinf(start) else math.floor(start / HOUR) * HOUR - HOUR
 
 
 def _factor(old: StatisticMeta, unit: str | None, into: str) -> float:
@@ -306,10 +330,12 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
         return result
 
     info = target.info()
+    five_from = _five_from(target, pair.into, new is not None, settings, now) \
+        if info.supports_short_term else None
     hours_parts, five_parts = [], []
     for meta in olds:
         hours, fives, n = _changes(target, meta.statistic_id, result.factors[meta.statistic_id],
-                                   info.supports_short_term)
+                                   five_from)
         result.rows_read[meta.statistic_id] = n
         hours_parts.append(hours)
         five_parts.append(fives)

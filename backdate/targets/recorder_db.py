@@ -883,6 +883,32 @@ class RecorderDatabase:
             rows = conn.execute(q.order_by(t.c.start_ts)).all()
         return [_stat_row(r) for r in rows]
 
+    def read_sums(self, table: Table, statistic_id: str, start: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """`start_ts` and `sum` of the rows with a sum at or after `start`, oldest first, as
+        arrays: `migrate` reads years of rows, and a StatRow per row costs more than the read."""
+        name = Table(table).value
+        with self._read() as conn:
+            meta = self._meta_row(conn, statistic_id)
+            if meta is None:
+                return np.empty(0), np.empty(0)
+            q = conn.dialect.identifier_preparer.quote
+            ph = _placeholder(conn.dialect)
+            sql = (f"SELECT {q('start_ts')}, {q('sum')} FROM {q(name)} WHERE "
+                   f"{q('metadata_id')} = {ph} AND {q('sum')} IS NOT NULL AND "
+                   f"{q('start_ts')} IS NOT NULL")
+            params: tuple[Any, ...] = (int(meta.id),)
+            if start is not None:
+                sql += f" AND {q('start_ts')} >= {ph}"
+                params += (float(start),)
+            with _driver_cursor(conn) as cur:
+                cur.execute(sql + f" ORDER BY {q('start_ts')}", params)
+                rows = cur.fetchall()
+        if not rows:
+            return np.empty(0), np.empty(0)
+        data = np.array(rows, dtype=np.float64)
+        return data[:, 0].copy(), data[:, 1].copy()
+
     def list_statistics(self) -> list[StatisticSummary]:
         """Every statistic with row counts, first/last start over both tables, and problems."""
         m = self._t[META]
