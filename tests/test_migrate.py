@@ -207,3 +207,15 @@ def test_range_limits_what_moves(tmp_path: Path) -> None:
     want = md.expected_merge(old, new, 1e-3, "keep-target", start=OLD_END - 20 * DAY)
     assert sorted(got) == sorted(want)
     assert max(abs(got[t] - want[t]) for t in want) < TOL
+
+
+def test_suggest_pairs_a_stopped_statistic_with_the_one_that_started(tmp_path: Path) -> None:
+    old, new = old_meter(), new_meter()
+    gas = md.make_meter("sensor.gas_meter", "m³", NEW_START, NEW_END, seed=9, scale=0.01,
+                        meter0=0.0)
+    db = setup(tmp_path, 53, old, new, gas)
+    done = backdate("migrate", url(db), "--suggest", "--json")
+    found = json.loads(done.stdout)
+    assert [(s["from"], s["into"]) for s in found] == [(old.statistic_id, new.statistic_id)]
+    text = backdate("migrate", url(db), "--suggest")
+    assert f"--from {old.statistic_id} --into {new.statistic_id}" in text.stdout

@@ -174,10 +174,13 @@ def test_migrate_through_the_websocket_api(live: Live) -> None:
         pytest.skip("the API path is the same whatever HA's database; run once")
     ha = live.ha
     done = run_backdate("migrate", ha.url, "--from", WS_OLD, "--into", WS_NEW, "--token",
-                        ha.token)
+                        ha.token, "--remove-source")
     assert done.returncode == 0, describe(done)
     assert "hourly rows only" in done.stdout, done.stdout
+    assert f"removed {WS_OLD}" in done.stdout, done.stdout
     _check_against_ha(live, live.ws_old, live.ws_new, five=False)
+    with ha.ws() as ws:  # OLD is gone only now that NEW was read back as planned
+        assert ws.call("recorder/get_statistics_metadata", statistic_ids=[WS_OLD]) == []
 
 
 @pytest.mark.slow
