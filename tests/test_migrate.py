@@ -122,6 +122,12 @@ def test_rename_when_new_has_nothing(tmp_path: Path) -> None:
         (meta_id, "recorder", "Wh", 0, 1)]
     assert md.read_rows(url(db), "sensor.teslemetry_import") == old.hourly
     assert md.read_rows(url(db), old.statistic_id) == {}
+    # HA will compile the new entity: a 5-minute row without a meter reading after OLD's
+    # last one, so HA keeps the sum and takes NEW's first reading as its starting point.
+    five = md.read_rows(url(db), "sensor.teslemetry_import", "statistics_short_term")
+    last = max(old.five)
+    assert {t: v for t, v in five.items() if t != last + 300} == old.five
+    assert five[last + 300] == (None, old.five[last][1])
 
 
 def test_rename_fills_mean_type_and_unit_class_on_schema_53(tmp_path: Path) -> None:

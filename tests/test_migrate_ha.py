@@ -46,6 +46,8 @@ TOL = 1e-6
 OLD = "sensor.old_grid_energy"
 WS_OLD = "sensor.old_ws_energy"
 WS_NEW = "sensor.ws_energy"
+RENAMED_OLD = "sensor.old_third_energy"
+RENAMED = "sensor.third_energy"  # a live entity without statistics: the rename case
 
 
 class Live:
@@ -57,6 +59,7 @@ class Live:
         self.old, self.new, self.ws_old, self.ws_new = old, new, ws_old, ws_new
         self.overlap_start = overlap_start
         self.migrated_at: float | None = None
+        self.third: md.Meter | None = None
 
 
 def _meters(old_id: str, new_id: str, new_end: int, seed: int, meter_end: float
@@ -88,11 +91,15 @@ def live(request: pytest.FixtureRequest, ha_venv: Path,
             new_end = int(now() // HOUR * HOUR - HOUR)
             old, new, new_start = _meters(OLD, SID, new_end, 40, METER_START)
             ws_old, ws_new, _ = _meters(WS_OLD, WS_NEW, new_end, 50, 300.0)
-            for m in (old, new, ws_old, ws_new):
+            third = md.make_meter(RENAMED_OLD, "Wh", new_end - 32 * DAY, new_end - 2 * DAY,
+                                  seed=60, scale=40.0, meter0=3_000_000.0)
+            for m in (old, new, ws_old, ws_new, third):
                 md.write_meter(ha.db_url, m)
             ha.post_state(WS_NEW, "300.000", {**ATTRIBUTES, "friendly_name": "WS energy"})
             poster.start()
-            yield Live(ha, poster, old, new, ws_old, ws_new, new_start)
+            lv = Live(ha, poster, old, new, ws_old, ws_new, new_start)
+            lv.third = third
+            yield lv
         finally:
             if poster.is_alive():
                 poster.stop()
@@ -164,9 +171,16 @@ def test_migrate_into_a_live_entity_judged_by_ha(live: Live, tmp_path: Path) -> 
     done = run_backdate("migrate", ha.db_url, "--from", OLD, "--into", SID, cwd=tmp_path)
     assert done.returncode == 0, describe(done)
     assert "phase 1 done" in done.stdout, done.stdout
-    live.migrated_at = now()
     assert md.read_rows(ha.db_url, OLD) == live.old.hourly, "OLD was changed"
     _check_against_ha(live, live.old, live.new, five=True)
+    # NEW without statistics: the metadata row moves; then HA sees the new entity.
+    moved = run_backdate("migrate", ha.db_url, "--from", RENAMED_OLD, "--into", RENAMED,
+                         cwd=tmp_path)
+    assert moved.returncode == 0 and "rename" in moved.stdout, describe(moved)
+    assert live.third is not None
+    assert md.read_rows(ha.db_url, RENAMED) == live.third.hourly
+    ha.post_state(RENAMED, "77.000", {**ATTRIBUTES, "friendly_name": "Third energy"})
+    live.migrated_at = now()  # the slow test waits for the compile of the window after this
 
 
 def test_migrate_through_the_websocket_api(live: Live) -> None:
@@ -210,6 +224,17 @@ def test_ha_compiles_on_without_a_step(live: Live) -> None:
             f"{r['sum'] - prev['sum']}, the meter {growth}: a step")
         assert r["change"] >= -TOL
         prev = r
+    # The renamed statistic: HA compiled the new entity on from the moved sum (its unit
+    # stays Wh; HA converts the kWh readings), without measuring against OLD's meter.
+    assert live.third is not None
+    last_sum = live.third.hourly[max(live.third.hourly)][1]
+    five = md.read_rows(ha.db_url, RENAMED, "statistics_short_term")
+    compiled = {t: v for t, v in five.items() if t > max(live.third.hourly) + HOUR}
+    assert compiled, f"HA compiled no 5-minute row of {RENAMED}: {five}"
+    for t, (state, total) in compiled.items():
+        assert abs(total - last_sum) < 1e-6, f"{RENAMED} at {t}: sum {total}, not {last_sum}"
+        assert state == pytest.approx(77000.0)
     log = ha.log_text(all_runs=True)
+    assert f"Detected new cycle for {RENAMED}" not in log
     assert "Detected new cycle for sensor.grid_energy" not in log
     assert "Traceback" not in log

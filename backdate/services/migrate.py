@@ -322,7 +322,8 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
         source, _ = validate_statistic_id(pair.into)
         assert old.id is not None
         result.action = "rename"
-        result.rename = Rename(old.statistic_id, pair.into, old.id, source)
+        result.rename = Rename(old.statistic_id, pair.into, old.id, source,
+                               anchor=source == "recorder")
         result.source_fate = "moved"
         result.rows_read[old.statistic_id] = sum(
             1 for _ in target.read_rows(Table.HOURLY, old.statistic_id))

@@ -567,6 +567,10 @@ class Rename:
     metadata_id: int
     source: str  # "recorder" for an entity id, the domain for an external one
     name: str | None = None
+    # An entity id HA will compile: leave a 5-minute row without a meter reading after the
+    # moved rows, so HA continues the sum from it instead of measuring NEW's meter against
+    # OLD's (a step) or starting again from 0 (no 5-minute rows left).
+    anchor: bool = False
 
 
 class RecorderDatabase:
@@ -1067,6 +1071,11 @@ class RecorderDatabase:
             return out
 
         guard = self._compile_guard([p for p, _ in work]) if work else None
+        if guard is None and any(r.anchor for r in renames):
+            with self._read() as conn:
+                last = self._last_compiled_end(conn)
+            if last is not None and last >= time.time() - LIVE_WITHIN:
+                guard = 1.0  # clear of HA's compile, as for an import into an entity
         written = self._write(write_all, guard=guard)
         for rename in renames:
             self._verify_rename(rename)
@@ -1099,6 +1108,37 @@ class RecorderDatabase:
         if rename.name is not None:
             values["name"] = rename.name
         conn.execute(sa.update(m).where(m.c.id == row.id).values(**values))
+        if rename.anchor:
+            self._anchor(conn, int(row.id))
+
+    def _anchor(self, conn: Connection, metadata_id: int) -> None:
+        """HA's sensor compile continues an entity's sum from its newest 5-minute row and
+        measures growth from that row's `state`; with `state` NULL it takes the next reading
+        as the new starting point and keeps the sum. Insert such a row in the window after the
+        newest row (both tables), if HA has compiled that window already; else clear the newest
+        5-minute row's meter reading instead (OLD's meter is not NEW's)."""
+        st, h = self._t[Table.SHORT_TERM.value], self._t[Table.HOURLY.value]
+        last5 = conn.execute(sa.select(st.c.id, st.c.start_ts, st.c.sum).where(
+            st.c.metadata_id == metadata_id, st.c.sum.is_not(None))
+            .order_by(st.c.start_ts.desc()).limit(1)).first()
+        last_h = conn.execute(sa.select(h.c.start_ts, h.c.sum).where(
+            h.c.metadata_id == metadata_id, h.c.sum.is_not(None))
+            .order_by(h.c.start_ts.desc()).limit(1)).first()
+        if last5 is None and last_h is None:
+            return
+        if last5 is not None and (last_h is None or last5.start_ts >= last_h.start_ts + 3300):
+            start, total = float(last5.start_ts) + 300, float(last5.sum)
+        else:
+            start, total = float(last_h.start_ts) + 3300, float(last_h.sum)
+        limit = self._last_compiled_end(conn)
+        if limit is None or start + 300 <= limit:
+            values: dict[str, Any] = {"metadata_id": metadata_id, "start_ts": start,
+                                      "sum": total, "state": None}
+            if "created_ts" in st.c:
+                values["created_ts"] = time.time()
+            conn.execute(sa.insert(st).values(**values))
+        elif last5 is not None:
+            conn.execute(sa.update(st).where(st.c.id == last5.id).values(state=None))
 
     def _verify_rename(self, rename: Rename) -> None:
         with self._read() as conn:
