@@ -129,3 +129,41 @@ def expected_merge(old: Meter, new: Meter, factor: float, rule: str,
             continue
         out[t] = v * factor
     return dict(sorted(out.items()))
+
+
+def write_means(db_url: str, statistic_id: str, unit: str,
+                rows: dict[int, tuple[float, float, float]]) -> None:
+    """A measurement statistic (mean/min/max per hour), as HA's compile leaves it."""
+    engine = sa.create_engine(driver_url(db_url))
+    try:
+        with engine.begin() as conn:
+            cols = _columns(conn, "statistics_meta")
+            md = sa.MetaData()
+            meta_t = sa.Table("statistics_meta", md, autoload_with=conn)
+            values = {"statistic_id": statistic_id, "source": "recorder",
+                      "unit_of_measurement": unit, "has_mean": True, "has_sum": False,
+                      "name": None}
+            if "mean_type" in cols:
+                values["mean_type"] = 1
+            if "unit_class" in cols:
+                values["unit_class"] = "temperature"
+            meta_id = conn.execute(meta_t.insert().values(**values)).inserted_primary_key[0]
+            t = sa.Table("statistics", md, autoload_with=conn)
+            conn.execute(t.insert(), [{"metadata_id": meta_id, "start_ts": float(s), "mean": m,
+                                       "min": lo, "max": hi, "created_ts": time.time()}
+                                      for s, (m, lo, hi) in sorted(rows.items())])
+    finally:
+        engine.dispose()
+
+
+def read_means(db_url: str, statistic_id: str) -> dict[int, tuple[float, float, float]]:
+    engine = sa.create_engine(driver_url(db_url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT s.start_ts, s.mean, s.min, s.max FROM statistics s JOIN "
+                "statistics_meta m ON m.id = s.metadata_id WHERE m.statistic_id = :sid "
+                "ORDER BY s.start_ts"), {"sid": statistic_id}).all()
+    finally:
+        engine.dispose()
+    return {int(r[0]): (r[1], r[2], r[3]) for r in rows}

@@ -225,3 +225,30 @@ def test_suggest_pairs_a_stopped_statistic_with_the_one_that_started(tmp_path: P
     assert [(s["from"], s["into"]) for s in found] == [(old.statistic_id, new.statistic_id)]
     text = backdate("migrate", url(db), "--suggest")
     assert f"--from {old.statistic_id} --into {new.statistic_id}" in text.stdout
+
+
+def test_temperature_means_merge_with_offset_conversion(tmp_path: Path) -> None:
+    hours_old = range(NEW_START - 5 * 86400, NEW_START + 2 * 86400, 3600)
+    hours_new = range(NEW_START, NEW_START + 4 * 86400, 3600)
+    old = {t: (50.0 + (t // 3600) % 20, 45.0, 60.0) for t in hours_old}  # °F
+    new = {t: (12.0 + (t // 3600) % 5, 10.0, 16.0) for t in hours_new}  # °C
+    db = copy_fixture(53, tmp_path)
+    md.write_means(url(db), "sensor.old_outdoor", "°F", old)
+    md.write_means(url(db), "sensor.outdoor", "°C", new)
+    backdate("migrate", url(db), "--from", "sensor.old_outdoor", "--into", "sensor.outdoor",
+             "--no-backup")
+    got = md.read_means(url(db), "sensor.outdoor")
+    want = dict(new)
+    for t, vals in old.items():
+        if t not in new:
+            want[t] = tuple((v - 32) * 5 / 9 for v in vals)
+    assert sorted(got) == sorted(want)
+    for t, vals in want.items():
+        assert got[t] == pytest.approx(vals, abs=1e-9), t
+    energy = old_meter()
+    md.write_meter(url(db), energy)
+    before = sha256(db)
+    refused = backdate("migrate", url(db), "--from", energy.statistic_id, "--into",
+                       "sensor.outdoor", expect=1)
+    assert "cannot be merged" in refused.stderr
+    assert sha256(db) == before

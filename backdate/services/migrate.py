@@ -42,7 +42,7 @@ from backdate.engine.merge import (
 )
 from backdate.engine.prepare import validate_statistic_id
 from backdate.errors import BackdateError, InputError, RefusedError, UsageError
-from backdate.models import FIVE_MINUTES, HOUR, Kind, StatisticMeta, Table
+from backdate.models import FIVE_MINUTES, HOUR, Kind, Series, StatisticMeta, Table
 from backdate.targets.base import StatisticsTarget
 
 Progress = Callable[[str, int, int], None]
@@ -305,15 +305,24 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
             raise InputError(f"{sid}: no such statistic in {settings.target}")
         olds.append(meta)
     new = target.get_metadata(pair.into)
-    for meta in olds + ([new] if new is not None else []):
-        if not meta.has_sum:
-            raise RefusedError(f"{meta.statistic_id} is a measurement (mean) statistic; "
-                               "migrate merges sums (meters) only")
+    everyone = olds + ([new] if new is not None else [])
+    is_sum = olds[0].has_sum
+    for meta in everyone:
+        if meta.has_sum != is_sum or (not is_sum and meta.mean_type != olds[0].mean_type):
+            raise RefusedError(
+                f"{meta.statistic_id} is a {'sum (meter)' if meta.has_sum else 'mean'} "
+                f"statistic, {olds[0].statistic_id} a "
+                f"{'sum (meter)' if is_sum else 'mean'} one: they cannot be merged")
     unit = new.unit_of_measurement if new is not None else olds[-1].unit_of_measurement
     result = PairPlan(pair=pair, action="merge", unit=unit)
+    conversions: dict[str, units.Conversion] = {}
     for meta in olds:
         result.source_units[meta.statistic_id] = meta.unit_of_measurement
-        result.factors[meta.statistic_id] = _factor(meta, unit, pair.into)
+        if is_sum:
+            result.factors[meta.statistic_id] = _factor(meta, unit, pair.into)
+        else:
+            conversions[meta.statistic_id] = _mean_conversion(meta, unit, pair.into)
+            result.factors[meta.statistic_id] = conversions[meta.statistic_id].factor
     ranged = settings.start is not None or settings.end is not None
     if new is None and can_rename and len(olds) == 1 and not ranged:
         from backdate.targets.recorder_db import Rename
@@ -323,13 +332,15 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
         assert old.id is not None
         result.action = "rename"
         result.rename = Rename(old.statistic_id, pair.into, old.id, source,
-                               anchor=source == "recorder")
+                               anchor=source == "recorder" and is_sum)
         result.source_fate = "moved"
         result.rows_read[old.statistic_id] = sum(
             1 for _ in target.read_rows(Table.HOURLY, old.statistic_id))
         result.counts.from_source = result.rows_read[old.statistic_id]
         return result
 
+    if not is_sum:
+        return _plan_means(target, pair, settings, result, olds, new, conversions, now)
     info = target.info()
     five_from = _five_from(target, pair.into, new is not None, settings, now) \
         if info.supports_short_term else None
@@ -365,6 +376,72 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
     [item] = plan_imports(target, [series], opts, now=now)
     result.item = item
     result.unit = item.plan.meta.unit_of_measurement
+    return result
+
+
+def _mean_conversion(old: StatisticMeta, unit: str | None, into: str) -> units.Conversion:
+    try:
+        return units.conversion(old.unit_of_measurement, unit)
+    except InputError:
+        raise RefusedError(
+            f"{old.statistic_id} is in {old.unit_of_measurement!r}, which cannot be converted "
+            f"into {into}'s {unit!r} (a different kind of quantity); nothing was written"
+        ) from None
+
+
+def _plan_means(target: StatisticsTarget, pair: Pair, settings: MigrateSettings,
+                result: PairPlan, olds: list[StatisticMeta], new: StatisticMeta | None,
+                conversions: dict[str, units.Conversion], now: float) -> PairPlan:
+    """Measurements (temperature, power, ...): hourly rows are independent, so OLD's rows
+    (mean, min and max converted, offsets included) go where the overlap rule lets them."""
+    from backdate.app.importing import ImportOptions, plan_imports
+
+    picked: dict[float, tuple[float, float, float]] = {}
+    for meta in olds:  # oldest first: a later id wins an hour two of them hold
+        conv = conversions[meta.statistic_id]
+        rows = [r for r in target.read_rows(Table.HOURLY, meta.statistic_id)
+                if r.mean is not None]
+        result.rows_read[meta.statistic_id] = len(rows)
+        for r in rows:
+            if settings.start is not None and r.start_ts < settings.start:
+                continue
+            if settings.end is not None and r.start_ts + HOUR > settings.end:
+                continue
+            assert r.mean is not None
+            lo = r.min if r.min is not None else r.mean
+            hi = r.max if r.max is not None else r.mean
+            picked[r.start_ts] = tuple(v * conv.factor + conv.offset  # type: ignore[assignment]
+                                       for v in (r.mean, lo, hi))
+    if not picked:
+        result.action = "nothing"
+        result.notes.append("the sources hold no hours in the range")
+        return result
+    starts = np.array(sorted(picked), dtype=np.float64)
+    new_starts = np.array([r.start_ts for r in target.read_rows(
+        Table.HOURLY, pair.into, float(starts[0]), float(starts[-1]) + HOUR)
+        if r.mean is not None], dtype=np.float64) if new else np.empty(0)
+    both = np.isin(starts, new_starts)
+    result.counts = MergeCounts(from_source=int((~both).sum()), overlap=int(both.sum()))
+    if settings.overlap is Overlap.KEEP_SOURCE:
+        result.counts.overwritten = result.counts.overlap
+    else:
+        result.counts.kept_target = result.counts.overlap
+        starts = starts[~both]
+    if starts.size == 0:
+        result.action = "nothing"
+        result.notes.append("NEW already holds every hour the sources have (keep-target)")
+        return result
+    values = np.array([picked[float(t)] for t in starts])
+    series = Series(source=" + ".join(pair.sources), times=starts, values=values[:, 0],
+                    lines=np.arange(1, starts.size + 1), ends=starts + HOUR,
+                    mins=values[:, 1], maxs=values[:, 2], kind=Kind.MEAN,
+                    unit=result.unit, name=new.name if new is not None else olds[-1].name)
+    opts = ImportOptions(statistic_id=pair.into, kind=Kind.MEAN, unit=result.unit,
+                         short_term=settings.short_term,
+                         short_term_days=settings.short_term_days, backup=settings.backup,
+                         report_tz=settings.report_tz)
+    [item] = plan_imports(target, [series], opts, now=now)
+    result.item = item
     return result
 
 
