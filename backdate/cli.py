@@ -304,6 +304,14 @@ def inspect_cmd(
         try:
             info = tgt.info()
             summaries = tgt.list_statistics()
+            from backdate.services.migrate import migrated_into
+
+            marks = migrated_into(tgt, summaries)  # a migration that kept OLD
+            for summary in summaries:
+                if summary.meta.statistic_id in marks:
+                    summary.problems.append(
+                        f"migrated into {marks[summary.meta.statistic_id]} (history carried "
+                        "over; this statistic was kept)")
         finally:
             tgt.close()
         if energy:

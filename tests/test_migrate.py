@@ -252,3 +252,19 @@ def test_temperature_means_merge_with_offset_conversion(tmp_path: Path) -> None:
                        "sensor.outdoor", expect=1)
     assert "cannot be merged" in refused.stderr
     assert sha256(db) == before
+
+
+def test_inspect_reports_a_kept_source_as_migrated(tmp_path: Path) -> None:
+    old, new = old_meter(), new_meter()
+    other = md.make_meter("sensor.unrelated", "kWh", T0 - 30 * DAY, NEW_END, seed=12,
+                          scale=0.05, meter0=0.0)
+    db = setup(tmp_path, 53, old, new, other)
+    before = json.loads(backdate("inspect", url(db), "--json").stdout)
+    assert "migrated" not in json.dumps(before)
+    backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+             "--no-backup")
+    after = backdate("inspect", url(db), "--json").stdout
+    doc = json.loads(after)
+    notes = {s["statistic_id"]: " ".join(s.get("problems", [])) for s in doc["statistics"]}
+    assert f"migrated into {new.statistic_id}" in notes[old.statistic_id]
+    assert "migrated" not in notes["sensor.unrelated"] + notes[new.statistic_id]

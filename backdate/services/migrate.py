@@ -37,6 +37,7 @@ from backdate.engine.merge import (
     as_series,
     chain,
     five_minute_detail,
+    row_changes,
     select_hours,
     sum_changes,
 )
@@ -624,4 +625,48 @@ def suggest_pairs(target: StatisticsTarget, *, stopped_for: float = 6 * HOUR,
                                   old.last_start, new.first_start,
                                   f"same unit class and type, started {gap / 3600:.0f} h "
                                   f"{overlap}"))
+    return out
+
+
+def migrated_into(target: StatisticsTarget, summaries: Sequence[Any],
+                  hours: int = 24) -> dict[str, str]:
+    """OLD ids whose history a NEW statistic holds (a migration that kept OLD): NEW spans
+    OLD's start and reaches past its end, and NEW's hourly changes over OLD's first `hours`
+    hours (after its first row, whose change may have been an offset) equal OLD's, converted.
+    For `inspect`; reads a few rows per candidate pair."""
+    sums = [s for s in summaries if s.meta.has_sum and s.first_start is not None
+            and s.last_start is not None]
+    out: dict[str, str] = {}
+    if not sums:
+        return out
+    newest = max(s.last_start for s in sums)
+    for old in sums:
+        if old.last_start > newest - 6 * HOUR:  # only statistics that stopped
+            continue
+        for new in sums:
+            if new is old or new.first_start > old.first_start or \
+                    new.last_start <= old.last_start:
+                continue
+            try:
+                factor = units.conversion(old.meta.unit_of_measurement,
+                                          new.meta.unit_of_measurement).factor
+            except InputError:
+                continue
+            if units.unit_class(old.meta.unit_of_measurement) != units.unit_class(
+                    new.meta.unit_of_measurement):
+                continue
+            a, b = old.first_start, old.first_start + (hours + 1) * HOUR
+            o = row_changes(target.read_rows(Table.HOURLY, old.meta.statistic_id, a, b), HOUR)
+            n_rows = target.read_rows(Table.HOURLY, new.meta.statistic_id, a - HOUR, b)
+            n = row_changes(n_rows, HOUR)
+            if len(o) < 3 or len(n) < len(o):
+                continue
+            o_map = dict(zip(o.starts[1:].tolist(), (o.amounts[1:] * factor).tolist(),
+                             strict=True))
+            n_map = dict(zip(n.starts.tolist(), n.amounts.tolist(), strict=True))
+            if any(t not in n_map for t in o_map) or not any(v for v in o_map.values()):
+                continue
+            if all(abs(n_map[t] - v) <= 1e-9 * max(1.0, abs(v)) for t, v in o_map.items()):
+                out[old.meta.statistic_id] = new.meta.statistic_id
+                break
     return out
