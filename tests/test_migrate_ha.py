@@ -14,6 +14,7 @@ One HA per engine (module fixture); every time is relative to the HA it runs aga
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -154,6 +155,18 @@ def _check_against_ha(lv: Live, old: md.Meter, new: md.Meter, *, five: bool) -> 
         result = ws.call("energy/validate")
     problems = [issue for group in result["energy_sources"] for issue in group]
     assert problems == [], f"HA's energy validation flagged {new.statistic_id}: {problems}"
+
+
+def test_suggest_over_the_api_pairs_gone_entities_with_live_ones(live: Live) -> None:
+    if live.ha.engine != "sqlite":
+        pytest.skip("the API path is the same whatever HA's database; run once")
+    ha = live.ha
+    done = run_backdate("migrate", ha.url, "--suggest", "--json", "--token", ha.token)
+    assert done.returncode == 0, describe(done)
+    found = {(s["from"], s["into"]) for s in json.loads(done.stdout)}
+    assert (OLD, SID) in found and (WS_OLD, WS_NEW) in found, found
+    # Only statistics whose entity is gone are offered as sources.
+    assert not {f for f, _ in found} & {SID, WS_NEW}, found
 
 
 def test_migrate_into_a_live_entity_judged_by_ha(live: Live, tmp_path: Path) -> None:

@@ -86,7 +86,8 @@ def print_migration_outcome(console: Console, err: Console, result: MigrateResul
 
 def print_suggestions(console: Console, found: list[Suggestion], *, as_json: bool) -> None:
     if as_json:
-        console.print_json(json.dumps([s.to_json() for s in found]))
+        console.print(json.dumps([s.to_json() for s in found], indent=2), markup=False,
+                      highlight=False, soft_wrap=True)
         return
     if not found:
         console.print("no likely pairs: no statistic stopped where another started")

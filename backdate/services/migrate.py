@@ -598,11 +598,20 @@ def suggest_pairs(target: StatisticsTarget, *, stopped_for: float = 6 * HOUR,
     if not summaries:
         return []
     newest = max(s.last_start for s in summaries if s.last_start is not None)
+    # Over the API, HA says which entities exist and where they sit.
+    lookup = getattr(target, "entities", None)
+    live, registry = lookup() if lookup is not None else (None, {})
     out: list[Suggestion] = []
     for old in summaries:
         assert old.last_start is not None
-        if old.meta.is_external or old.last_start > newest - stopped_for:
+        if old.meta.is_external:
             continue
+        if live is not None:
+            if old.meta.statistic_id in live:
+                continue
+        elif old.last_start > newest - stopped_for:
+            continue
+        home = registry.get(old.meta.statistic_id, {})
         cls = units.unit_class(old.meta.unit_of_measurement)
         best: list[tuple[float, Any]] = []
         for new in summaries:
@@ -615,16 +624,27 @@ def suggest_pairs(target: StatisticsTarget, *, stopped_for: float = 6 * HOUR,
                 continue
             if new.last_start <= old.last_start:
                 continue
+            if live is not None and not new.meta.is_external and \
+                    new.meta.statistic_id not in live:
+                continue
             gap = new.first_start - old.last_start
             if abs(gap) <= near:
-                best.append((abs(gap), new))
-        for gap, new in sorted(best, key=lambda x: x[0])[:3]:
+                there = registry.get(new.meta.statistic_id, {})
+                place = ("same device" if home.get("device_id") and
+                         home.get("device_id") == there.get("device_id") else
+                         "same area" if home.get("area_id") and
+                         home.get("area_id") == there.get("area_id") else "")
+                best.append(((place != "same device", place == "", abs(gap)), new, place))
+        for key, new, place in sorted(best, key=lambda x: x[0])[:3]:
             assert new.first_start is not None
-            overlap = "overlapping" if new.first_start <= old.last_start else "after it"
+            gap = key[2]
+            overlap = "before it stopped" if new.first_start <= old.last_start else "after"
+            gone = "its entity is gone" if live is not None else "it stopped"
             out.append(Suggestion(old.meta.statistic_id, new.meta.statistic_id, cls,
                                   old.last_start, new.first_start,
-                                  f"same unit class and type, started {gap / 3600:.0f} h "
-                                  f"{overlap}"))
+                                  f"{gone}; same unit class and type"
+                                  + (f", {place}" if place else "")
+                                  + f"; started {gap / 3600:.0f} h {overlap}"))
     return out
 
 

@@ -232,6 +232,21 @@ class HAWebSocketTarget:
         """Every statistic's metadata (no row counts): `migrate --map` expands globs on it."""
         return [self._meta_from_item(item) for item in self._metadata_items(None)]
 
+    def entities(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
+        """The entities HA has now (`get_states`) and each registry entry's device and area
+        (the device's area where the entity has none): `migrate --suggest` pairs a statistic
+        whose entity is gone with one on the same device or area."""
+        live = {str(s["entity_id"]) for s in self._call("get_states") or []}
+        devices = {d["id"]: d.get("area_id")
+                   for d in self._call("config/device_registry/list") or []}
+        registry: dict[str, dict[str, Any]] = {}
+        for entry in self._call("config/entity_registry/list") or []:
+            device = entry.get("device_id")
+            registry[str(entry["entity_id"])] = {
+                "device_id": device,
+                "area_id": entry.get("area_id") or (devices.get(device) if device else None)}
+        return live, registry
+
     def delete_statistics(self, statistic_ids: Sequence[str], *,
                           wait: float = 60.0) -> int:
         """`recorder/clear_statistics` (migrate --remove-source, after NEW was verified);
