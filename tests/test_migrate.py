@@ -268,3 +268,19 @@ def test_inspect_reports_a_kept_source_as_migrated(tmp_path: Path) -> None:
     notes = {s["statistic_id"]: " ".join(s.get("problems", [])) for s in doc["statistics"]}
     assert f"migrated into {new.statistic_id}" in notes[old.statistic_id]
     assert "migrated" not in notes["sensor.unrelated"] + notes[new.statistic_id]
+
+
+def test_chain_into_an_entity_without_statistics_anchors_the_sum(tmp_path: Path) -> None:
+    oldest = old_meter("sensor.meter_2023", T0 - 60 * DAY, T0, seed=5)
+    older = old_meter("sensor.meter_2024", T0, OLD_END, seed=6)
+    db = setup(tmp_path, 42, oldest, older)
+    backdate("migrate", url(db), "--from", oldest.statistic_id, "--from", older.statistic_id,
+             "--into", "sensor.meter", "--no-backup")
+    rows = md.read_rows(url(db), "sensor.meter")
+    got = md.changes_of(rows)
+    want = {t: v * 1e-3 for part in (oldest, older) for t, v in part.changes.items()}
+    assert sorted(got) == sorted(want)
+    assert max(abs(got[t] - want[t]) for t in want) < TOL
+    last = max(rows)
+    five = md.read_rows(url(db), "sensor.meter", "statistics_short_term")
+    assert five == {last + 3300: (None, rows[last][1])}

@@ -43,8 +43,18 @@ from backdate.engine.merge import (
 )
 from backdate.engine.prepare import validate_statistic_id
 from backdate.errors import BackdateError, InputError, RefusedError, UsageError
-from backdate.models import FIVE_MINUTES, HOUR, Kind, Series, StatisticMeta, Table
-from backdate.targets.base import StatisticsTarget
+from backdate.models import (
+    FIVE_MINUTES,
+    HOUR,
+    Kind,
+    RowBlock,
+    Series,
+    StatisticMeta,
+    Table,
+    TablePlan,
+    WritePlan,
+)
+from backdate.targets.base import StatisticsTarget, TargetInfo
 
 Progress = Callable[[str, int, int], None]
 
@@ -377,7 +387,34 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
     [item] = plan_imports(target, [series], opts, now=now)
     result.item = item
     result.unit = item.plan.meta.unit_of_measurement
+    if new is None and not item.plan.meta.is_external:
+        _anchor_new_entity(item.plan, info)
     return result
+
+
+def _anchor_new_entity(plan: WritePlan, info: TargetInfo) -> None:
+    """An entity statistic created by the merge: HA's compile continues its sum from the
+    newest 5-minute row and measures growth from that row's `state`. Without 5-minute rows it
+    would start again from 0 (a step down of the whole history); so the plan gets one 5-minute
+    row, the last window of its last hour, with that hour's sum and no meter reading, from
+    which HA keeps the sum and takes NEW's next reading as its starting point."""
+    if not info.supports_short_term:
+        raise RefusedError(
+            f"{plan.meta.statistic_id} has no statistics yet: through the API backdate cannot "
+            "write the 5-minute row Home Assistant continues an entity's sum from, so HA would "
+            "start it again from 0. Let HA compile it once (5 minutes after it has a state) "
+            "and run migrate again, or use the database URL")
+    hourly = plan.hourly.rows
+    if plan.short_term.count or not len(hourly) or hourly.sum is None:
+        return
+    start = float(hourly.start_ts[-1]) + HOUR - FIVE_MINUTES
+    if info.last_compiled_end is not None and start + FIVE_MINUTES > info.last_compiled_end:
+        return
+    rows = RowBlock(np.array([start]), state=np.array([np.nan]),
+                    sum=np.array([float(hourly.sum[-1])]))
+    plan.short_term = TablePlan(Table.SHORT_TERM, rows=rows, inserted=1)
+    plan.notes.append("one 5-minute row (no meter reading) anchors the sum for Home "
+                      "Assistant's next compile of this entity")
 
 
 def _mean_conversion(old: StatisticMeta, unit: str | None, into: str) -> units.Conversion:
