@@ -89,6 +89,8 @@ def test_merge_keep_source_and_json(tmp_path: Path) -> None:
     assert doc["phase1"] == "done" and doc["phase2"] == "not requested"
     assert pair["hours_overlap"] == 72 and pair["hours_overwritten"] == 72
     assert pair["factors"] == {old.statistic_id: 0.001}
+    assert pair["seams"] and all(seam["closed"] for seam in pair["seams"])
+    assert len(pair["days"]) >= 180 and all(d["after"] >= 0 for d in pair["days"])
     check_merged(db, old, new, "keep-source")
 
 

@@ -132,6 +132,7 @@ class MigrateResult:
     phase2_items: list[Any] = field(default_factory=list)
     retry_command: str | None = None
     removed: list[str] = field(default_factory=list)
+    report_tz: str = "UTC"  # zone of the per-day table
 
     @property
     def exit_code(self) -> int:
@@ -158,6 +159,8 @@ class MigrateResult:
                                      "shift": tp.shift, "shift_from": iso(tp.shift_from)}
                     for tp in plan.tables},
                 "source": p.source_fate, "notes": p.notes + (plan.notes if plan else []),
+                "days": _days(p.item, self.report_tz),
+                "seams": _seams(p.item),
             })
         return {"target": self.target, "overlap": self.overlap.value, "dry_run": self.dry_run,
                 "phase1": self.phase1, "phase2": self.phase2,
@@ -165,6 +168,30 @@ class MigrateResult:
                 "retry_command": self.retry_command,
                 "backup": None if self.backup_path is None else str(self.backup_path),
                 "removed": self.removed, "pairs": pairs, "exit_code": self.exit_code}
+
+
+def _days(item: Any, zone: str) -> list[dict[str, Any]]:
+    """What the Energy dashboard shows per local day for NEW, now and after."""
+    if item is None or not item.plan.hourly.count or not item.plan.meta.has_sum:
+        return []
+    from zoneinfo import ZoneInfo
+
+    from backdate.app.report import day_table
+
+    return [{"day": line.day.isoformat(), "now": line.energy_now, "after": line.energy_after,
+             "new": line.new, "updated": line.updated, "shifted": line.shifted}
+            for line in day_table(item, ZoneInfo(zone))]
+
+
+def _seams(item: Any) -> list[dict[str, Any]]:
+    if item is None or not item.plan.hourly.count or not item.plan.meta.has_sum:
+        return []
+    from backdate.app.report import seams
+
+    return [{"table": s.table, "edge": s.edge,
+             "start": datetime.fromtimestamp(s.start_ts, UTC).isoformat(),
+             "change_before": s.change_before, "change_after": s.change_after,
+             "expected": s.expected, "closed": s.closed} for s in seams(item)]
 
 
 # -- pairs ----------------------------------------------------------------------------------
@@ -490,7 +517,8 @@ def plan_migration(target: StatisticsTarget, settings: MigrateSettings) -> Migra
     can_rename = hasattr(target, "statistic_metas") and target.info().kind != "websocket"
     pairs = [plan_pair(target, pair, settings, can_rename=can_rename, now=now)
              for pair in settings.pairs]
-    result = MigrateResult(settings.target, settings.overlap, settings.dry_run, pairs)
+    result = MigrateResult(settings.target, settings.overlap, settings.dry_run, pairs,
+                           report_tz=settings.report_tz)
     if all(p.action == "nothing" for p in pairs):
         result.phase1 = "nothing to do"
     if settings.remove_source:
@@ -550,17 +578,29 @@ def run_migration(target: StatisticsTarget, settings: MigrateSettings, *,
                 progress(label, n, total)
 
         plans = [p.item.plan for p in merges if not p.item.plan.is_empty]
-        if renames:
-            target.apply_all(plans, progress=report, renames=renames)  # type: ignore[call-arg]
-        elif plans:
-            target.apply_all(plans, progress=report)
+        try:
+            if renames:
+                target.apply_all(plans, progress=report,  # type: ignore[call-arg]
+                                 renames=renames)
+            elif plans:
+                target.apply_all(plans, progress=report)
+        except BackdateError as err:
+            if settings.then_backfill:
+                err.args = (f"{err} (phase 1 failed, so phase 2, --then-backfill, did not "
+                            "run)",)
+            raise
         result.phase1 = "done"
         if settings.remove_source:
             olds = [s for p in merges for s in p.pair.sources]
             remover = getattr(target, "delete_statistics", None)
-            if remover is None:
-                raise RefusedError("this target cannot delete statistics; OLD was kept")
-            remover(olds)
+            try:
+                if remover is None:
+                    raise RefusedError("this target cannot delete statistics")
+                remover(olds)
+            except BackdateError as err:
+                err.args = (f"phase 1 is done and verified, but removing "
+                            f"{', '.join(olds)} failed (they are kept): {err}",)
+                raise
             result.removed = olds
             for p in merges:
                 p.source_fate = "removed"
