@@ -372,8 +372,9 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
         result.rename = Rename(old.statistic_id, pair.into, old.id, source,
                                anchor=source == "recorder" and is_sum)
         result.source_fate = "moved"
-        result.rows_read[old.statistic_id] = sum(
-            1 for _ in target.read_rows(Table.HOURLY, old.statistic_id))
+        result.rows_read[old.statistic_id] = int(
+            _sums(target, Table.HOURLY, old.statistic_id)[0].size) if is_sum else len(
+            target.read_rows(Table.HOURLY, old.statistic_id))
         result.counts.from_source = result.rows_read[old.statistic_id]
         return result
 
