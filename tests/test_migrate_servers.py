@@ -72,10 +72,16 @@ def test_map_keep_source_restore_dry_run_refusal_and_rename(server: ServerDb,
     backdate("restore", backup, "--to", server.url)
     assert server.dump() == before, "restore did not bring every row back"
 
-    backdate("migrate", server.url, "--from", "sensor.old_third", "--into", "sensor.third",
-             "--no-backup")
+    for old in tmp_path.glob("backdate-backup-*.jsonl"):
+        old.unlink()
+    moved = run_backdate("migrate", server.url, "--from", "sensor.old_third", "--into",
+                         "sensor.third", cwd=tmp_path)
+    assert moved.returncode == 0, describe(moved)
     assert md.read_rows(server.url, "sensor.third") == third.hourly
     five = md.read_rows(server.url, "sensor.third", "statistics_short_term")
     last = max(third.five)
     assert five[last + 300] == (None, pytest.approx(third.five[last][1]))
     assert server.meta("sensor.third")["source"] == "recorder"
+    [backup] = list(tmp_path.glob("backdate-backup-*.jsonl"))
+    backdate("restore", backup, "--to", server.url)
+    assert server.dump() == before, "restore did not undo the rename"

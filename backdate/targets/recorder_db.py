@@ -1692,7 +1692,9 @@ class RecorderDatabase:
             m = tables[META]
             if not force:
                 self._refuse_losing_compiled(conn, tables, ids, metas, rows, path)
-            for sid in ids:
+            # Statistics absent at backup time go first: a migrate rename moved OLD's
+            # metadata row (its id) to NEW, and OLD's row comes back with that id.
+            for sid in sorted(ids, key=lambda i: metas[i] is not None):
                 saved = metas[sid]
                 current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
                 if current is not None and (saved is None or current.id != saved["id"]):
@@ -1724,20 +1726,32 @@ class RecorderDatabase:
         """RefusedError when restoring would delete rows HA compiled after the backup."""
         m = tables[META]
         lost: list[str] = []
+        # A migrate rename moved a saved metadata row (its id) to an id absent at backup time:
+        # that statistic's rows are the saved ones, plus the one 5-minute row the rename adds.
+        moved_from = {int(meta["id"]): s for s, meta in metas.items() if meta is not None}
         for sid in ids:
             if not _ENTITY_ID.match(sid):
                 continue  # external statistics: only imports write them
             current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
             if current is None:
                 continue
+            origin = sid
+            if metas[sid] is None and int(current.id) in moved_from:
+                origin = moved_from[int(current.id)]
             for name in STAT_TABLES:
                 t = tables[name]
-                saved_starts = [r["start_ts"] for r in rows[sid][name]
+                saved_starts = [r["start_ts"] for r in rows[origin][name]
                                 if r.get("start_ts") is not None]
-                newest = max(saved_starts) if saved_starts and metas[sid] is not None else None
+                newest = max(saved_starts) if saved_starts and metas[origin] is not None \
+                    else None
                 cond = t.c.metadata_id == current.id
                 if newest is not None:
                     cond = sa.and_(cond, t.c.start_ts > newest)
+                    if origin != sid:  # not the rename's own row without a meter reading
+                        cond = sa.and_(cond, sa.or_(t.c.state.is_not(None),
+                                                    t.c.start_ts > newest + 300))
+                elif origin != sid:
+                    cond = sa.and_(cond, t.c.state.is_not(None))
                 count, last = conn.execute(
                     sa.select(sa.func.count(), sa.func.max(t.c.start_ts)).where(cond)).one()
                 if count:
