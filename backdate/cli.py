@@ -462,6 +462,14 @@ def inspect_cmd(
         try:
             info = tgt.info()
             summaries = tgt.list_statistics()
+            from backdate.services.migrate import migrated_into
+
+            marks = migrated_into(tgt, summaries)  # a migration that kept OLD
+            for summary in summaries:
+                if summary.meta.statistic_id in marks:
+                    summary.problems.append(
+                        f"migrated into {marks[summary.meta.statistic_id]} (history carried "
+                        "over; this statistic was kept)")
         finally:
             tgt.close()
         summaries = select_statistics(summaries, pattern=pattern, energy=energy, where=info.url)
@@ -554,6 +562,108 @@ def restore_cmd(
             _emit(restore_document(str(backup), mask_url(to), result))
             return
         console.print(_shown(f"restored {to} from {backup}"), markup=False)
+
+
+@app.command("migrate")
+def migrate_cmd(
+    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://..., "
+                                          "or http(s)://host:8123 (HA's API; --token)")],
+    sources: Annotated[list[str] | None, typer.Option(
+        "--from", help="Old statistic id; repeat for a chain, oldest first.")] = None,
+    into: Annotated[str | None, typer.Option("--into", help="New statistic id.")] = None,
+    overlap: Annotated[str, typer.Option(
+        "--overlap", help="Hours both hold: keep-target (NEW's own data stays) or "
+        "keep-source (OLD's replaces it).")] = "keep-target",
+    map_file: Annotated[Path | None, typer.Option(
+        "--map", help="TOML (`\"sensor.powerwall_*\" = \"sensor.teslemetry_*\"`) or CSV "
+        "(`old,new`) of pairs, globs allowed; one transaction for all.")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="Only hours from here (ISO time "
+                                              "or date, UTC unless --tz).")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Only hours before this.")] = None,
+    tz: Tz = None,
+    then_backfill: Annotated[str | None, typer.Option(
+        "--then-backfill", help="Then re-import NEW from this source (influxdb://..., a "
+        "file, a portal) over what it covers, overwriting.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show both phases; write "
+                                          "nothing.")] = False,
+    remove_source: Annotated[bool, typer.Option(
+        "--remove-source", help="Delete OLD once NEW is written and read back.")] = False,
+    backup: Annotated[bool, typer.Option("--backup/--no-backup", help="Back up first, as "
+                                         "for import.")] = True,
+    short_term: ShortTerm = True,
+    suggest: Annotated[bool, typer.Option("--suggest", help="List likely pairs: statistics "
+                                          "that stopped beside ones that started.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    days: Days = False,
+    token: Token = None,
+) -> None:
+    """Carry a replaced sensor's history into its successor, with unit conversion and a rule
+    for the hours both hold; then optionally overwrite from a better source.
+
+    Example: backdate migrate sqlite:///config/home-assistant_v2.db --from sensor.powerwall_import
+    --into sensor.teslemetry_grid_import --dry-run
+
+    Example: backdate migrate postgresql://... --map pairs.toml --overlap keep-source
+    """
+    import json
+
+    from backdate.app import render_migrate as render
+    from backdate.app.exporting import parse_bound
+    from backdate.app.targets import backup_target, open_target
+    from backdate.engine.merge import Overlap
+    from backdate.services import migrate as svc
+
+    with _errors():
+        _use_token(token)
+        try:
+            rule = Overlap(overlap)
+        except ValueError:
+            raise UsageError("--overlap is keep-target or keep-source") from None
+        tgt = open_target(target)
+        try:
+            if suggest:
+                found = svc.suggest_pairs(tgt)
+                render.print_suggestions(console, found, as_json=as_json)
+                return
+            if map_file is not None:
+                if sources or into:
+                    raise UsageError("--map replaces --from/--into; give one or the other")
+                metas = getattr(tgt, "statistic_metas", None)
+                known = [m.statistic_id for m in metas()] if metas else []
+                pairs = svc.expand_pairs(svc.read_map(map_file), known)
+            elif sources and into:
+                pairs = [svc.Pair(list(sources), into)]
+            else:
+                raise UsageError("name --from OLD and --into NEW, or --map FILE, or --suggest")
+            if then_backfill and len(pairs) != 1:
+                raise UsageError("--then-backfill needs exactly one pair (one --into)")
+            zone = _zone(tz) if tz else ZoneInfo("UTC")
+            report_zone = tz or tgt.info().time_zone or _local_zone().key
+            settings = svc.MigrateSettings(
+                target=target, pairs=pairs, overlap=rule, start=parse_bound(start, zone),
+                end=parse_bound(end, zone), bounds_text=(start, end), dry_run=dry_run,
+                remove_source=remove_source, backup=backup, then_backfill=then_backfill,
+                short_term=short_term, report_tz=report_zone)
+            with _status("planning"):
+                plan = svc.plan_migration(tgt, settings)
+            if not as_json:
+                render.print_migration(console, plan, _zone(report_zone), all_days=days)
+
+            def do_backup(ids: list[str]) -> Path | None:
+                return backup_target(target, tgt, ids)
+
+            with _progress() as report:
+                result = svc.run_migration(tgt, settings, backup=do_backup, progress=report,
+                                           plan=plan)
+            if as_json:
+                sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+            else:
+                render.print_migration_outcome(console, err_console, result,
+                                               _zone(report_zone))
+            if result.exit_code:
+                raise typer.Exit(result.exit_code)
+        finally:
+            tgt.close()
 
 
 @app.command("demo")

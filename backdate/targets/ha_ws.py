@@ -230,6 +230,41 @@ class HAWebSocketTarget:
                 return meta
         return None
 
+    def statistic_metas(self) -> list[StatisticMeta]:
+        """Every statistic's metadata (no row counts): `migrate --map` expands globs on it."""
+        return [self._meta_from_item(item) for item in self._metadata_items(None)]
+
+    def entities(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
+        """The entities HA has now (`get_states`) and each registry entry's device and area
+        (the device's area where the entity has none): `migrate --suggest` pairs a statistic
+        whose entity is gone with one on the same device or area."""
+        live = {str(s["entity_id"]) for s in self._call("get_states") or []}
+        devices = {d["id"]: d.get("area_id")
+                   for d in self._call("config/device_registry/list") or []}
+        registry: dict[str, dict[str, Any]] = {}
+        for entry in self._call("config/entity_registry/list") or []:
+            device = entry.get("device_id")
+            registry[str(entry["entity_id"])] = {
+                "device_id": device,
+                "area_id": entry.get("area_id") or (devices.get(device) if device else None)}
+        return live, registry
+
+    def delete_statistics(self, statistic_ids: Sequence[str], *,
+                          wait: float = 60.0) -> int:
+        """`recorder/clear_statistics` (migrate --remove-source, after NEW was verified);
+        HA answers before it deletes, so wait until the metadata is gone."""
+        ids = [sid for sid in statistic_ids if self.get_metadata(sid) is not None]
+        if not ids:
+            return 0
+        self._call("recorder/clear_statistics", statistic_ids=ids)
+        deadline = time.monotonic() + wait
+        while any(self.get_metadata(sid) is not None for sid in ids):
+            if time.monotonic() > deadline:
+                raise VerificationError(f"Home Assistant still holds {', '.join(ids)} "
+                                        f"{wait:.0f} s after clear_statistics")
+            time.sleep(0.2)
+        return len(ids)
+
     def _unit_fields(self, statistic_id: str) -> dict[str, Any]:
         """Ask for values in the stored unit (HA converts entity statistics to the entity's
         display unit otherwise)."""

@@ -583,6 +583,21 @@ class Repair:
     new_sum: float
 
 
+@dataclass(frozen=True, slots=True)
+class Rename:
+    """One statistics_meta row that `migrate` moves to a new statistic id (NEW had none)."""
+
+    old_id: str
+    new_id: str
+    metadata_id: int
+    source: str  # "recorder" for an entity id, the domain for an external one
+    name: str | None = None
+    # An entity id HA will compile: leave a 5-minute row without a meter reading after the
+    # moved rows, so HA continues the sum from it instead of measuring NEW's meter against
+    # OLD's (a step) or starting again from 0 (no 5-minute rows left).
+    anchor: bool = False
+
+
 class RecorderDatabase:
     """A `StatisticsTarget` on HA's recorder database."""
 
@@ -897,6 +912,32 @@ class RecorderDatabase:
             rows = conn.execute(q.order_by(t.c.start_ts)).all()
         return [_stat_row(r) for r in rows]
 
+    def read_sums(self, table: Table, statistic_id: str, start: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """`start_ts` and `sum` of the rows with a sum at or after `start`, oldest first, as
+        arrays: `migrate` reads years of rows, and a StatRow per row costs more than the read."""
+        name = Table(table).value
+        with self._read() as conn:
+            meta = self._meta_row(conn, statistic_id)
+            if meta is None:
+                return np.empty(0), np.empty(0)
+            q = conn.dialect.identifier_preparer.quote
+            ph = _placeholder(conn.dialect)
+            sql = (f"SELECT {q('start_ts')}, {q('sum')} FROM {q(name)} WHERE "
+                   f"{q('metadata_id')} = {ph} AND {q('sum')} IS NOT NULL AND "
+                   f"{q('start_ts')} IS NOT NULL")
+            params: tuple[Any, ...] = (int(meta.id),)
+            if start is not None:
+                sql += f" AND {q('start_ts')} >= {ph}"
+                params += (float(start),)
+            with _driver_cursor(conn) as cur:
+                cur.execute(sql + f" ORDER BY {q('start_ts')}", params)
+                rows = cur.fetchall()
+        if not rows:
+            return np.empty(0), np.empty(0)
+        data = np.array(rows, dtype=np.float64)
+        return data[:, 0].copy(), data[:, 1].copy()
+
     def list_statistics(self) -> list[StatisticSummary]:
         """Every statistic with row counts, first/last start over both tables, and problems."""
         m = self._t[META]
@@ -1026,34 +1067,133 @@ class RecorderDatabase:
         self._repair_compiled(plan, written)
 
     def apply_all(self, plans: Sequence[WritePlan], *,
-                  progress: Callable[[int], None] | None = None) -> None:
+                  progress: Callable[[int], None] | None = None,
+                  renames: Sequence[Rename] = ()) -> None:
         """Write several statistics in ONE transaction: an import of a file with import,
-        export and generation columns lands whole or not at all. Then verify each."""
+        export and generation columns lands whole or not at all. Then verify each.
+
+        `renames` (migrate) move statistics_meta rows to a new statistic id in the same
+        transaction, before the plans are written; each is read back after the commit."""
         for plan in plans:
             self._check_plan(plan)
         self.repairs = []
         work = [(plan, self._prepare(plan)) for plan in plans]
         work = [(plan, prep) for plan, prep in work
                 if any(p.rows or _has_shift(p.plan) for p in prep)]
-        if not work:
+        if not work and not renames:
             return
         totals = [sum(tp.count for tp in plan.tables) for plan, _ in work]
         bases = [sum(totals[:k]) for k in range(len(totals))]
 
         def write_all(conn: Connection) -> list[_Written]:
             # Offsets are fixed per plan, so a retried attempt reports from 0 again.
+            for rename in renames:
+                self._rename(conn, rename)
             out = []
             for (plan, prep), base in zip(work, bases, strict=True):
                 report = None if progress is None else (lambda n, _b=base: progress(_b + n))
                 out.append(self._write_plan(conn, plan, prep, False, report))
             return out
 
-        written = self._write(write_all, guard=self._compile_guard([p for p, _ in work]))
+        guard = self._compile_guard([p for p, _ in work]) if work else None
+        if guard is None and any(r.anchor for r in renames):
+            with self._read() as conn:
+                last = self._last_compiled_end(conn)
+            if last is not None and last >= time.time() - LIVE_WITHIN:
+                guard = 1.0  # clear of HA's compile, as for an import into an entity
+        written = self._write(write_all, guard=guard)
+        for rename in renames:
+            self._verify_rename(rename)
         for (plan, _), done in zip(work, written, strict=True):
             plan.meta.id = done.metadata_id
             self._verify(plan, done)
         for (plan, _), done in zip(work, written, strict=True):
             self._repair_compiled(plan, done)
+
+    def _rename(self, conn: Connection, rename: Rename) -> None:
+        """Move one statistics_meta row to `new_id` (its rows follow by metadata_id), with
+        the source HA expects for the new id and has_mean/mean_type/unit_class filled in
+        where this schema has them (HA < 2025.4 breaks on NULL has_mean)."""
+        m = self._t[META]
+        row = self._meta_row(conn, rename.old_id)
+        if row is None or int(row.id) != rename.metadata_id:
+            raise RefusedError(f"{rename.old_id} changed after the plan was made; run backdate "
+                               "again")
+        if self._meta_row(conn, rename.new_id) is not None:
+            raise RefusedError(f"{rename.new_id} appeared in the database after the plan was "
+                               "made; run backdate again")
+        data = row._mapping
+        values: dict[str, Any] = {"statistic_id": rename.new_id, "source": rename.source,
+                                  "has_mean": bool(data["has_mean"])}
+        if self.schema.has_mean_type and data["mean_type"] is None:
+            values["mean_type"] = int(MeanType.ARITHMETIC if data["has_mean"]
+                                      else MeanType.NONE)
+        if self.schema.has_unit_class and data["unit_class"] is None:
+            values["unit_class"] = unit_class_for(data["unit_of_measurement"])
+        if rename.name is not None:
+            values["name"] = rename.name
+        conn.execute(sa.update(m).where(m.c.id == row.id).values(**values))
+        if rename.anchor:
+            self._anchor(conn, int(row.id))
+
+    def _anchor(self, conn: Connection, metadata_id: int) -> None:
+        """HA's sensor compile continues an entity's sum from its newest 5-minute row and
+        measures growth from that row's `state`; with `state` NULL it takes the next reading
+        as the new starting point and keeps the sum. Insert such a row in the window after the
+        newest row (both tables), if HA has compiled that window already; else clear the newest
+        5-minute row's meter reading instead (OLD's meter is not NEW's)."""
+        st, h = self._t[Table.SHORT_TERM.value], self._t[Table.HOURLY.value]
+        last5 = conn.execute(sa.select(st.c.id, st.c.start_ts, st.c.sum).where(
+            st.c.metadata_id == metadata_id, st.c.sum.is_not(None))
+            .order_by(st.c.start_ts.desc()).limit(1)).first()
+        last_h = conn.execute(sa.select(h.c.start_ts, h.c.sum).where(
+            h.c.metadata_id == metadata_id, h.c.sum.is_not(None))
+            .order_by(h.c.start_ts.desc()).limit(1)).first()
+        if last5 is None and last_h is None:
+            return
+        if last5 is not None and (last_h is None or last5.start_ts >= last_h.start_ts + 3300):
+            start, total = float(last5.start_ts) + 300, float(last5.sum)
+        else:
+            start, total = float(last_h.start_ts) + 3300, float(last_h.sum)
+        limit = self._last_compiled_end(conn)
+        if limit is None or start + 300 <= limit:
+            values: dict[str, Any] = {"metadata_id": metadata_id, "start_ts": start,
+                                      "sum": total, "state": None}
+            if "created_ts" in st.c:
+                values["created_ts"] = time.time()
+            conn.execute(sa.insert(st).values(**values))
+        elif last5 is not None:
+            conn.execute(sa.update(st).where(st.c.id == last5.id).values(state=None))
+
+    def _verify_rename(self, rename: Rename) -> None:
+        with self._read() as conn:
+            row = self._meta_row(conn, rename.new_id)
+            old = self._meta_row(conn, rename.old_id)
+        if row is None or int(row.id) != rename.metadata_id or old is not None:
+            raise VerificationError(f"{rename.old_id} -> {rename.new_id}: the metadata row does "
+                                    "not read back as moved")
+
+    def statistic_metas(self) -> list[StatisticMeta]:
+        """Every statistics_meta row (no row counts): `migrate --map` expands globs on it."""
+        m = self._t[META]
+        with self._read() as conn:
+            rows = conn.execute(sa.select(m).order_by(m.c.statistic_id)).all()
+        return [self._meta_from_row(r) for r in rows]
+
+    def delete_statistics(self, statistic_ids: Sequence[str]) -> int:
+        """Delete statistics (metadata and the rows of both tables) in one transaction;
+        `migrate --remove-source` calls it only after the merged statistic was verified.
+        Returns how many existed."""
+        def work(conn: Connection) -> int:
+            found = 0
+            for sid in statistic_ids:
+                row = self._meta_row(conn, sid)
+                if row is not None:
+                    self._delete_statistic(conn, self._t, int(row.id))
+                    found += 1
+            return found
+
+        return self._write(work)
 
     def _compile_guard(self, plans: Sequence[WritePlan]) -> float | None:
         """The expected transaction length when the plans touch a statistic Home Assistant
@@ -1577,7 +1717,9 @@ class RecorderDatabase:
             m = tables[META]
             if not force:
                 self._refuse_losing_compiled(conn, tables, ids, metas, rows, path)
-            for sid in ids:
+            # Statistics absent at backup time go first: a migrate rename moved OLD's
+            # metadata row (its id) to NEW, and OLD's row comes back with that id.
+            for sid in sorted(ids, key=lambda i: metas[i] is not None):
                 saved = metas[sid]
                 current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
                 if current is not None and (saved is None or current.id != saved["id"]):
@@ -1609,20 +1751,32 @@ class RecorderDatabase:
         """RefusedError when restoring would delete rows HA compiled after the backup."""
         m = tables[META]
         lost: list[str] = []
+        # A migrate rename moved a saved metadata row (its id) to an id absent at backup time:
+        # that statistic's rows are the saved ones, plus the one 5-minute row the rename adds.
+        moved_from = {int(meta["id"]): s for s, meta in metas.items() if meta is not None}
         for sid in ids:
             if not _ENTITY_ID.match(sid):
                 continue  # external statistics: only imports write them
             current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
             if current is None:
                 continue
+            origin = sid
+            if metas[sid] is None and int(current.id) in moved_from:
+                origin = moved_from[int(current.id)]
             for name in STAT_TABLES:
                 t = tables[name]
-                saved_starts = [r["start_ts"] for r in rows[sid][name]
+                saved_starts = [r["start_ts"] for r in rows[origin][name]
                                 if r.get("start_ts") is not None]
-                newest = max(saved_starts) if saved_starts and metas[sid] is not None else None
+                newest = max(saved_starts) if saved_starts and metas[origin] is not None \
+                    else None
                 cond = t.c.metadata_id == current.id
                 if newest is not None:
                     cond = sa.and_(cond, t.c.start_ts > newest)
+                    if origin != sid:  # not the rename's own row without a meter reading
+                        cond = sa.and_(cond, sa.or_(t.c.state.is_not(None),
+                                                    t.c.start_ts > newest + 300))
+                elif origin != sid:
+                    cond = sa.and_(cond, t.c.state.is_not(None))
                 count, last = conn.execute(
                     sa.select(sa.func.count(), sa.func.max(t.c.start_ts)).where(cond)).one()
                 if count:
