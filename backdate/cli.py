@@ -566,8 +566,7 @@ def restore_cmd(
 
 @app.command("migrate")
 def migrate_cmd(
-    target: Annotated[str, typer.Argument(help="sqlite:///path, mysql://..., postgresql://..., "
-                                          "or http(s)://host:8123 (HA's API; --token)")],
+    target: DatabaseArg,
     sources: Annotated[list[str] | None, typer.Option(
         "--from", help="Old statistic id; repeat for a chain, oldest first.")] = None,
     into: Annotated[str | None, typer.Option("--into", help="New statistic id.")] = None,
@@ -596,14 +595,16 @@ def migrate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     days: Days = False,
     token: Token = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", metavar="",
+                                      help="Write without asking.")] = False,
 ) -> None:
     """Carry a replaced sensor's history into its successor, with unit conversion and a rule
     for the hours both hold; then optionally overwrite from a better source.
 
-    Example: backdate migrate sqlite:///config/home-assistant_v2.db --from sensor.powerwall_import
+    Example: backdate migrate /config/home-assistant_v2.db --from sensor.powerwall_import
     --into sensor.teslemetry_grid_import --dry-run
 
-    Example: backdate migrate postgresql://... --map pairs.toml --overlap keep-source
+    Example: backdate migrate postgresql://... --map pairs.toml --overlap keep-source --yes
     """
     import json
 
@@ -648,6 +649,13 @@ def migrate_cmd(
                 plan = svc.plan_migration(tgt, settings)
             if not as_json:
                 render.print_migration(console, plan, _zone(report_zone), all_days=days)
+
+            if not dry_run and not yes:
+                if as_json or not sys.stdin.isatty():
+                    raise UsageError("not a terminal: add --yes to write without asking")
+                if not typer.confirm("Write this?", default=False):
+                    console.print("nothing written")
+                    raise typer.Exit(1)
 
             def do_backup(ids: list[str]) -> Path | None:
                 return backup_target(target, tgt, ids)

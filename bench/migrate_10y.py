@@ -101,7 +101,8 @@ def plain_copy(path: Path) -> float:
 def migrate(path: Path) -> float:
     exe = ROOT / ".venv" / "bin" / "backdate"
     started = time.perf_counter()
-    done = subprocess.run([str(exe), "migrate", f"sqlite:///{path}", "--from", "sensor.old_meter",
+    done = subprocess.run([str(exe), "migrate", "--yes",
+                               f"sqlite:///{path}", "--from", "sensor.old_meter",
                            "--into", "sensor.new_meter", "--no-backup"], capture_output=True,
                           text=True, check=False)
     elapsed = time.perf_counter() - started

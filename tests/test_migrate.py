@@ -72,7 +72,8 @@ def check_merged(db: Path, old: md.Meter, new: md.Meter, rule: str, factor: floa
 def test_merge_keep_target_converts_wh_into_kwh(tmp_path: Path, version: int) -> None:
     old, new = old_meter(), new_meter()
     db = setup(tmp_path, version, old, new)
-    done = backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+    done = backdate("migrate", "--yes",
+                    url(db), "--from", old.statistic_id, "--into", new.statistic_id,
                     "--no-backup")
     assert "keep-target" in done.stdout and "×0.001" in done.stdout, done.stdout
     check_merged(db, old, new, "keep-target")
@@ -82,7 +83,8 @@ def test_merge_keep_target_converts_wh_into_kwh(tmp_path: Path, version: int) ->
 def test_merge_keep_source_and_json(tmp_path: Path) -> None:
     old, new = old_meter(), new_meter()
     db = setup(tmp_path, 53, old, new)
-    done = backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+    done = backdate("migrate", "--yes",
+                    url(db), "--from", old.statistic_id, "--into", new.statistic_id,
                     "--overlap", "keep-source", "--no-backup", "--json")
     doc = json.loads(done.stdout)
     [pair] = doc["pairs"]
@@ -100,7 +102,8 @@ def test_chain_of_three_ids(tmp_path: Path) -> None:
     new = new_meter()
     oldest_kwh = md.Meter(oldest.statistic_id, "kWh")
     db = setup(tmp_path, 53, oldest, older, new)
-    backdate("migrate", url(db), "--from", oldest.statistic_id, "--from", older.statistic_id,
+    backdate("migrate", "--yes",
+             url(db), "--from", oldest.statistic_id, "--from", older.statistic_id,
              "--into", new.statistic_id, "--no-backup")
     got = md.changes_of(md.read_rows(url(db), new.statistic_id))
     want = md.expected_merge(older, new, 1e-3, "keep-target")
@@ -116,7 +119,7 @@ def test_rename_when_new_has_nothing(tmp_path: Path) -> None:
     db = setup(tmp_path, 42, old)
     meta_id = sql(db, "SELECT id FROM statistics_meta WHERE statistic_id = ?",
                   old.statistic_id)[0][0]
-    done = backdate("migrate", url(db), "--from", old.statistic_id, "--into",
+    done = backdate("migrate", "--yes", url(db), "--from", old.statistic_id, "--into",
                     "sensor.teslemetry_import", "--no-backup")
     assert "rename" in done.stdout
     assert sql(db, "SELECT id, source, unit_of_measurement, has_mean, has_sum FROM "
@@ -141,7 +144,7 @@ def test_rename_fills_mean_type_and_unit_class_on_schema_53(tmp_path: Path) -> N
     con.execute("UPDATE statistics_meta SET unit_class = NULL, source = 'backdate'")
     con.commit()
     con.close()
-    backdate("migrate", url(db), "--from", old.statistic_id, "--into", "sensor.house",
+    backdate("migrate", "--yes", url(db), "--from", old.statistic_id, "--into", "sensor.house",
              "--no-backup")
     assert sql(db, "SELECT source, unit_class, mean_type, has_mean FROM statistics_meta") == [
         ("recorder", "energy", 0, 0)]
@@ -154,14 +157,14 @@ def test_map_with_globs_in_one_go(tmp_path: Path) -> None:
     db = setup(tmp_path, 53, *[m for p in pairs for m in p])
     mapping = tmp_path / "pairs.toml"
     mapping.write_text('"sensor.powerwall_*" = "sensor.teslemetry_*"\n')
-    done = backdate("migrate", url(db), "--map", mapping, "--no-backup")
+    done = backdate("migrate", "--yes", url(db), "--map", mapping, "--no-backup")
     for old, new in pairs:
         assert new.statistic_id in done.stdout
         check_merged(db, old, new, "keep-target")
     csv_map = tmp_path / "pairs.csv"
     csv_map.write_text("from,into\nsensor.nothing_here,sensor.teslemetry_import\n")
     before = sha256(db)
-    failed = backdate("migrate", url(db), "--map", csv_map, "--no-backup", expect=1)
+    failed = backdate("migrate", "--yes", url(db), "--map", csv_map, "--no-backup", expect=1)
     assert "sensor.nothing_here" in failed.stderr and "Traceback" not in failed.stderr
     assert sha256(db) == before
 
@@ -171,7 +174,8 @@ def test_unit_that_cannot_be_converted_is_refused(tmp_path: Path) -> None:
     gas = md.make_meter("sensor.gas", "m³", NEW_START, NEW_END, seed=9, scale=0.01, meter0=0.0)
     db = setup(tmp_path, 53, old, gas)
     before = sha256(db)
-    failed = backdate("migrate", url(db), "--from", old.statistic_id, "--into", gas.statistic_id,
+    failed = backdate("migrate", "--yes",
+                      url(db), "--from", old.statistic_id, "--into", gas.statistic_id,
                       expect=1)
     assert "cannot be converted" in failed.stderr and "Traceback" not in failed.stderr
     assert sha256(db) == before
@@ -182,10 +186,26 @@ def test_dry_run_leaves_the_file_byte_identical(tmp_path: Path) -> None:
     old, new = old_meter(), new_meter()
     db = setup(tmp_path, 53, old, new)
     before = sha256(db)
-    done = backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+    done = backdate("migrate", "--yes",
+                    url(db), "--from", old.statistic_id, "--into", new.statistic_id,
                     "--dry-run", "--remove-source")
     assert "DRY RUN" in done.stdout and "nothing was written" in done.stdout
     assert "Energy dashboard" in done.stdout and "Seams" in done.stdout
+    assert sha256(db) == before
+
+
+def test_without_yes_and_without_a_terminal_nothing_is_written(tmp_path: Path) -> None:
+    """As for import: a migration asks "Write this?"; with nobody to ask it refuses (exit 2)
+    and the file stays byte-identical; --dry-run needs no answer."""
+    old, new = old_meter(), new_meter()
+    db = setup(tmp_path, 53, old, new)
+    before = sha256(db)
+    refused = backdate("migrate", url(db), "--from", old.statistic_id, "--into",
+                       new.statistic_id, expect=2)
+    assert "--yes" in refused.stderr and "Traceback" not in refused.stderr
+    assert sha256(db) == before
+    backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+             "--dry-run")
     assert sha256(db) == before
 
 
@@ -193,7 +213,8 @@ def test_remove_source_after_verification_with_backup(tmp_path: Path) -> None:
     old, new = old_meter(), new_meter()
     db = setup(tmp_path, 53, old, new)
     before = sha256(db)
-    done = backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+    done = backdate("migrate", "--yes",
+                    url(db), "--from", old.statistic_id, "--into", new.statistic_id,
                     "--remove-source")
     assert f"removed {old.statistic_id}" in done.stdout
     assert md.read_rows(url(db), old.statistic_id) == {}
@@ -209,7 +230,7 @@ def test_range_limits_what_moves(tmp_path: Path) -> None:
     old, new = old_meter(), new_meter()
     db = setup(tmp_path, 53, old, new)
     start = datetime.fromtimestamp(OLD_END - 20 * DAY, UTC).isoformat()
-    backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+    backdate("migrate", "--yes", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
              "--start", start, "--no-backup")
     got = md.changes_of(md.read_rows(url(db), new.statistic_id))
     want = md.expected_merge(old, new, 1e-3, "keep-target", start=OLD_END - 20 * DAY)
@@ -222,10 +243,10 @@ def test_suggest_pairs_a_stopped_statistic_with_the_one_that_started(tmp_path: P
     gas = md.make_meter("sensor.gas_meter", "m³", NEW_START, NEW_END, seed=9, scale=0.01,
                         meter0=0.0)
     db = setup(tmp_path, 53, old, new, gas)
-    done = backdate("migrate", url(db), "--suggest", "--json")
+    done = backdate("migrate", "--yes", url(db), "--suggest", "--json")
     found = json.loads(done.stdout)
     assert [(s["from"], s["into"]) for s in found] == [(old.statistic_id, new.statistic_id)]
-    text = backdate("migrate", url(db), "--suggest")
+    text = backdate("migrate", "--yes", url(db), "--suggest")
     assert f"--from {old.statistic_id} --into {new.statistic_id}" in text.stdout
 
 
@@ -237,7 +258,8 @@ def test_temperature_means_merge_with_offset_conversion(tmp_path: Path) -> None:
     db = copy_fixture(53, tmp_path)
     md.write_means(url(db), "sensor.old_outdoor", "°F", old)
     md.write_means(url(db), "sensor.outdoor", "°C", new)
-    backdate("migrate", url(db), "--from", "sensor.old_outdoor", "--into", "sensor.outdoor",
+    backdate("migrate", "--yes",
+             url(db), "--from", "sensor.old_outdoor", "--into", "sensor.outdoor",
              "--no-backup")
     got = md.read_means(url(db), "sensor.outdoor")
     want = dict(new)
@@ -250,7 +272,7 @@ def test_temperature_means_merge_with_offset_conversion(tmp_path: Path) -> None:
     energy = old_meter()
     md.write_meter(url(db), energy)
     before = sha256(db)
-    refused = backdate("migrate", url(db), "--from", energy.statistic_id, "--into",
+    refused = backdate("migrate", "--yes", url(db), "--from", energy.statistic_id, "--into",
                        "sensor.outdoor", expect=1)
     assert "cannot be merged" in refused.stderr
     assert sha256(db) == before
@@ -263,7 +285,7 @@ def test_inspect_reports_a_kept_source_as_migrated(tmp_path: Path) -> None:
     db = setup(tmp_path, 53, old, new, other)
     before = json.loads(backdate("inspect", url(db), "--json").stdout)
     assert "migrated" not in json.dumps(before)
-    backdate("migrate", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
+    backdate("migrate", "--yes", url(db), "--from", old.statistic_id, "--into", new.statistic_id,
              "--no-backup")
     after = backdate("inspect", url(db), "--json").stdout
     doc = json.loads(after)
@@ -276,7 +298,8 @@ def test_chain_into_an_entity_without_statistics_anchors_the_sum(tmp_path: Path)
     oldest = old_meter("sensor.meter_2023", T0 - 60 * DAY, T0, seed=5)
     older = old_meter("sensor.meter_2024", T0, OLD_END, seed=6)
     db = setup(tmp_path, 42, oldest, older)
-    backdate("migrate", url(db), "--from", oldest.statistic_id, "--from", older.statistic_id,
+    backdate("migrate", "--yes",
+             url(db), "--from", oldest.statistic_id, "--from", older.statistic_id,
              "--into", "sensor.meter", "--no-backup")
     rows = md.read_rows(url(db), "sensor.meter")
     got = md.changes_of(rows)

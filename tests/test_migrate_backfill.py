@@ -64,10 +64,10 @@ def test_then_backfill_overwrites_the_overlap_and_survives_a_stopped_influxdb(
         old, new = old_meter(), new_meter()
         (tmp_path / "up").mkdir()
         db = setup(tmp_path / "up", 53, old, new)
-        dry = backdate("migrate", url(db), "--from", old.statistic_id, "--into",
+        dry = backdate("migrate", "--yes", url(db), "--from", old.statistic_id, "--into",
                        new.statistic_id, "--then-backfill", source, "--dry-run")
         assert "phase 2" in dry.stdout and "nothing was written" in dry.stdout
-        done = backdate("migrate", url(db), "--from", old.statistic_id, "--into",
+        done = backdate("migrate", "--yes", url(db), "--from", old.statistic_id, "--into",
                         new.statistic_id, "--then-backfill", source, "--no-backup")
         assert "phase 1 done" in done.stdout and "phase 2 done" in done.stdout, done.stdout
         check(db, old, new, overlap)
@@ -77,7 +77,7 @@ def test_then_backfill_overwrites_the_overlap_and_survives_a_stopped_influxdb(
         down.mkdir()
         db2 = setup(down, 53, old, new)
         server.stop()
-        failed = backdate("migrate", url(db2), "--from", old.statistic_id, "--into",
+        failed = backdate("migrate", "--yes", url(db2), "--from", old.statistic_id, "--into",
                           new.statistic_id, "--then-backfill", source, "--no-backup", expect=3)
         assert "phase 1 done" in failed.stdout, failed.stdout
         assert "phase 2 FAILED" in failed.stderr and "Traceback" not in failed.stderr

@@ -33,7 +33,8 @@ PAIRS = [("sensor.powerwall_import", "sensor.teslemetry_import"),
 def start(db: Path, mapping: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1",
            "TERM": "dumb", "BACKDATE_TRACE": "1"}
-    return subprocess.Popen([str(PYTHON), "-m", "backdate.cli", "migrate", url(db), "--map",
+    return subprocess.Popen([str(PYTHON), "-m", "backdate.cli", "migrate", "--yes",
+                                 url(db), "--map",
                              str(mapping), "--no-backup"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
 

@@ -161,7 +161,7 @@ def test_suggest_over_the_api_pairs_gone_entities_with_live_ones(live: Live) -> 
     if live.ha.engine != "sqlite":
         pytest.skip("the API path is the same whatever HA's database; run once")
     ha = live.ha
-    done = run_backdate("migrate", ha.url, "--suggest", "--json", "--token", ha.token)
+    done = run_backdate("migrate", "--yes", ha.url, "--suggest", "--json", "--token", ha.token)
     assert done.returncode == 0, describe(done)
     found = {(s["from"], s["into"]) for s in json.loads(done.stdout)}
     assert (OLD, SID) in found and (WS_OLD, WS_NEW) in found, found
@@ -172,7 +172,7 @@ def test_suggest_over_the_api_pairs_gone_entities_with_live_ones(live: Live) -> 
 def test_migrate_into_a_live_entity_judged_by_ha(live: Live, tmp_path: Path) -> None:
     ha = live.ha
     before = _all_rows(ha)
-    dry = run_backdate("migrate", ha.db_url, "--from", OLD, "--into", SID, "--dry-run",
+    dry = run_backdate("migrate", "--yes", ha.db_url, "--from", OLD, "--into", SID, "--dry-run",
                        cwd=tmp_path)
     assert dry.returncode == 0, describe(dry)
     assert "DRY RUN" in dry.stdout and "Seams" in dry.stdout, dry.stdout
@@ -181,13 +181,13 @@ def test_migrate_into_a_live_entity_judged_by_ha(live: Live, tmp_path: Path) -> 
         grew = {t: v for t, v in after_dry[key].items() if t not in before[key]}
         assert {t: v for t, v in after_dry[key].items() if t in before[key]} == before[key]
         assert key[0] == SID or not grew, f"--dry-run wrote {key}"
-    done = run_backdate("migrate", ha.db_url, "--from", OLD, "--into", SID, cwd=tmp_path)
+    done = run_backdate("migrate", "--yes", ha.db_url, "--from", OLD, "--into", SID, cwd=tmp_path)
     assert done.returncode == 0, describe(done)
     assert "phase 1 done" in done.stdout, done.stdout
     assert md.read_rows(ha.db_url, OLD) == live.old.hourly, "OLD was changed"
     _check_against_ha(live, live.old, live.new, five=True)
     # NEW without statistics: the metadata row moves; then HA sees the new entity.
-    moved = run_backdate("migrate", ha.db_url, "--from", RENAMED_OLD, "--into", RENAMED,
+    moved = run_backdate("migrate", "--yes", ha.db_url, "--from", RENAMED_OLD, "--into", RENAMED,
                          cwd=tmp_path)
     assert moved.returncode == 0 and "rename" in moved.stdout, describe(moved)
     assert live.third is not None
@@ -200,7 +200,7 @@ def test_migrate_through_the_websocket_api(live: Live) -> None:
     if live.ha.engine != "sqlite":
         pytest.skip("the API path is the same whatever HA's database; run once")
     ha = live.ha
-    done = run_backdate("migrate", ha.url, "--from", WS_OLD, "--into", WS_NEW, "--token",
+    done = run_backdate("migrate", "--yes", ha.url, "--from", WS_OLD, "--into", WS_NEW, "--token",
                         ha.token, "--remove-source")
     assert done.returncode == 0, describe(done)
     assert "hourly rows only" in done.stdout, done.stdout

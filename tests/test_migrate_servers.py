@@ -51,15 +51,17 @@ def test_map_keep_source_restore_dry_run_refusal_and_rename(server: ServerDb,
     mapping.write_text('"sensor.powerwall_*" = "sensor.teslemetry_*"\n')
     before = server.dump()
 
-    dry = backdate("migrate", server.url, "--map", mapping, "--overlap", "keep-source",
+    dry = backdate("migrate", "--yes", server.url, "--map", mapping, "--overlap", "keep-source",
                    "--dry-run")
     assert "DRY RUN" in dry.stdout
-    refused = backdate("migrate", server.url, "--from", PAIRS[0][0], "--into", "sensor.gas",
+    refused = backdate("migrate", "--yes",
+                       server.url, "--from", PAIRS[0][0], "--into", "sensor.gas",
                        expect=1)
     assert "cannot be converted" in refused.stderr
     assert server.dump() == before, "--dry-run or a refusal changed a row"
 
-    done = run_backdate("migrate", server.url, "--map", mapping, "--overlap", "keep-source",
+    done = run_backdate("migrate", "--yes",
+                        server.url, "--map", mapping, "--overlap", "keep-source",
                         cwd=tmp_path)
     assert done.returncode == 0, describe(done)
     for old_id, new_id in PAIRS:
@@ -74,7 +76,7 @@ def test_map_keep_source_restore_dry_run_refusal_and_rename(server: ServerDb,
 
     for old in tmp_path.glob("backdate-backup-*.jsonl"):
         old.unlink()
-    moved = run_backdate("migrate", server.url, "--from", "sensor.old_third", "--into",
+    moved = run_backdate("migrate", "--yes", server.url, "--from", "sensor.old_third", "--into",
                          "sensor.third", cwd=tmp_path)
     assert moved.returncode == 0, describe(moved)
     assert md.read_rows(server.url, "sensor.third") == third.hourly

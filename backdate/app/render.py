@@ -118,9 +118,11 @@ def _print_seams(console: Console, item: StatisticImport, tz: ZoneInfo) -> None:
 
 def can_chart() -> bool:
     """matplotlib is an extra (`backdate[chart]`): a plain `pip install backdate` has none."""
-    import importlib.util
-
-    return importlib.util.find_spec("matplotlib") is not None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def chart(imports: list[StatisticImport], tz: ZoneInfo, path: str) -> bool:
