@@ -69,6 +69,9 @@ ShortTerm = Annotated[bool, typer.Option("--short-term/--no-short-term",
 Chart = Annotated[Path | None, typer.Option("--chart", help="Draw the days before and after "
                                             "into this PNG file.")]
 Days = Annotated[bool, typer.Option("--days", help="List every day even for long imports.")]
+Create = Annotated[bool, typer.Option("--create", help="Create an entity statistic (sensor.x) "
+                                      "the target does not know yet (without it, an unknown "
+                                      "entity id is refused as a likely typo).")]
 Token = Annotated[str | None, typer.Option("--token", help="Long-lived access token for an "
                                            "http(s):// target (default: $HA_TOKEN).",
                                            show_default=False)]
@@ -118,7 +121,7 @@ def _local_zone() -> ZoneInfo:
 
 
 def _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-             backup=True, short_term_days=10.0, start=None, end=None):
+             backup=True, short_term_days=10.0, start=None, end=None, create=False):
     from backdate.app.exporting import parse_bound
     from backdate.app.importing import ImportOptions
 
@@ -127,7 +130,7 @@ def _options(statistic_id, name, kind, unit, tz, time_column, value_column, shor
                          time_column=time_column, value_column=value_column,
                          short_term=short_term, backup=backup, short_term_days=short_term_days,
                          report_tz=_zone(tz).key, start=parse_bound(start, zone),
-                         end=parse_bound(end, zone), bounds_text=(start, end))
+                         end=parse_bound(end, zone), bounds_text=(start, end), create=create)
 
 
 def _plan(sources, target_url, opts):
@@ -194,6 +197,7 @@ def plan_cmd(
     token: Token = None,
     start: Start = None,
     end: End = None,
+    create: Create = False,
 ) -> None:
     """Show what an import would write, and the days and seams it changes. Writes nothing.
 
@@ -204,7 +208,7 @@ def plan_cmd(
     with _errors():
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-                        start=start, end=end)
+                        start=start, end=end, create=create)
         target, imports = _plan(sources, to, opts)
         try:
             zone = _zone(opts.report_tz)
@@ -229,17 +233,25 @@ def import_cmd(
     value_column: ValueCol = None,
     short_term: ShortTerm = True,
     backup: Annotated[bool, typer.Option("--backup/--no-backup",
-                                         help="Back up first: SQLite, the whole file (backup "
-                                         "API); MariaDB/PostgreSQL, the affected statistics' "
-                                         "rows to backdate-backup-<time>.jsonl.")] = True,
+                                         help="Back up first: the affected statistics' rows "
+                                         "and metadata with a manifest (SQLite: beside the "
+                                         "database as <db>.backdate-<time>.jsonl; MariaDB/"
+                                         "PostgreSQL: backdate-backup-<time>.jsonl here).")
+                  ] = True,
+    keep_backups: Annotated[int, typer.Option(
+        "--keep-backups", min=1, help="Backups of this database kept after the import (older "
+        "ones are deleted and named).")] = 3,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
     chart: Chart = None,
     days: Days = False,
     token: Token = None,
     start: Start = None,
     end: End = None,
+    create: Create = False,
 ) -> None:
     """Import readings into Home Assistant's statistics: plan, back up, write, verify.
+
+    Interrupted (Ctrl-C, SIGTERM): says whether nothing or all of it was committed, exit 130.
 
     Example: backdate import meter.csv --to sqlite:///config/home-assistant_v2.db --yes
     """
@@ -247,11 +259,14 @@ def import_cmd(
     from backdate.app.importing import apply_imports
     from backdate.app.targets import backup_target
 
-    with _errors():
+    made = None
+    target = None
+    with _errors(), _interrupts() as interrupted:
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-                        backup, start=start, end=end)
+                        backup, start=start, end=end, create=create)
         target, imports = _plan(sources, to, opts)
+        commits = getattr(target, "commits", None)
         try:
             zone = _zone(opts.report_tz)
             render.print_plans(console, imports, zone, all_days=days)
@@ -265,22 +280,78 @@ def import_cmd(
                     raise UsageError("not a terminal: add --yes to write without asking")
                 if not typer.confirm("Write this?", default=False):
                     raise typer.Exit(1)
+            ids = [item.statistic_id for item in imports if not item.plan.is_empty]
             if backup:
                 with _status("backing up"):
-                    path = backup_target(to, target,
-                                         [item.statistic_id for item in imports
-                                          if not item.plan.is_empty])
-                if path:
-                    console.print(f"backup: {path}", markup=False)
+                    made = backup_target(to, target, ids, keep=keep_backups)
+                if made:
+                    console.print(f"backup: {made.path}", markup=False, soft_wrap=True)
+                    for old in made.pruned:
+                        console.print(f"pruned older backup: {old} (keeping the last "
+                                      f"{keep_backups})", markup=False, soft_wrap=True)
                 else:
                     console.print("no backup on this path (Home Assistant's API): HA's own "
                                   "backups hold its database; `backdate export` saves a "
                                   "statistic first", markup=False)
+            interrupted.describe = lambda: _interrupt_text(target, commits, ids, made)
             with _progress() as report:
                 done = apply_imports(target, imports, report)
             render.print_done(console, imports, done)
+            if made:
+                console.print(f"to undo: {made.restore_command}", markup=False, soft_wrap=True)
         finally:
             target.close()
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is (transactions roll back)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _InterruptState:
+    def __init__(self) -> None:
+        self.describe = lambda: "nothing was written"
+
+
+@contextmanager
+def _interrupts():
+    """Turn SIGINT/SIGTERM into an exception, then say exactly what was committed; exit 130."""
+    import signal
+
+    state = _InterruptState()
+
+    def raise_it(signum: int, _frame: object) -> None:
+        raise _Interrupted(signum)
+
+    old = {sig: signal.signal(sig, raise_it) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    except KeyboardInterrupt as exc:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+        err_console.print(f"interrupted ({name}): {state.describe()}", markup=False,
+                          soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt_text(target: object, commits: int | None, ids: list[str], made: object) -> str:
+    """What an interrupted write left behind: nothing, or every statistic (one transaction)."""
+    now = getattr(target, "commits", None)
+    if commits is None or now is None:
+        return ("Home Assistant may hold part of what was sent (its API writes hour by hour, "
+                "not in one transaction); run the same import again to complete it")
+    if now == commits:
+        return "nothing was written (the transaction was rolled back)"
+    undo = getattr(made, "restore_command", None)
+    return (f"all of it was committed ({', '.join(ids)}); the read-back check did not finish"
+            + (f". To undo: {undo}" if undo else ""))
 
 
 @app.command("inspect")
@@ -352,19 +423,36 @@ def restore_cmd(
     backup: Annotated[Path, typer.Argument(help="A backup file that `import` wrote.")],
     to: TargetArg,
     force: Annotated[bool, typer.Option(
-        "--force", help="Restore even when Home Assistant compiled newer rows of an entity "
-        "statistic since the backup (they are deleted).")] = False,
+        "--force", help="Restore even when Home Assistant wrote rows of these statistics "
+        "since the backup (they are deleted).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Restore without asking.")] = False,
+    whole_file: Annotated[bool, typer.Option(
+        "--whole-file", help="An older backdate's whole-file SQLite .bak: replace the whole "
+        "database with it. Stop Home Assistant first: everything written since is lost.")
+                          ] = False,
 ) -> None:
-    """Undo an import from its backup (SQLite .bak file, or a server's .jsonl file).
+    """Undo an import from its backup: puts back exactly the statistics it touched.
 
-    Example: backdate restore home-assistant_v2.db.backdate-20261123T010203Z.bak --to sqlite:///...
-    Example: backdate restore backdate-backup-20261123T010203Z.jsonl --to postgresql://...
+    The backup must belong to the target database (its manifest says which); nothing else in
+    the database changes, so Home Assistant may keep running.
+
+    Example: backdate restore home-assistant_v2.db.backdate-20261123T010203123456Z.jsonl --to sqlite:///...
+    Example: backdate restore backdate-backup-20261123T010203123456Z.jsonl --to postgresql://...
     """
     from backdate.app.targets import restore_target
 
+    def confirm(question: str) -> bool:
+        console.print(question, markup=False, soft_wrap=True)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError("not a terminal: add --yes to restore without asking")
+        return typer.confirm("Restore?", default=False)
+
     with _errors():
-        restore_target(str(backup), to, force=force)
-        console.print(f"restored {to} from {backup}", markup=False)
+        done = restore_target(str(backup), to, force=force, whole_file=whole_file,
+                              confirm=confirm)
+        console.print(done, markup=False, soft_wrap=True)
 
 
 @app.command("demo")

@@ -6,6 +6,7 @@ bad input anywhere means nothing is written anywhere.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class ImportOptions:
     # --start/--end as given: without --tz, a naive bound means the remote source's own local
     # time where it has one (a Wiener Netze day is a Vienna day), else UTC.
     bounds_text: tuple[str | None, str | None] = (None, None)
+    # --create: an entity statistic (sensor.x) the target does not know yet is meant.
+    create: bool = False
 
 
 @dataclass(slots=True)
@@ -226,6 +229,8 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
         kind = resolve_kind(series, opts)
         input_unit = _input_unit(series, opts, kind)
         existing = target.get_metadata(statistic_id)
+        if existing is None and not external and not opts.create:
+            _refuse_unknown_entity(target, statistic_id, series)
         meta = _meta_for(statistic_id, existing, kind, input_unit, opts, series)
         prepared = prepare(series, kind=kind, input_unit=input_unit,
                            statistic_unit=meta.unit_of_measurement, max_gap=opts.max_gap)
@@ -251,6 +256,20 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
             _load_days(target, item, ZoneInfo(opts.report_tz or opts.tz or "UTC"))
         planned.append(item)
     return planned
+
+
+def _refuse_unknown_entity(target: StatisticsTarget, statistic_id: str, series: Series) -> None:
+    """An entity statistic nobody knows (no statistic, no recorded states) is most likely a
+    typo: refuse it, suggesting close ids, unless --create says it is meant."""
+    known = getattr(target, "known_ids", None)
+    stats, entities = known() if known is not None else (set(), set())
+    if statistic_id in entities:
+        return  # HA records this entity; its statistic just does not exist yet
+    close = difflib.get_close_matches(statistic_id, sorted(stats | entities), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise RefusedError(
+        f"{series.source}: {statistic_id} is not a statistic or an entity in the target; "
+        f"add --create to make a new entity statistic (source recorder) anyway.{hint}")
 
 
 def _load_days(target: StatisticsTarget, item: StatisticImport, tz: ZoneInfo) -> None:
