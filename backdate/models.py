@@ -76,6 +76,8 @@ class Series:
     # The source states unit and kind itself (a utility portal's answer, converted to kWh):
     # a --unit or --kind that disagrees is an error, never an override.
     unit_fixed: bool = False
+    # Lines the reader dropped as exact repeats of an earlier line: rows of (dropped, kept).
+    repeats: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
@@ -125,6 +127,7 @@ class Series:
             kind=first.kind, unit=first.unit, statistic_id=first.statistic_id, name=first.name,
             hourly_sums=first.hourly_sums, files=files[order], file_names=names,
             unit_fixed=any(p.unit_fixed for p in parts),
+            repeats=None,  # per file; the importer reports each file's own
         )
 
 

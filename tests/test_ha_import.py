@@ -454,9 +454,9 @@ def test_dst_days_in_wh(ha: HomeAssistant, tmp_path: Path, season: str, style: s
     tz_args = ["--tz", "Europe/Vienna"] if style == "naive" else []
     import_into(ha, path, "--statistic-id", sid, "--unit", "Wh", *tz_args)
 
-    meta = metadata(ha, sid)
-    assert meta is not None and meta["statistics_unit_of_measurement"] == "kWh", meta
-    hourly = dg.hourly_totals(intervals, 0.001)
+    meta = metadata(ha, sid)  # a new statistic keeps the unit its input declares
+    assert meta is not None and meta["statistics_unit_of_measurement"] == "Wh", meta
+    hourly = dg.hourly_totals(intervals, 0.001)  # HA converts into kWh for `changes`
     got = changes(ha, sid, first - timedelta(days=1), end, "hour", min_rows=len(hourly))
     assert_amounts(got, hourly, f"{sid}: hourly change (kWh)")
 
