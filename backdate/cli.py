@@ -319,11 +319,15 @@ class _InterruptState:
 @contextmanager
 def _interrupts():
     """Turn SIGINT/SIGTERM into an exception, then say exactly what was committed; exit 130."""
+    import logging
     import signal
 
     state = _InterruptState()
 
     def raise_it(signum: int, _frame: object) -> None:
+        # Where the signal lands is chance; SQLAlchemy's pool logs an exception raised while
+        # it closes a connection with a traceback, which says nothing to the user.
+        logging.getLogger("sqlalchemy.pool").disabled = True
         raise _Interrupted(signum)
 
     old = {sig: signal.signal(sig, raise_it) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -9,6 +9,7 @@ unit property, which drives the engine directly over every unit class.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -394,7 +395,7 @@ def test_interrupt_after_commit_says_all_was_written(tmp_path: Path) -> None:
     committed and how to undo it; the rows are there."""
     db = copy_fixture(53, tmp_path, "ha.db")
     csv = ten_years(tmp_path / "ten.csv")
-    env = {"BACKDATE_TRACE": "1", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "BACKDATE_TRACE": "1"}
     proc = subprocess.Popen([*BACKDATE, "import", str(csv), "--to", url(db), "--yes"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = []
