@@ -202,7 +202,7 @@ def check_meta(db: Path, statistic_id: str, *, unit: str, mean: bool,
     else:
         assert "mean_type" not in meta, "a column of a later schema appeared"
     if version >= 53:
-        if unit == "kWh":
+        if unit in ("kWh", "Wh"):
             assert meta["unit_class"] == "energy", meta
         elif unit == "°C":
             assert meta["unit_class"] in (None, "temperature"), meta

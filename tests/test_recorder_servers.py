@@ -187,7 +187,7 @@ def check_meta(db: ServerDb, sid: str, *, unit: str, mean: bool) -> None:
     assert bool(m["has_sum"]) == (not mean)
     if db.schema >= 51:
         assert m["mean_type"] == (1 if mean else 0)
-        assert m["unit_class"] == {"kWh": "energy", "°C": "temperature"}[unit]
+        assert m["unit_class"] == {"kWh": "energy", "Wh": "energy", "°C": "temperature"}[unit]
     else:
         cols = {r[0] for r in db.sql(
             "SELECT column_name FROM information_schema.columns WHERE table_name = "
