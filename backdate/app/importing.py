@@ -28,7 +28,7 @@ from backdate.engine.prepare import (
     validate_statistic_id,
 )
 from backdate.errors import InputError, RefusedError
-from backdate.models import Kind, Series, StatisticMeta, StatRow, Table, WritePlan
+from backdate.models import HOUR, Kind, Series, StatisticMeta, StatRow, Table, WritePlan
 from backdate.targets.base import Neighbourhood, StatisticsTarget
 
 
@@ -334,14 +334,14 @@ def _scale_warning(target: StatisticsTarget, item: StatisticImport) -> list[str]
     rows = item.plan.hourly.rows
     if hours is None or not len(rows):
         return []
-    lo = float(rows.start_ts[0]) - SCALE_CONTEXT
-    hi = float(rows.start_ts[-1]) + SCALE_CONTEXT
-    existing = [r for r in target.read_rows(Table.HOURLY, item.statistic_id, lo, hi)
-                if r.sum is not None]
-    planned = set(rows.start_ts.tolist())
-    own = np.array([b.sum - a.sum for a, b in zip(existing, existing[1:], strict=False)
-                    if b.start_ts not in planned and b.start_ts - a.start_ts == 3600],
-                   dtype=np.float64)
+    first, last = float(rows.start_ts[0]), float(rows.start_ts[-1])
+    own_changes: list[float] = []
+    for lo, hi in ((first - SCALE_CONTEXT, first), (last + HOUR, last + HOUR + SCALE_CONTEXT)):
+        existing = [r for r in target.read_rows(Table.HOURLY, item.statistic_id, lo, hi)
+                    if r.sum is not None]
+        own_changes.extend(b.sum - a.sum for a, b in zip(existing, existing[1:], strict=False)
+                           if b.start_ts - a.start_ts == HOUR)
+    own = np.array(own_changes, dtype=np.float64)
     ratio = plausibility.scale_ratio(np.asarray(hours.amounts, dtype=np.float64), own)
     if not plausibility.about_thousandfold(ratio):
         return []
