@@ -260,7 +260,6 @@ def import_cmd(
     from backdate.app.targets import backup_target
 
     made = None
-    target = None
     with _errors(), _interrupts() as interrupted:
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
