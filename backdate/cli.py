@@ -326,7 +326,7 @@ def _interrupts():
     def raise_it(signum: int, _frame: object) -> None:
         # Where the signal lands is chance; SQLAlchemy's pool logs an exception raised while
         # it closes a connection with a traceback, which says nothing to the user.
-        logging.getLogger("sqlalchemy.pool").disabled = True
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL + 1)
         raise _Interrupted(signum)
 
     old = {sig: signal.signal(sig, raise_it) for sig in (signal.SIGINT, signal.SIGTERM)}
