@@ -78,6 +78,9 @@ class Series:
     unit_fixed: bool = False
     # Lines the reader dropped as exact repeats of an earlier line: rows of (dropped, kept).
     repeats: np.ndarray | None = None
+    # Energy a source integrated from power (InfluxDB's integral of W): a new statistic is
+    # stored in kWh, as for power input.
+    from_power: bool = False
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
@@ -128,6 +131,7 @@ class Series:
             hourly_sums=first.hourly_sums, files=files[order], file_names=names,
             unit_fixed=any(p.unit_fixed for p in parts),
             repeats=None,  # per file; the importer reports each file's own
+            from_power=first.from_power,
         )
 
 

@@ -403,7 +403,8 @@ def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,
         if opts.name:
             existing.name = opts.name
         return existing
-    unit = units.default_statistic_unit(input_unit, is_power=kind is Kind.POWER)
+    unit = units.default_statistic_unit(input_unit,
+                                        is_power=kind is Kind.POWER or series.from_power)
     if is_sum and units.unit_class(unit) in ("temperature", "power"):
         raise InputError(
             f"{unit} is not an amount that adds up: a sum statistic (kind {kind.value}) needs an "
