@@ -94,6 +94,10 @@ Token = Annotated[str | None, typer.Option(
     help="Long-lived access token for an http(s):// target (default: $HA_TOKEN).")]
 Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, metavar="",
                                     help="One JSON document on stdout (README: shapes).")]
+Create = Annotated[bool, typer.Option(
+    "--create", rich_help_panel=SAFETY, metavar="",
+    help="Create an entity statistic (sensor.x) the target does not know yet (without it, an "
+    "unknown entity id is refused as a likely typo).")]
 DatabaseArg = Annotated[str, typer.Argument(
     metavar="TARGET", show_default=False,
     help="sqlite:////abs/path.db, a plain file path, mysql://..., postgresql://..., or "
@@ -191,7 +195,7 @@ def _local_zone() -> ZoneInfo:
 
 
 def _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-             backup=True, short_term_days=10.0, start=None, end=None):
+             backup=True, short_term_days=10.0, start=None, end=None, create=False):
     from backdate.app.exporting import parse_bound
     from backdate.app.importing import ImportOptions
 
@@ -200,7 +204,7 @@ def _options(statistic_id, name, kind, unit, tz, time_column, value_column, shor
                          time_column=time_column, value_column=value_column,
                          short_term=short_term, backup=backup, short_term_days=short_term_days,
                          report_tz=_zone(tz).key, start=parse_bound(start, zone),
-                         end=parse_bound(end, zone), bounds_text=(start, end))
+                         end=parse_bound(end, zone), bounds_text=(start, end), create=create)
 
 
 def _plan(sources, target_url, opts):
@@ -301,6 +305,7 @@ def plan_cmd(
     days: Days = False,
     chart: Chart = None,
     as_json: Json = False,
+    create: Create = False,
 ) -> None:
     """Show what an import would write, and the days and seams it changes. Writes nothing.
 
@@ -314,7 +319,7 @@ def plan_cmd(
     with _errors():
         _use_token(token)
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-                        start=start, end=end)
+                        start=start, end=end, create=create)
         if chart:
             require("matplotlib", "--chart")
         target, imports = _plan(sources, to, opts)
@@ -350,8 +355,14 @@ def import_cmd(
     token: Token = None,
     backup: Annotated[bool, typer.Option(
         "--backup/--no-backup", rich_help_panel=SAFETY, metavar="",
-        help="Back up first: SQLite, the whole file; MariaDB/PostgreSQL, the statistics' "
-        "rows (backdate-backup-<time>.jsonl).")] = True,
+        help="Back up first: the affected statistics' rows and metadata with a manifest "
+        "(SQLite: beside the database as <db>.backdate-<time>.jsonl; MariaDB/PostgreSQL: "
+        "backdate-backup-<time>.jsonl here).")] = True,
+    keep_backups: Annotated[int, typer.Option(
+        "--keep-backups", min=1, metavar="N", rich_help_panel=SAFETY,
+        help="Backups of this database kept after the import (older ones are deleted and "
+        "named).")] = 3,
+    create: Create = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", rich_help_panel=SAFETY, metavar="",
                                       help="Write without asking.")] = False,
     days: Days = False,
@@ -359,6 +370,8 @@ def import_cmd(
     as_json: Json = False,
 ) -> None:
     """Import readings into Home Assistant's statistics: plan, back up, write, verify.
+
+    Interrupted (Ctrl-C, SIGTERM): says whether nothing or all of it was committed, exit 130.
 
     Example:
 
@@ -370,23 +383,25 @@ def import_cmd(
     from backdate.app.targets import backup_target
     from backdate.services.documents import import_document
 
-    with _errors():
+    made = None
+    with _errors(), _interrupts() as interrupted:
         _use_token(token)
         if as_json and not yes:
             raise UsageError("--json needs --yes: a script cannot answer \"Write this?\"")
         opts = _options(statistic_id, name, kind, unit, tz, time_column, value_column, short_term,
-                        backup, start=start, end=end)
+                        backup, start=start, end=end, create=create)
         if chart:
             require("matplotlib", "--chart")
         target, imports = _plan(sources, to, opts)
+        commits = getattr(target, "commits", None)
         try:
             zone = _zone(opts.report_tz)
-            path = None
 
             def document(written: list[str]) -> dict:
                 return import_document(imports, zone, target.info().url,
                                        zone_from=opts.zone_from,
-                                       backup=str(path) if path else None, written=written)
+                                       backup=str(made.path) if made else None,
+                                       written=written)
 
             if not as_json:
                 render.print_plans(console, imports, zone, all_days=days)
@@ -405,27 +420,86 @@ def import_cmd(
                 if not typer.confirm("Write this?", default=False):
                     console.print("nothing written")
                     raise typer.Exit(1)
+            ids = [item.statistic_id for item in imports if not item.plan.is_empty]
             if backup:
                 with _status("backing up"):
-                    path = backup_target(to, target,
-                                         [item.statistic_id for item in imports
-                                          if not item.plan.is_empty])
-                if as_json:
-                    pass
-                elif path:
-                    console.print(f"backup: {path}", markup=False, soft_wrap=True)
+                    made = backup_target(to, target, ids, keep=keep_backups)
+                if made and not as_json:
+                    console.print(f"backup: {made.path}", markup=False, soft_wrap=True)
+                    for old in made.pruned:
+                        console.print(f"pruned older backup: {old} (keeping the last "
+                                      f"{keep_backups})", markup=False, soft_wrap=True)
                 else:
                     console.print("no backup on this path (Home Assistant's API): HA's own "
                                   "backups hold its database; `backdate export` saves a "
                                   "statistic first", markup=False)
+            interrupted.describe = lambda: _interrupt_text(target, commits, ids, made)
             with _progress() as report:
                 done = apply_imports(target, imports, report)
             if as_json:
                 _emit(document(done))
             else:
                 render.print_done(console, imports, done)
+                if made:
+                    console.print(f"to undo: {made.restore_command}", markup=False,
+                                  soft_wrap=True)
         finally:
             target.close()
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is (transactions roll back)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _InterruptState:
+    def __init__(self) -> None:
+        self.describe = lambda: "nothing was written"
+
+
+@contextmanager
+def _interrupts():
+    """Turn SIGINT/SIGTERM into an exception, then say exactly what was committed; exit 130."""
+    import logging
+    import signal
+
+    state = _InterruptState()
+
+    def raise_it(signum: int, _frame: object) -> None:
+        # Where the signal lands is chance; SQLAlchemy's pool logs an exception raised while
+        # it closes a connection with a traceback, which says nothing to the user.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL + 1)
+        raise _Interrupted(signum)
+
+    old = {sig: signal.signal(sig, raise_it) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    except KeyboardInterrupt as exc:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+        err_console.print(f"interrupted ({name}): {state.describe()}", markup=False,
+                          soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt_text(target: object, commits: int | None, ids: list[str], made: object) -> str:
+    """What an interrupted write left behind: nothing, or every statistic (one transaction)."""
+    now = getattr(target, "commits", None)
+    if commits is None or now is None:
+        return ("Home Assistant may hold part of what was sent (its API writes hour by hour, "
+                "not in one transaction); run the same import again to complete it")
+    if now == commits:
+        return "nothing was written (the transaction was rolled back)"
+    undo = getattr(made, "restore_command", None)
+    return (f"all of it was committed ({', '.join(ids)}); the read-back check did not finish"
+            + (f". To undo: {undo}" if undo else ""))
 
 
 @app.command("inspect")
@@ -533,35 +607,53 @@ def restore_cmd(
         "file path, mysql://... or postgresql://....")],
     force: Annotated[bool, typer.Option(
         "--force", rich_help_panel=SAFETY, metavar="",
-        help="Restore even when Home Assistant compiled newer rows of an entity statistic "
-        "since the backup (they are deleted).")] = False,
+        help="Restore even when Home Assistant wrote rows of these statistics since the "
+        "backup (they are deleted).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", rich_help_panel=SAFETY, metavar="",
+                                      help="Restore without asking.")] = False,
+    whole_file: Annotated[bool, typer.Option(
+        "--whole-file", rich_help_panel=SAFETY, metavar="",
+        help="An older backdate's whole-file SQLite .bak: replace the whole database with it. "
+        "Stop Home Assistant first: everything written since is lost.")] = False,
     as_json: Json = False,
 ) -> None:
-    """Undo an import from its backup (SQLite .bak file, or a server's .jsonl file).
+    """Undo an import from its backup: puts back exactly the statistics it touched.
+
+    The backup must belong to the target database (its manifest says which); nothing else in
+    the database changes, so Home Assistant may keep running.
 
     Examples:
 
-        backdate restore /config/home-assistant_v2.db.backdate-20261123T010203Z.bak \\
+        backdate restore /config/home-assistant_v2.db.backdate-20261123T010203123456Z.jsonl \\
             --to sqlite:////config/home-assistant_v2.db
 
-        backdate restore backdate-backup-20261123T010203Z.jsonl \\
+        backdate restore backdate-backup-20261123T010203123456Z.jsonl \\
             --to postgresql://ha@localhost/ha
     """
     from backdate.app.targets import restore_target
+
+    def confirm(question: str) -> bool:
+        console.print(question, markup=False, soft_wrap=True)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError("not a terminal: add --yes to restore without asking")
+        return typer.confirm("Restore?", default=False)
 
     with _errors():
         if to.startswith(("http://", "https://")):
             raise UsageError("restore writes Home Assistant's recorder database directly: give "
                              "its URL (sqlite:////path, mysql://..., postgresql://...); over "
                              "HA's API there is no backdate backup (HA's own backups hold it)")
-        result = restore_target(str(backup), to, force=force)
+        done = restore_target(str(backup), to, force=force, whole_file=whole_file,
+                              confirm=confirm)
         if as_json:
             from backdate.domain.urls import mask_url
             from backdate.services.documents import restore_document
 
-            _emit(restore_document(str(backup), mask_url(to), result))
+            _emit(restore_document(str(backup), mask_url(to), {"summary": _shown(done)}))
             return
-        console.print(_shown(f"restored {to} from {backup}"), markup=False)
+        console.print(_shown(done), markup=False, soft_wrap=True)
 
 
 @app.command("migrate")
@@ -658,7 +750,14 @@ def migrate_cmd(
                     raise typer.Exit(1)
 
             def do_backup(ids: list[str]) -> Path | None:
-                return backup_target(target, tgt, ids)
+                made = backup_target(target, tgt, ids)
+                if made is None:
+                    return None
+                if not as_json:
+                    for old in made.pruned:
+                        console.print(f"pruned older backup: {old}", markup=False,
+                                      soft_wrap=True)
+                return made.path
 
             with _progress() as report:
                 result = svc.run_migration(tgt, settings, backup=do_backup, progress=report,

@@ -79,6 +79,11 @@ class Series:
     # The file has a unit column whose cells are blank for this series (klausj1 files leave it
     # empty for a statistic that exists): the unit is the target statistic's, from this line.
     unit_blank_line: int | None = None
+    # Lines the reader dropped as exact repeats of an earlier line: rows of (dropped, kept).
+    repeats: np.ndarray | None = None
+    # Energy a source integrated from power (InfluxDB's integral of W): a new statistic is
+    # stored in kWh, as for power input.
+    from_power: bool = False
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
@@ -129,6 +134,8 @@ class Series:
             hourly_sums=first.hourly_sums, files=files[order], file_names=names,
             unit_fixed=any(p.unit_fixed for p in parts),
             unit_blank_line=next((p.unit_blank_line for p in parts if p.unit_blank_line), None),
+            repeats=None,  # per file; the importer reports each file's own
+            from_power=first.from_power,
         )
 
 

@@ -126,7 +126,7 @@ def sha256(path: Path) -> str:
 
 
 def backups_in(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if ".bak" in p.name)
+    return sorted(p for p in directory.iterdir() if ".bak" in p.name or ".backdate-" in p.name)
 
 
 @dataclass
@@ -204,7 +204,7 @@ def check_meta(db: Path, statistic_id: str, *, unit: str, mean: bool,
     else:
         assert "mean_type" not in meta, "a column of a later schema appeared"
     if version >= 53:
-        if unit == "kWh":
+        if unit in ("kWh", "Wh"):
             assert meta["unit_class"] == "energy", meta
         elif unit == "°C":
             assert meta["unit_class"] in (None, "temperature"), meta
@@ -463,14 +463,14 @@ def test_c_middle_reimport_with_new_values(imported: dict[tuple[int, str], Impor
 @pytest.mark.parametrize("version", SCHEMAS, ids=lambda v: f"schema{v}")
 def test_d_dst_days_naive_wh(imported: dict[tuple[int, str], Imported], version: int,
                              season: str) -> None:
-    """(d) 15-minute Wh in naive Vienna time across a DST change, with --tz: stored in kWh, the
+    """(d) 15-minute Wh in naive Vienna time across a DST change, with --tz: stored in Wh, the
     23/25-hour day has 23/25 hourly rows and its energy; no 5-minute rows for 2024."""
     job = judged(imported, version, "d")
     _first, _end, dst_day, hours = DST_CASES[season]
     (intervals, text), db, sid = job.data[season], job.db, f"backdate:dst_{season}"
     assert text.count("2024-10-27T02:00:00") == (2 if season == "autumn" else 0)
-    check_meta(db, sid, unit="kWh", mean=False)
-    got = changes(db, sid)
+    check_meta(db, sid, unit="Wh", mean=False)  # a new statistic keeps the input's unit
+    got = {t: v / 1000 for t, v in changes(db, sid).items()}  # Wh -> kWh
     assert_amounts(got, dg.hourly_totals(intervals, 0.001), f"{sid}: hourly (kWh)")
     day_lo, day_hi = dg.epoch(dst_day), dg.epoch(dg.next_local_midnight(dst_day))
     on_day = {t: v for t, v in got.items() if day_lo <= t < day_hi}
@@ -664,7 +664,8 @@ def test_entity_id_only_when_named(tmp_path: Path) -> None:
     one, two = copy_fixture(53, tmp_path, "one.db"), copy_fixture(53, tmp_path, "two.db")
     before = Snapshot.of(one)
     check_ran(backdate_many(
-        ["import", named, "--to", url(one), "--statistic-id", "sensor.x", "--no-backup", "--yes"],
+        ["import", named, "--to", url(one), "--statistic-id", "sensor.x", "--create", "--no-backup",
+         "--yes"],
         ["import", looks_like_entity, "--to", url(two), "--no-backup", "--yes"]))
     check_database(one, before)
     check_database(two, before)
@@ -856,19 +857,23 @@ def test_export_import_round_trip(round_trips: tuple[list[dg.Interval], dict[str
 
 
 def test_backup_and_restore(db53: Path, tmp_path: Path) -> None:
-    """import --backup writes one <db>.backdate-*.bak (and says where); restore brings the
-    statistics tables back to what they held before that import."""
+    """import --backup writes one <db>.backdate-*.jsonl row backup (and says where, with the
+    restore command); restore brings the statistics tables back to what they held before that
+    import, ids included, and touches nothing else."""
     path, _ = three_days(tmp_path, "first")
     import_into(db53, path)
     before = statistics_content(db53)
     second, _ = three_days(tmp_path, "second")
     proc = backdate("import", second, "--to", url(db53), "--backup", "--yes")
-    backups = sorted(db53.parent.glob(f"{db53.name}.backdate-*.bak"))
+    backups = sorted(db53.parent.glob(f"{db53.name}.backdate-*.jsonl"))
     assert len(backups) == 1, (backups, proc.stdout)
-    assert str(backups[0]) in " ".join(proc.stdout.split())
+    out = " ".join(proc.stdout.split())
+    assert str(backups[0]) in out
+    assert f"to undo: backdate restore {backups[0]} --to {url(db53)}" in out, out
     assert statistics_content(db53) != before
-    assert sql(backups[0], "PRAGMA integrity_check") == [("ok",)]
-    backdate("restore", backups[0], "--to", url(db53))
+    manifest = json.loads(backups[0].read_text().splitlines()[0])
+    assert manifest["schema_version"] == 53 and manifest["statistic_ids"] == ["backdate:second"]
+    backdate("restore", backups[0], "--to", url(db53), "--yes")
     assert statistics_content(db53) == before
     assert sql(db53, "PRAGMA integrity_check") == [("ok",)]
 

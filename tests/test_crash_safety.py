@@ -88,7 +88,7 @@ class SqliteTarget:
             con.close()
 
     def backups(self, cwd: Path) -> set[Path]:
-        return set(self.path.parent.glob(f"{self.path.name}.backdate-*.bak"))
+        return set(self.path.parent.glob(f"{self.path.name}.backdate-*.jsonl"))
 
     def settle(self) -> None:
         """Nothing runs on after the process: SQLite lives in it."""
@@ -209,10 +209,13 @@ def without_fresh(state: dict[str, Any]) -> dict[str, Any]:
 PHASES = ("read/plan", "backup", "prepare", "transaction", "verify", "report")
 BEGIN = "backdate-trace: BEGIN"
 COMMIT = "backdate-trace: COMMIT"
+COMMITTED = "backdate-trace: COMMITTED"
 # The lines that end each phase. BACKDATE_TRACE=1 makes backdate print "backdate-trace: BEGIN"
-# once its write transaction is open and "backdate-trace: COMMIT" just before it sends the
-# COMMIT, so kills aimed at "transaction" land in the open transaction.
-MARKERS = ("hourly rows", "backup:", BEGIN, COMMIT, "written and verified")
+# once its write transaction is open, "backdate-trace: COMMIT" just before it sends the
+# COMMIT and "backdate-trace: COMMITTED" once the COMMIT returned, so kills aimed at
+# "transaction" land in the open transaction (or in the COMMIT itself, which is atomic
+# either way), and every kill in "verify" comes after a completed COMMIT.
+MARKERS = ("hourly rows", "backup:", BEGIN, COMMITTED, "written and verified")
 
 
 def start_import(folder: Path, url: str) -> subprocess.Popen[str]:
@@ -286,7 +289,7 @@ def run_import(folder: Path, url: str, phase_index: int, delay: float
 
 def restore(backup: Path, url: str) -> None:
     proc = subprocess.run([*BACKDATE, "restore", str(backup), "--to",
-                           url], capture_output=True, text=True, check=False, timeout=300,
+                           url, "--yes"], capture_output=True, text=True, check=False, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

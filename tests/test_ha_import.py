@@ -256,7 +256,7 @@ def test_new_statistic_with_ha_stopped(fresh_ha: HomeAssistant, tmp_path: Path) 
     workdir.mkdir()
     proc = backdate("import", path, "--to", fresh_ha.db_url, "--yes", cwd=workdir)
     if fresh_ha.engine == "sqlite":
-        backups = list(fresh_ha.config_dir.glob("home-assistant_v2.db*bak*"))
+        backups = list(fresh_ha.config_dir.glob("home-assistant_v2.db.backdate-*.jsonl"))
     else:
         backups = list(workdir.glob("backdate-backup-*.jsonl"))
     assert "backup:" in proc.stdout and backups, f"no backup made:\n{proc.stdout}"
@@ -266,13 +266,40 @@ def test_new_statistic_with_ha_stopped(fresh_ha: HomeAssistant, tmp_path: Path) 
 
 
 def test_new_statistic_with_ha_running(ha: HomeAssistant, tmp_path: Path) -> None:
-    """The same while HA runs; `plan` before it writes nothing."""
+    """The same while HA runs; `plan` before it writes nothing. Then the middle day is
+    re-imported doubled (with its row-level backup) and `backdate restore` undoes it while HA
+    keeps running: HA's own statistics_during_period returns exactly what it returned before
+    (sum and state, hourly and 5-minute), and HA's log stays clean."""
     path, intervals = _three_days(tmp_path, "house_energy_live")
     sid = "backdate:house_energy_live"
     backdate("plan", path, "--to", ha.db_url)
     assert metadata(ha, sid) is None, "`backdate plan` wrote the statistic"
     import_into(ha, path)
     _check_new_external(ha, sid, intervals)
+
+    start, end = intervals[0].start - timedelta(hours=1), intervals[-1].end + timedelta(hours=1)
+
+    def seen() -> dict[str, list[dict[str, Any]]]:
+        return {period: query(ha, sid, start, end, period, ["sum", "state"], min_rows=72)
+                for period in ("hour", "5minute")}
+
+    before = seen()
+    middle = [dg.Interval(i.start, i.end, i.value * 2) for i in intervals[96:192]]
+    redo = dg.write_delta_csv(tmp_path / "house_energy_live_redo.csv", middle,
+                              value_column="kwh")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    proc = backdate("import", redo, "--statistic-id", sid, "--to", ha.db_url, "--yes",
+                    cwd=workdir)
+    undo = next(line for line in proc.stdout.splitlines() if line.startswith("to undo: "))
+    backup = Path(undo.split()[4])
+    if not backup.is_absolute():
+        backup = workdir / backup
+    assert seen() != before, "the re-import changed nothing HA can see"
+    backdate("restore", backup, "--to", ha.db_url, "--yes", cwd=workdir)
+    assert seen() == before, "HA does not see the statistic exactly as before the re-import"
+    assert ha.running, "Home Assistant stopped"
+    assert_log_clean(ha)
 
 
 def test_export_import_round_trip(ha: HomeAssistant, tmp_path: Path) -> None:
@@ -455,9 +482,9 @@ def test_dst_days_in_wh(ha: HomeAssistant, tmp_path: Path, season: str, style: s
     tz_args = ["--tz", "Europe/Vienna"] if style == "naive" else []
     import_into(ha, path, "--statistic-id", sid, "--unit", "Wh", *tz_args)
 
-    meta = metadata(ha, sid)
-    assert meta is not None and meta["statistics_unit_of_measurement"] == "kWh", meta
-    hourly = dg.hourly_totals(intervals, 0.001)
+    meta = metadata(ha, sid)  # a new statistic keeps the unit its input declares
+    assert meta is not None and meta["statistics_unit_of_measurement"] == "Wh", meta
+    hourly = dg.hourly_totals(intervals, 0.001)  # HA converts into kWh for `changes`
     got = changes(ha, sid, first - timedelta(days=1), end, "hour", min_rows=len(hourly))
     assert_amounts(got, hourly, f"{sid}: hourly change (kWh)")
 

@@ -191,6 +191,23 @@ def test_dst_days_in_wh(ha: HomeAssistant, tmp_path: Path, season: str) -> None:
     assert_amounts(got_days, dg.daily_totals(expected), f"{sid}: daily change")
 
 
+@pytest.mark.ha
+def test_unknown_entity_id_needs_create(ha: HomeAssistant, tmp_path: Path) -> None:
+    """An entity statistic id HA has neither a statistic nor a state for is refused (exit 1,
+    nothing written) unless --create, with close matches from what HA holds; an entity HA has
+    a state for is accepted."""
+    path = _small_csv(tmp_path, "entity")
+    proc = run("import", path, "--statistic-id", "zone.hom", "--to", ha.url, "--no-backup",
+               "--yes", token=ha.token, expect=1)
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert "--create" in text and "Did you mean zone.home" in text, text
+    assert "Traceback" not in text
+    with ha.ws() as ws:
+        items = ws.call("recorder/get_statistics_metadata", statistic_ids=["zone.hom"])
+    assert not items, "a refused import wrote metadata"
+    run("plan", path, "--statistic-id", "zone.home", "--to", ha.url, token=ha.token)
+
+
 # ----------------------------------------------------------- (e) meter replacement, readings
 
 

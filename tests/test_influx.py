@@ -207,7 +207,7 @@ def test_raw_power_mode(influx_db: InfluxDatabase, tmp_path: Path) -> None:
     assert influx_own[T0 + 23 * H] - got[T0 + 23 * H] * 1000 == pytest.approx(bridged, rel=1e-9)
 
 
-def _hourly_changes(db: Path, statistic_id: str) -> dict[int, float]:
+def _hourly_changes(db: Path, statistic_id: str, unit_wanted: str = "kWh") -> dict[int, float]:
     con = sqlite3.connect(db)
     try:
         rows = con.execute(
@@ -218,7 +218,7 @@ def _hourly_changes(db: Path, statistic_id: str) -> dict[int, float]:
                            "statistic_id = ?", (statistic_id,)).fetchone()[0]
     finally:
         con.close()
-    assert unit == "kWh"
+    assert unit == unit_wanted
     out, prev = {}, 0.0
     for start, total in rows:
         out[int(start)] = total - prev
@@ -274,9 +274,9 @@ def test_delta_and_cumulative_fields(influx_db: InfluxDatabase, tmp_path: Path) 
         proc = backdate("import", spec, "--to", to, "--yes", "--no-backup")
         assert proc.returncode == 0, proc.stdout + proc.stderr
     per_hour: dict[int, float] = {}
-    for t, v in quarters:
-        per_hour[t // H * H] = per_hour.get(t // H * H, 0.0) + v / 1000
-    got = _hourly_changes(db, "backdate:quarters")
+    for t, v in quarters:  # a new statistic keeps the unit its input declares: Wh
+        per_hour[t // H * H] = per_hour.get(t // H * H, 0.0) + v
+    got = _hourly_changes(db, "backdate:quarters", "Wh")
     assert all(got.get(h, 0.0) == 0.0 for h in (T0 + 10 * H, T0 + 11 * H))
     _assert_changes(got, per_hour)
     meter = dict(readings)

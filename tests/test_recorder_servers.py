@@ -188,7 +188,7 @@ def check_meta(db: ServerDb, sid: str, *, unit: str, mean: bool) -> None:
     assert bool(m["has_sum"]) == (not mean)
     if db.schema >= 51:
         assert m["mean_type"] == (1 if mean else 0)
-        assert m["unit_class"] == {"kWh": "energy", "°C": "temperature"}[unit]
+        assert m["unit_class"] == {"kWh": "energy", "Wh": "energy", "°C": "temperature"}[unit]
     else:
         cols = {r[0] for r in db.sql(
             "SELECT column_name FROM information_schema.columns WHERE table_name = "
@@ -262,8 +262,8 @@ def test_dst_days_quarter_hour_wh(make_db: Callable[[str, int], ServerDb], tmp_p
                                   value_column="value", naive=True)
         import_into(db, path, "--unit", "Wh", "--tz", "Europe/Vienna")
         sid = f"backdate:dst_{season}"
-        check_meta(db, sid, unit="kWh", mean=False)
-        got = db.changes(sid)
+        check_meta(db, sid, unit="Wh", mean=False)  # a new statistic keeps the input's unit
+        got = {t: v / 1000 for t, v in db.changes(sid).items()}  # Wh -> kWh
         assert_amounts(got, dg.hourly_totals(intervals, 0.001), f"{season}: hourly kWh")
         lo, hi = dg.epoch(day), dg.epoch(dg.next_local_midnight(day))
         assert len([t for t in got if lo <= t < hi]) == hours
@@ -346,8 +346,8 @@ def test_backup_restore_round_trip(make_db: Callable[[str, int], ServerDb], tmp_
              cwd=work)
     second = sorted(set(work.glob("backdate-backup-*.jsonl")) - set(backups))
     assert db.dump() != before
-    backdate("restore", second[0], "--to", db.url)
-    backdate("restore", backups[0], "--to", db.url)
+    backdate("restore", second[0], "--to", db.url, "--yes")
+    backdate("restore", backups[0], "--to", db.url, "--yes")
     after = db.dump()
     for key in before:
         diff = [(a, b) for a, b in zip(before[key], after[key], strict=False) if a != b]
@@ -387,7 +387,7 @@ def test_restore_refuses_to_delete_rows_home_assistant_compiled_later(
     path, intervals = three_days(tmp_path)
     # HA compiled these days (the fixture's newest run is from the day it was made)
     write_compiled_runs(db.url, dg.epoch(intervals[0].start), dg.epoch(intervals[-1].end))
-    import_into(db, path, "--statistic-id", sid)
+    import_into(db, path, "--statistic-id", sid, "--create")
     work = tmp_path / "cwd"
     work.mkdir()
     middle = [dg.Interval(i.start, i.end, i.value * 2) for i in intervals[96:192]]
@@ -404,12 +404,12 @@ def test_restore_refuses_to_delete_rows_home_assistant_compiled_later(
            "VALUES (%s, %s, %s, %s, %s)", 1.0, meta_id, last[0] + 300, last[1] + 0.5,
            last[2] + 0.5)
     dumped = db.dump()
-    proc = backdate("restore", backup, "--to", db.url, expect=1)
+    proc = backdate("restore", backup, "--to", db.url, "--yes", expect=1)
     text = " ".join((proc.stdout + proc.stderr).split())  # Rich wraps long lines
     assert "1 statistics_short_term row(s) newer than the backup" in text, text
     assert "--force" in text and "Traceback" not in text, text
     assert db.dump() == dumped, "a refused restore changed the database"
-    backdate("restore", backup, "--to", db.url, "--force")
+    backdate("restore", backup, "--to", db.url, "--force", "--yes")
     assert len(db.rows(sid, "statistics_short_term")) == len(before_restore_rows)
     assert db.rows(sid, "statistics_short_term")[-1][0] == last[0]
     check_database(db)

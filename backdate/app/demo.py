@@ -17,6 +17,7 @@ from rich.console import Console
 
 from backdate.app import render
 from backdate.app.importing import ImportOptions, apply_imports, plan_imports, read_sources
+from backdate.errors import InputError
 from backdate.targets.fresh import create_recorder_sqlite
 
 DEMO_ZONE = "Europe/Vienna"
@@ -36,11 +37,43 @@ def synthetic_year(end: float) -> tuple[np.ndarray, np.ndarray]:
     return starts, values
 
 
+MARKER = ".backdate-demo"  # lists what an earlier demo made in its folder
+DB_NAME = "home-assistant_v2.db"
+MADE = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal", "demo_house.csv",
+        "chart.png", MARKER)
+
+
+def prepare_folder(directory: Path) -> None:
+    """Make `directory` ready for a demo without touching anything the demo did not make.
+
+    A missing or empty folder is used as it is; a folder an earlier demo made (its marker
+    file, and nothing else in it but the demo's own files) is cleared of those files; any other
+    file, a database above all, is refused (InputError, nothing touched)."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory} is a file, not a folder: give --dir a new or empty folder")
+    if directory.is_dir():
+        present = sorted(p.name for p in directory.iterdir())
+        made = set(MADE) if MARKER in present else set()
+        foreign = [name for name in present if name not in made]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
+            raise InputError(
+                f"{directory} holds files the demo did not make ({shown}); the demo never "
+                "touches them: give --dir a new or empty folder")
+        for name in present:
+            (directory / name).unlink()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MARKER).write_text(
+            "made by `backdate demo`; it may replace these files of its own:\n"
+            + "\n".join(MADE) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot create the demo folder {directory}: {exc}") from None
+
+
 def run_demo(directory: Path, console: Console) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    db = directory / "home-assistant_v2.db"
-    for leftover in directory.glob("home-assistant_v2.db*"):
-        leftover.unlink()
+    prepare_folder(directory)
+    db = directory / DB_NAME
     create_recorder_sqlite(db)
     zone = ZoneInfo(DEMO_ZONE)
     today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)

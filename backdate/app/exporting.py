@@ -2,7 +2,8 @@
 
 The canonical forms carry each hour's change (`delta` over `[start, end)`), which is what the
 Energy dashboard shows and what an import rebuilds `sum` from; klausj1's form carries
-`state`/`sum` as HA stores them.
+`state`/`sum` as HA stores them. Every form carries the statistic's unit (a `unit` column, or
+the JSON document's `unit`) and its kind (the `delta` or `mean`/`min`/`max` columns, `kind`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ def export_statistic(url: str, statistic_id: str, *, start: str | None, end: str
         return json.dumps(doc, indent=1) + "\n"
     out = io.StringIO()
     fields = ["start", "end", "delta"] if meta.has_sum else ["start", "end", "mean", "min", "max"]
+    if unit:  # the unit travels with every row, so a re-import never has to guess it
+        fields.append("unit")
+        for item in records:
+            item["unit"] = unit
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)

@@ -6,6 +6,7 @@ bad input anywhere means nothing is written anywhere.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from backdate import clock
+from backdate.domain import plausibility
 from backdate.engine import units
 from backdate.engine.prepare import (
     PlanPolicy,
@@ -26,7 +28,7 @@ from backdate.engine.prepare import (
     validate_statistic_id,
 )
 from backdate.errors import InputError, RefusedError
-from backdate.models import Kind, Series, StatisticMeta, StatRow, Table, WritePlan
+from backdate.models import HOUR, Kind, Series, StatisticMeta, StatRow, Table, WritePlan
 from backdate.targets.base import Neighbourhood, StatisticsTarget
 
 
@@ -55,6 +57,8 @@ class ImportOptions:
     bounds_text: tuple[str | None, str | None] = (None, None)
     # Where report_tz came from: "tz_option", "home_assistant" or "machine" (for the report).
     zone_from: str = "machine"
+    # --create: an entity statistic (sensor.x) the target does not know yet is meant.
+    create: bool = False
 
 
 @dataclass(slots=True)
@@ -70,6 +74,8 @@ class StatisticImport:
     # per-day table shows what the Energy dashboard shows for those days, before and after.
     day_rows: list[StatRow] = field(default_factory=list)
     day_base: float = 0.0
+    # What looks wrong but may be meant (file:line each): shown by plan and import.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def statistic_id(self) -> str:
@@ -144,7 +150,7 @@ def statistic_id_for(series: Series, opts: ImportOptions, several: bool) -> str:
 
 
 def _by_statistic(series_list: list[Series], opts: ImportOptions,
-                  several: bool) -> list[tuple[str, Series]]:
+                  several: bool) -> list[tuple[str, Series, list[str]]]:
     """Group inputs by the statistic they go into; several files of one statistic (monthly
     exports, say) become one series. Identical readings in two files count once; different
     values for one time are an error naming both files."""
@@ -164,8 +170,24 @@ def _by_statistic(series_list: list[Series], opts: ImportOptions,
                 f"{', '.join(sorted(str(u) for u in units_seen))})",
                 path=parts[-1].source,
             )
-        out.append((statistic_id, _drop_repeats(Series.merge(parts))))
+        notes = [_repeats_warning(p) for p in parts if p.repeats is not None and len(p.repeats)]
+        merged = _drop_repeats(Series.merge(parts))
+        if merged.repeats is not None and len(merged.repeats):
+            notes.append(f"{len(merged.repeats)} reading(s) that two files both hold with the "
+                         "same value counted once")
+        out.append((statistic_id, merged, notes))
     return out
+
+
+def _repeats_warning(series: Series) -> str:
+    """Lines a reader dropped as exact repeats, named (a time column holding only dates
+    makes every row of a day one time)."""
+    pairs = series.repeats
+    shown = ", ".join(f"line {int(d)} = line {int(k)}" for d, k in pairs[:3])
+    more = f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+    return (f"{series.source}:{int(pairs[0][0])}: {len(pairs)} row(s) dropped as repeats of "
+            f"an earlier row with the same time and value ({shown}{more}); "
+            f"{len(series)} reading(s) left")
 
 
 def _drop_repeats(series: Series) -> Series:
@@ -183,6 +205,7 @@ def _drop_repeats(series: Series) -> Series:
         col = getattr(series, attr)
         if col is not None:
             setattr(series, attr, col[keep])
+    series.repeats = np.zeros((int(same.sum()), 2), dtype=np.int64)
     return series
 
 
@@ -220,17 +243,21 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
     several = len({(s.source, s.name) for s in series_list}) > 1 and any(
         s.name for s in series_list)
     planned: list[StatisticImport] = []
-    for statistic_id, series in _by_statistic(series_list, opts, several):
+    for statistic_id, series, warnings in _by_statistic(series_list, opts, several):
         try:
             _source, external = validate_statistic_id(statistic_id)
         except InputError as err:
             raise InputError(err.problem, path=series.source) from None
         kind = resolve_kind(series, opts)
         input_unit = _input_unit(series, opts, kind)
+        _refuse_implausible(series, kind, input_unit)
+        warnings.extend(_negative_warning(series, kind))
         existing = target.get_metadata(statistic_id)
         unit_note = None
         if series.unit_blank_line is not None and not opts.unit:
             input_unit, unit_note = _unit_from_target(statistic_id, existing, series)
+        if existing is None and not external and not opts.create:
+            _refuse_unknown_entity(target, statistic_id, series)
         meta = _meta_for(statistic_id, existing, kind, input_unit, opts, series)
         prepared = prepare(series, kind=kind, input_unit=input_unit,
                            statistic_unit=meta.unit_of_measurement, max_gap=opts.max_gap)
@@ -253,11 +280,97 @@ def plan_imports(target: StatisticsTarget, series_list: list[Series], opts: Impo
         plan = build_plan(meta, existing is not None, prepared, fetch, policy)
         if unit_note:
             plan.notes.insert(0, unit_note)
-        item = StatisticImport(series, prepared, plan, captured.get(Table.HOURLY), input_unit)
+        _refuse_unresolvable_sums(series, plan)
+        item = StatisticImport(series, prepared, plan, captured.get(Table.HOURLY), input_unit,
+                               warnings=warnings)
         if existing is not None and plan.hourly.count:
             _load_days(target, item, ZoneInfo(opts.report_tz or opts.tz or "UTC"))
+            if kind is not Kind.MEAN:
+                item.warnings.extend(_scale_warning(target, item))
         planned.append(item)
     return planned
+
+
+def _refuse_implausible(series: Series, kind: Kind, input_unit: str | None) -> None:
+    """A value no meter can produce is refused with its file and line; nothing is written."""
+    bad = plausibility.first_implausible(series.values, kind=kind.value, unit=input_unit)
+    if bad is not None:
+        path, line = series.where(bad.index)
+        raise InputError(f"{series.values[bad.index]:g} {input_unit or ''} is not a plausible "
+                         f"reading: {bad.problem}".replace("  ", " "), path=path, line=line)
+
+
+def _refuse_unresolvable_sums(series: Series, plan: WritePlan) -> None:
+    """Sums so large that 1e-6 kWh steps vanish in float64 would corrupt every later hour."""
+    if not plan.meta.has_sum:
+        return
+    limit = plausibility.sum_limit(plan.meta.unit_of_measurement)
+    for tp in plan.tables:
+        sums = tp.rows.sum
+        if sums is None or not len(sums):
+            continue
+        top = float(np.nanmax(np.abs(sums)))
+        if top > limit:
+            i = int(np.argmax(np.abs(series.values)))
+            path, line = series.where(i)
+            raise InputError(
+                f"the sum of {plan.meta.statistic_id} would reach {top:.6g} "
+                f"{plan.meta.unit_of_measurement or ''}, beyond {limit:.3g}, where it can no "
+                f"longer resolve 1e-6 kWh steps (largest value: {series.values[i]:g})",
+                path=path, line=line)
+
+
+def _negative_warning(series: Series, kind: Kind) -> list[str]:
+    """Negative amounts may be a meter's export or a sign error: say where they are."""
+    if kind is not Kind.DELTA:
+        return []
+    negative = np.flatnonzero(series.values < 0)
+    if not negative.size:
+        return []
+    path, line = series.where(int(negative[0]))
+    return [f"{path}:{line}: negative delta {series.values[negative[0]]:g} "
+            f"({negative.size} negative value(s) in all): written as negative use"]
+
+
+SCALE_CONTEXT = 30 * 86400.0  # existing rows this far around the window judge the scale
+
+
+def _scale_warning(target: StatisticsTarget, item: StatisticImport) -> list[str]:
+    """Input about 1000× what the statistic holds around it: a forgotten --unit Wh?"""
+    hours = item.prepared.hours
+    rows = item.plan.hourly.rows
+    if hours is None or not len(rows):
+        return []
+    first, last = float(rows.start_ts[0]), float(rows.start_ts[-1])
+    own_changes: list[float] = []
+    for lo, hi in ((first - SCALE_CONTEXT, first), (last + HOUR, last + HOUR + SCALE_CONTEXT)):
+        existing = [r for r in target.read_rows(Table.HOURLY, item.statistic_id, lo, hi)
+                    if r.sum is not None]
+        own_changes.extend(b.sum - a.sum for a, b in zip(existing, existing[1:], strict=False)
+                           if b.start_ts - a.start_ts == HOUR)
+    own = np.array(own_changes, dtype=np.float64)
+    ratio = plausibility.scale_ratio(np.asarray(hours.amounts, dtype=np.float64), own)
+    if not plausibility.about_thousandfold(ratio):
+        return []
+    path, line = item.series.where(0)
+    unit = item.plan.meta.unit_of_measurement
+    return [f"{path}:{line}: the input's hourly amounts are about {ratio:.4g}× those "
+            f"{item.statistic_id} holds around them (in {unit}): is the input's unit right "
+            f"(read as {item.input_unit}; e.g. --unit Wh)?"]
+
+
+def _refuse_unknown_entity(target: StatisticsTarget, statistic_id: str, series: Series) -> None:
+    """An entity statistic nobody knows (no statistic, no recorded states) is most likely a
+    typo: refuse it, suggesting close ids, unless --create says it is meant."""
+    known = getattr(target, "known_ids", None)
+    stats, entities = known() if known is not None else (set(), set())
+    if statistic_id in entities:
+        return  # HA records this entity; its statistic just does not exist yet
+    close = difflib.get_close_matches(statistic_id, sorted(stats | entities), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise RefusedError(
+        f"{series.source}: {statistic_id} is not a statistic or an entity in the target; "
+        f"add --create to make a new entity statistic (source recorder) anyway.{hint}")
 
 
 def _load_days(target: StatisticsTarget, item: StatisticImport, tz: ZoneInfo) -> None:
@@ -311,7 +424,8 @@ def _meta_for(statistic_id: str, existing: StatisticMeta | None, kind: Kind,
         if opts.name:
             existing.name = opts.name
         return existing
-    unit = units.default_statistic_unit(input_unit, is_power=kind is Kind.POWER)
+    unit = units.default_statistic_unit(input_unit,
+                                        is_power=kind is Kind.POWER or series.from_power)
     if is_sum and units.unit_class(unit) in ("temperature", "power"):
         raise InputError(
             f"{unit} is not an amount that adds up: a sum statistic (kind {kind.value}) needs an "

@@ -66,6 +66,8 @@ def print_plans(console: Console, imports: list[StatisticImport], tz: ZoneInfo,
                 )
         for note in plan.notes:
             console.print(f"  note: {note}", markup=False)
+        for warning in item.warnings:
+            console.print(f"  warning: {warning}", markup=False, soft_wrap=True)
         if not plan.hourly.count:
             continue
         lines = day_table(item, tz)

@@ -240,7 +240,8 @@ class HATarget(SyncTarget):
         job = self.job
         return ImportOptions(statistic_id=job.statistic_id, name=job.statistic_name,
                              kind=job.kind, unit=job.unit, tz=job.tz, short_term=job.short_term,
-                             backup=False, report_tz=job.tz)
+                             backup=False, report_tz=job.tz,
+                             create=True)  # a job's configured statistic_id is meant
 
     def _id_for(self, name: str | None, several: bool) -> str | None:
         """The statistic a series named `name` goes to: the job's statistic_id, suffixed with

@@ -1,0 +1,1 @@
+"""backdate's vocabulary and rules, free of I/O."""

@@ -6,6 +6,7 @@ the statistic's own unit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -156,9 +157,10 @@ def prepare(
     if kind is Kind.MEAN:
         conv = _convert(input_unit, statistic_unit, source, what)
         values = series.values * conv.factor + conv.offset
-        if series.mins is not None and series.maxs is not None:
-            series.mins = series.mins * conv.factor + conv.offset
-            series.maxs = series.maxs * conv.factor + conv.offset
+        if series.mins is not None and series.maxs is not None:  # never in place: a series
+            series = dataclasses.replace(  # planned twice must not be converted twice
+                series, mins=series.mins * conv.factor + conv.offset,
+                maxs=series.maxs * conv.factor + conv.offset)
         prepared.series, prepared.values = series, values
         prepared.hourly_means = mean_slots(series, values, HOUR, max_gap)
         return prepared
@@ -171,6 +173,8 @@ def prepare(
     else:
         conv = _convert(input_unit, statistic_unit, source, what)
         values = series.values * conv.factor
+        if series.states is not None:  # the meter is converted with its sums, always
+            series = dataclasses.replace(series, states=series.states * conv.factor)
         curve = delta_curve(series, values) if kind is Kind.DELTA else cumulative_curve(
             series, values
         )

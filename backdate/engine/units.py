@@ -94,13 +94,11 @@ def power_to_energy(power_unit: str | None, energy_unit: str) -> float:
 
 
 def default_statistic_unit(input_unit: str | None, *, is_power: bool = False) -> str | None:
-    """The unit a new statistic is stored in: kWh for energy, m³ for volume, else the input's."""
-    unit = normalize_unit(input_unit)
-    if is_power or unit in ENERGY:
+    """The unit a new statistic is stored in: the unit its input declares (HA accepts L, Wh,
+    MWh, ... as they are, so nothing is converted); kWh for power integrated into energy."""
+    if is_power:
         return "kWh"
-    if unit in VOLUME:
-        return "m³"
-    return unit
+    return normalize_unit(input_unit)
 
 
 def _temperature(src: str, dst: str) -> Conversion:

@@ -532,11 +532,14 @@ class _Rows:
     ends: np.ndarray | None = None
     mins: np.ndarray | None = None
     maxs: np.ndarray | None = None
+    # Lines dropped as exact repeats of an earlier line: (dropped line, line kept) pairs.
+    repeats: np.ndarray | None = None
 
     def series(self, path: str, **described: Any) -> Series:
         """These rows as the `Series` every reader returns; `described` says what they are."""
         return Series(source=path, times=self.times, values=self.values, lines=self.lines,
-                      ends=self.ends, mins=self.mins, maxs=self.maxs, **described)
+                      ends=self.ends, mins=self.mins, maxs=self.maxs, repeats=self.repeats,
+                      **described)
 
     def take(self, idx: np.ndarray) -> _Rows:
         def t(a: np.ndarray | None) -> np.ndarray | None:
@@ -625,7 +628,10 @@ def _sorted_unique(rows: _Rows, opts: _Options) -> _Rows:
         )
     keep = np.ones(t.size, dtype=bool)
     keep[second] = False
-    return rows.take(np.flatnonzero(keep))
+    out = rows.take(np.flatnonzero(keep))
+    pairs = np.stack([rows.lines[second], rows.lines[first]], axis=1)
+    out.repeats = pairs if rows.repeats is None else np.concatenate([rows.repeats, pairs])
+    return out
 
 
 def _no_rows(table: _Table, opts: _Options) -> InputError:

@@ -453,7 +453,8 @@ class InfluxSource:
         return Series(source=source, times=times.astype(np.float64),
                       values=values.astype(np.float64),
                       lines=np.arange(1, len(times) + 1, dtype=np.int64), ends=ends, kind=kind,
-                      unit=unit, statistic_id=statistic_id, name=name)
+                      unit=unit, statistic_id=statistic_id, name=name,
+                      from_power=spec.kind is Kind.POWER and kind is not Kind.POWER)
 
     def _now_ts(self) -> float:
         return time.time() if self._now is None else self._now

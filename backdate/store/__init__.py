@@ -1,0 +1,1 @@
+"""backdate's own state: its backup files."""

@@ -265,6 +265,15 @@ class HAWebSocketTarget:
             time.sleep(0.2)
         return len(ids)
 
+    def known_ids(self) -> tuple[set[str], set[str]]:
+        """Statistic ids HA lists, and entity ids it has a state for: what an entity statistic
+        id may name without --create."""
+        stats = {str(i["statistic_id"]) for i in self._call("recorder/list_statistic_ids") or []
+                 if isinstance(i, dict) and i.get("statistic_id")}
+        entities = {str(s["entity_id"]) for s in self._call("get_states") or []
+                    if isinstance(s, dict) and s.get("entity_id")}
+        return stats, entities
+
     def _unit_fields(self, statistic_id: str) -> dict[str, Any]:
         """Ask for values in the stored unit (HA converts entity statistics to the entity's
         display unit otherwise)."""

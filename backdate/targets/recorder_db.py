@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -51,6 +52,8 @@ from backdate.errors import (
     require,
 )
 from backdate.models import (
+    FIVE_MINUTES,
+    HOUR,
     MeanType,
     RowBlock,
     StatisticMeta,
@@ -627,6 +630,8 @@ class RecorderDatabase:
         # Statistic ids planning asked about (get_metadata): what an import may write, and so
         # what a row-level backup (`backup_statistics`) saves.
         self.consulted: set[str] = set()
+        # Write transactions committed so far: after an interrupt, whether the import landed.
+        self.commits = 0
         self.schema = self._detect_schema()
         self._t = _build_tables(self.schema)
 
@@ -699,12 +704,20 @@ class RecorderDatabase:
             try:
                 with self._engine.connect() as conn:
                     conn.execution_options(**{_WRITE: True})
-                    with conn.begin():
-                        _trace("BEGIN")
-                        result = work(conn)
-                        if self._before_commit is not None:
-                            self._before_commit()
-                        _trace("COMMIT")  # sent next; a kill before this line rolls back
+                    mask = None
+                    try:
+                        with conn.begin():
+                            _trace("BEGIN")
+                            result = work(conn)
+                            if self._before_commit is not None:
+                                self._before_commit()
+                            # Ctrl-C/SIGTERM wait until `commits` tells the truth about it
+                            mask = _hold_signals()
+                            _trace("COMMIT")  # sent next; a kill before this line rolls back
+                        self.commits += 1
+                    finally:
+                        if mask is not None:
+                            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     _trace("COMMITTED")
                     if self._after_commit is not None:
                         self._after_commit()
@@ -844,6 +857,17 @@ class RecorderDatabase:
             supports_short_term=True,
             notes=notes,
         )
+
+    def known_ids(self) -> tuple[set[str], set[str]]:
+        """Statistic ids the database holds, and entity ids Home Assistant recorded states
+        of (`states_meta`, schema >= 38): what an entity statistic id may name."""
+        with self._read() as conn:
+            stats = {r[0] for r in conn.exec_driver_sql("SELECT statistic_id FROM statistics_meta")}
+            entities: set[str] = set()
+            if "states_meta" in sa.inspect(conn).get_table_names():
+                entities = {r[0] for r in conn.exec_driver_sql(
+                    "SELECT entity_id FROM states_meta") if r[0]}
+        return stats, entities
 
     def get_metadata(self, statistic_id: str) -> StatisticMeta | None:
         """The metadata row, or None; `mean_type` derived from `has_mean` on schema < 49."""
@@ -1619,25 +1643,46 @@ class RecorderDatabase:
         md = sa.MetaData()
         return {name: sa.Table(name, md, autoload_with=conn) for name in (META, *STAT_TABLES)}
 
+    def identity(self) -> str | None:
+        """Which database this is: its first `schema_changes` row (written when Home
+        Assistant created the file, with a microsecond time), stable for its whole life and
+        different for every other database. Backups carry it so `restore` can tell."""
+        with self._read() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT change_id, schema_version, changed FROM schema_changes "
+                "ORDER BY change_id LIMIT 1").first()
+        if row is None:
+            return None
+        changed = row[2]
+        if isinstance(changed, dt.datetime):
+            changed = changed.replace(tzinfo=None).isoformat(sep=" ")
+        return f"{row[0]}:{row[1]}:{changed}"
+
     def backup_statistics(self, statistic_ids: Sequence[str] | None = None,
-                          directory: Path | None = None) -> Path:
+                          directory: Path | None = None, prefix: str = "backdate-backup-"
+                          ) -> Path:
         """Save the statistics' metadata rows and all their rows (both tables, every column,
-        ids included) to `backdate-backup-<UTC time>.jsonl` in `directory` (default: the
-        current directory), read in one transaction. A statistic without metadata is saved as
-        absent, so `restore_statistics` removes what an import created.
+        ids included) to `<prefix><UTC time>.jsonl` in `directory` (default: the current
+        directory), read in one transaction. A statistic without metadata is saved as
+        absent, so `restore_statistics` removes what an import created. The first line is the
+        manifest (`backdate.store.backups`): database identity, schema, statistics, time.
 
         `statistic_ids` defaults to every id planning asked about (`consulted`).
         """
+        from backdate.store.backups import FORMAT
+
         ids = sorted(set(self.consulted if statistic_ids is None else statistic_ids))
         folder = Path.cwd() if directory is None else Path(directory)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        dest = folder / f"backdate-backup-{stamp}.jsonl"
+        identity = self.identity()
+        now = dt.datetime.now(dt.UTC)
+        dest = folder / f"{prefix}{now:%Y%m%dT%H%M%S%fZ}.jsonl"
         tmp = dest.with_name(dest.name + ".part")
         try:
             with self._snapshot() as conn, tmp.open("w", encoding="utf-8") as out:
-                header = {"backdate_backup": 1, "engine": self.kind, "url": self.url,
-                          "schema_version": self.schema.version,
-                          "created": dt.datetime.now(dt.UTC).isoformat(),
+                header = {"backdate_backup": FORMAT, "engine": self.kind, "url": self.url,
+                          "database": identity, "schema_version": self.schema.version,
+                          "created": now.isoformat(), "backdate_version": _version(),
+                          "compiled_end": self._last_compiled_end(conn),
                           "statistic_ids": ids}
                 out.write(json.dumps(header) + "\n")
                 # The driver's own values (no SQLAlchemy types): a reflected MySQL DOUBLE
@@ -1676,85 +1721,108 @@ class RecorderDatabase:
             raise
         return dest
 
-    def restore_statistics(self, backup: str | Path, *, force: bool = False) -> list[str]:
+    def load_backup(self, backup: str | Path) -> _Backup:
+        """Read a row backup and check it belongs to this database (RefusedError if not)."""
+        from backdate.store.backups import read_manifest
+
+        path = Path(backup)
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise UsageError(f"{path} is not a backdate backup (no manifest line)")
+        if manifest.engine != self.kind:
+            raise RefusedError(f"{path} is a backup of a {manifest.engine} database "
+                               f"({manifest.url}), not of {self.url}; not restoring")
+        if not manifest.belongs_to(self.url, self.identity()):
+            raise RefusedError(
+                f"{path} belongs to another database ({manifest.url}, created "
+                f"{(manifest.database or '?').split(':', 2)[-1]}), not to {self.url}; "
+                "not restoring")
+        if manifest.schema_version != self.schema.version:
+            raise RefusedError(
+                f"{path} was taken at schema {manifest.schema_version}, the database is at "
+                f"{self.schema.version} now; not restoring")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            records = [json.loads(line) for line in lines[1:] if line.strip()]
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"{path} is not a backdate backup: {exc}") from None
+        ids = manifest.statistic_ids
+        metas: dict[str, dict[str, Any] | None] = {}
+        rows: dict[str, dict[str, list[dict[str, Any]]]] = {sid: {n: [] for n in STAT_TABLES}
+                                                            for sid in ids}
+        try:
+            for rec in records:
+                if "meta" in rec:
+                    metas[rec["meta"]] = rec["row"]
+                else:
+                    rows[rec["statistic_id"]][rec["table"]].append(rec["row"])
+        except (KeyError, TypeError):
+            raise UsageError(f"{path} is damaged (a line names no known statistic); "
+                             "not restoring") from None
+        if set(metas) != set(ids):
+            raise UsageError(f"{path} is incomplete (metadata lines missing); not restoring")
+        return _Backup(path, ids, metas, rows, manifest.compiled_end, manifest.created)
+
+    def restore_statistics(self, backup: str | Path | _Backup, *,
+                           force: bool = False) -> list[str]:
         """Put the statistics saved by `backup_statistics` back exactly, in one transaction:
         their current rows (both tables) are deleted and the saved rows inserted with their
         saved ids and values; metadata gets its saved values; statistics absent at backup
-        time are deleted. Returns the statistic ids restored.
+        time are deleted. Nothing else in the database is touched, so a running Home
+        Assistant keeps everything else it wrote. Returns the statistic ids restored.
 
         Home Assistant keeps compiling an entity statistic after the backup; restoring would
         delete those newer rows (and re-chaining them onto the restored sums would be a new
         write nobody planned). So a restore is refused (RefusedError, nothing written) while
-        an entity statistic has rows newer than the backup's newest in either table, naming
-        what would be lost, unless `force`."""
-        path = Path(backup)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            records = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise UsageError(f"{path} is not a backdate backup: {exc}") from None
-        header = records[0] if records else {}
-        if not isinstance(header, dict) or header.get("backdate_backup") != 1:
-            raise UsageError(f"{path} is not a backdate row backup")
-        if header.get("schema_version") != self.schema.version:
-            raise RefusedError(
-                f"{path} was taken at schema {header.get('schema_version')}, the database is at "
-                f"{self.schema.version} now; not restoring")
-        ids: list[str] = header["statistic_ids"]
-        metas: dict[str, dict[str, Any] | None] = {}
-        rows: dict[str, dict[str, list[dict[str, Any]]]] = {sid: {n: [] for n in STAT_TABLES}
-                                                            for sid in ids}
-        for rec in records[1:]:
-            if "meta" in rec:
-                metas[rec["meta"]] = rec["row"]
-            else:
-                rows[rec["statistic_id"]][rec["table"]].append(rec["row"])
-        if set(metas) != set(ids):
-            raise UsageError(f"{path} is incomplete (metadata lines missing); not restoring")
+        an entity statistic has rows HA wrote after the backup, naming what would be lost,
+        unless `force`."""
+        saved = backup if isinstance(backup, _Backup) else self.load_backup(backup)
 
         def work(conn: Connection) -> None:
             tables = self._reflect(conn)
             m = tables[META]
             if not force:
-                self._refuse_losing_compiled(conn, tables, ids, metas, rows, path)
+                self._refuse_losing_compiled(conn, tables, saved)
             # Statistics absent at backup time go first: a migrate rename moved OLD's
             # metadata row (its id) to NEW, and OLD's row comes back with that id.
-            for sid in sorted(ids, key=lambda i: metas[i] is not None):
-                saved = metas[sid]
+            for sid in sorted(saved.ids, key=lambda i: saved.metas[i] is not None):
+                meta = saved.metas[sid]
                 current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
-                if current is not None and (saved is None or current.id != saved["id"]):
+                if current is not None and (meta is None or current.id != meta["id"]):
                     self._delete_statistic(conn, tables, int(current.id))
                     current = None
-                if saved is None:
+                if meta is None:
                     continue
-                meta_values = _from_jsonable(saved, m)
+                meta_values = _from_jsonable(meta, m)
                 if current is None:
-                    conn.execute(m.insert().values(**meta_values))
+                    _insert_raw(conn, META, [meta_values])
                 else:
-                    conn.execute(m.update().where(m.c.id == saved["id"]).values(
-                        **{k: v for k, v in meta_values.items() if k != "id"}))
+                    _update_raw(conn, META, meta_values)
                 for name in STAT_TABLES:
                     t = tables[name]
-                    conn.execute(t.delete().where(t.c.metadata_id == saved["id"]))
-                    saved_rows = [_from_jsonable(r, t) for r in rows[sid][name]]
-                    for i in range(0, len(saved_rows), 5000):
-                        conn.execute(t.insert(), saved_rows[i : i + 5000])
+                    conn.execute(t.delete().where(t.c.metadata_id == meta["id"]))
+                    _insert_raw(conn, name, [_from_jsonable(r, t) for r in saved.rows[sid][name]])
 
         self._write(work)
-        return ids
+        return saved.ids
+
+    def lost_by_restore(self, backup: _Backup) -> list[str]:
+        """What restoring `backup` would delete that Home Assistant wrote after it."""
+        with self._read() as conn:
+            return self._lost_rows(conn, self._reflect(conn), backup)
 
     @staticmethod
-    def _refuse_losing_compiled(conn: Connection, tables: dict[str, sa.Table], ids: list[str],
-                                metas: dict[str, dict[str, Any] | None],
-                                rows: dict[str, dict[str, list[dict[str, Any]]]],
-                                path: Path) -> None:
-        """RefusedError when restoring would delete rows HA compiled after the backup."""
+    def _lost_rows(conn: Connection, tables: dict[str, sa.Table], saved: _Backup) -> list[str]:
+        """Rows of entity statistics Home Assistant wrote after the backup: newer than the
+        backup's newest row and outside the window HA had compiled when it was taken (an
+        import never writes past that window, so such rows are HA's own)."""
         m = tables[META]
         lost: list[str] = []
+        metas = saved.metas
         # A migrate rename moved a saved metadata row (its id) to an id absent at backup time:
         # that statistic's rows are the saved ones, plus the one 5-minute row the rename adds.
         moved_from = {int(meta["id"]): s for s, meta in metas.items() if meta is not None}
-        for sid in ids:
+        for sid in saved.ids:
             if not _ENTITY_ID.match(sid):
                 continue  # external statistics: only imports write them
             current = conn.execute(sa.select(m.c.id).where(m.c.statistic_id == sid)).first()
@@ -1765,27 +1833,38 @@ class RecorderDatabase:
                 origin = moved_from[int(current.id)]
             for name in STAT_TABLES:
                 t = tables[name]
-                saved_starts = [r["start_ts"] for r in rows[origin][name]
+                period = HOUR if name == Table.HOURLY.value else FIVE_MINUTES
+                saved_starts = [r["start_ts"] for r in saved.rows[origin][name]
                                 if r.get("start_ts") is not None]
-                newest = max(saved_starts) if saved_starts and metas[origin] is not None \
-                    else None
+                saved_newest = (max(saved_starts) if saved_starts and metas[origin] is not None
+                                else None)
+                bounds = [] if saved_newest is None else [saved_newest]
+                if saved.compiled_end is not None:
+                    bounds.append(saved.compiled_end - period)
                 cond = t.c.metadata_id == current.id
-                if newest is not None:
-                    cond = sa.and_(cond, t.c.start_ts > newest)
-                    if origin != sid:  # not the rename's own row without a meter reading
-                        cond = sa.and_(cond, sa.or_(t.c.state.is_not(None),
-                                                    t.c.start_ts > newest + 300))
-                elif origin != sid:
-                    cond = sa.and_(cond, t.c.state.is_not(None))
+                if bounds:
+                    cond = sa.and_(cond, t.c.start_ts > max(bounds))
+                if origin != sid:  # not the rename's own row without a meter reading
+                    keep = t.c.state.is_not(None)
+                    if saved_newest is not None:
+                        keep = sa.or_(keep, t.c.start_ts > saved_newest + 300)
+                    cond = sa.and_(cond, keep)
                 count, last = conn.execute(
                     sa.select(sa.func.count(), sa.func.max(t.c.start_ts)).where(cond)).one()
                 if count:
                     lost.append(f"{sid}: {count} {name} row(s) newer than the backup "
                                 f"(up to {_iso(float(last))})")
+        return lost
+
+    @classmethod
+    def _refuse_losing_compiled(cls, conn: Connection, tables: dict[str, sa.Table],
+                                saved: _Backup) -> None:
+        """RefusedError when restoring would delete rows HA compiled after the backup."""
+        lost = cls._lost_rows(conn, tables, saved)
         if lost:
             raise RefusedError(
-                f"not restoring {path}: Home Assistant compiled rows after the backup that the "
-                "restore would delete: " + "; ".join(lost)
+                f"not restoring {saved.path}: Home Assistant compiled rows after the backup that "
+                "the restore would delete: " + "; ".join(lost)
                 + ". Use --force to restore anyway and lose them")
 
     @staticmethod
@@ -1819,6 +1898,60 @@ def _from_jsonable(row: dict[str, Any], table: sa.Table) -> dict[str, Any]:
             value = dt.datetime.fromisoformat(value["$datetime"])
         out[key] = value
     return out
+
+
+@dataclass(slots=True)
+class _Backup:
+    """A row backup read into memory and checked against the database it is restored to."""
+
+    path: Path
+    ids: list[str]
+    metas: dict[str, dict[str, Any] | None]
+    rows: dict[str, dict[str, list[dict[str, Any]]]]
+    compiled_end: float | None
+    created: str
+
+    def row_counts(self) -> dict[str, int]:
+        """Saved rows per statistic (both tables)."""
+        return {sid: sum(len(v) for v in self.rows[sid].values()) for sid in self.ids}
+
+
+def _insert_raw(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    """Insert saved rows as the driver's own values (SQLite keeps legacy datetimes as text,
+    which SQLAlchemy's DateTime type would refuse), in chunks, ids included."""
+    if not rows:
+        return
+    q = conn.dialect.identifier_preparer.quote
+    ph = _placeholder(conn.dialect)
+    keys = list(rows[0])
+    sql = (f"INSERT INTO {q(table)} ({', '.join(q(k) for k in keys)}) "
+           f"VALUES ({', '.join([ph] * len(keys))})")
+    values = [tuple(r.get(k) for k in keys) for r in rows]
+    for i in range(0, len(values), 5000):
+        conn.exec_driver_sql(sql, values[i : i + 5000])
+
+
+def _update_raw(conn: Connection, table: str, row: dict[str, Any]) -> None:
+    q = conn.dialect.identifier_preparer.quote
+    ph = _placeholder(conn.dialect)
+    keys = [k for k in row if k != "id"]
+    conn.exec_driver_sql(
+        f"UPDATE {q(table)} SET {', '.join(f'{q(k)} = {ph}' for k in keys)} WHERE {q('id')} = {ph}",
+        (*(row[k] for k in keys), row["id"]))
+
+
+def _hold_signals() -> set[signal.Signals]:
+    """Block SIGINT/SIGTERM (delivered when unblocked): a COMMIT is never half-reported."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("backdate")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _verify_block(sid: str, name: str, block: RowBlock, got: list[tuple[Any, ...]],
@@ -2209,12 +2342,32 @@ def backup_sqlite(
     return dest
 
 
+def _file_identity(con: sqlite3.Connection) -> tuple[Any, ...] | None:
+    """The first schema_changes row: which database a file is (see `identity`)."""
+    return con.execute("SELECT change_id, schema_version, changed FROM schema_changes "
+                       "ORDER BY change_id LIMIT 1").fetchone()
+
+
+def _file_identity_of(path: Path, busy_timeout: float) -> tuple[Any, ...] | None:
+    if not path.is_file():
+        raise TargetError(f"no such database: {path}")
+    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=busy_timeout)
+    try:
+        return _file_identity(con)
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+
+
 def restore_sqlite(
     backup: str | Path, db_path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT
 ) -> None:
-    """Copy a backup back over the database (backup API, one pass). Stop HA first.
+    """Copy a whole-file backup (an older backdate's `.bak`) back over the database (backup
+    API, one pass). Everything written since is lost: Home Assistant must be stopped.
 
-    The backup is checked (`PRAGMA quick_check`) before anything is overwritten.
+    The backup is checked (`PRAGMA quick_check`) and must be a copy of this very database (the
+    same first schema_changes row) before anything is overwritten.
     """
     bak = Path(backup)
     if not bak.is_file():
@@ -2233,6 +2386,13 @@ def restore_sqlite(
                     f"{bak} is not a Home Assistant recorder database (an incomplete backup?); "
                     "not restoring it"
                 )
+            mine, theirs = _file_identity(src), _file_identity_of(Path(db_path), busy_timeout)
+            if mine != theirs:
+                raise RefusedError(
+                    f"{bak} is a copy of another database (created {mine[2] if mine else '?'}, "
+                    f"schema {mine[1] if mine else '?'}), not of {db_path} (created "
+                    f"{theirs[2] if theirs else '?'}, schema {theirs[1] if theirs else '?'}); "
+                    "not restoring it")
             dst = sqlite3.connect(Path(db_path), timeout=busy_timeout)
             try:
                 src.backup(dst, pages=-1)
