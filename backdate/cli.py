@@ -302,10 +302,10 @@ def plan_cmd(
     name: Name = None,
     short_term: ShortTerm = True,
     token: Token = None,
+    create: Create = False,
     days: Days = False,
     chart: Chart = None,
     as_json: Json = False,
-    create: Create = False,
 ) -> None:
     """Show what an import would write, and the days and seams it changes. Writes nothing.
 
@@ -424,7 +424,9 @@ def import_cmd(
             if backup:
                 with _status("backing up"):
                     made = backup_target(to, target, ids, keep=keep_backups)
-                if made and not as_json:
+                if as_json:
+                    pass  # the document says where the backup is
+                elif made:
                     console.print(f"backup: {made.path}", markup=False, soft_wrap=True)
                     for old in made.pruned:
                         console.print(f"pruned older backup: {old} (keeping the last "
@@ -633,7 +635,9 @@ def restore_cmd(
     from backdate.app.targets import restore_target
 
     def confirm(question: str) -> bool:
-        console.print(question, markup=False, soft_wrap=True)
+        # with --json, stdout holds the document alone; the question goes to stderr
+        (err_console if as_json else console).print(_shown(question), markup=False,
+                                                    soft_wrap=True)
         if yes:
             return True
         if not sys.stdin.isatty():

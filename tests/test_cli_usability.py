@@ -102,7 +102,9 @@ def test_16_blank_unit_refused_only_when_no_unit_can_be_known(db: Path, tmp_path
     backdate("import", blank, "--unit", "Wh", "--to", f"sqlite:///{db}", "--tz",
              "Europe/Vienna", "--yes", "--no-backup")
     rows = hourly(db, "sensor:imp_partly_before")
-    assert rows[-1][1] == pytest.approx(0.006)  # 6 Wh, stored in kWh
+    assert rows[-1][1] == pytest.approx(6.0)  # a new statistic keeps its input's unit
+    assert sql(db, "SELECT unit_of_measurement FROM statistics_meta WHERE statistic_id = ?",
+               "sensor:imp_partly_before") == [("Wh",)]
 
 
 # --------------------------------------------------------- 17: rows shorter than the header
@@ -398,7 +400,7 @@ def test_11_version_completion_groups_examples_at_80_columns() -> None:
         assert "…" not in text, (command, text)  # nothing cut off
         assert "Example" in text, (command, text)
         assert f"backdate {command}" in re.sub(r"\s+", " ", text), command
-    for command, expected in (("plan", ["Input", "Target", "Output"]),
+    for command, expected in (("plan", ["Input", "Target", "Safety", "Output"]),
                               ("import", ["Input", "Target", "Safety", "Output"]),
                               ("sync", ["Input", "Safety", "Output"])):
         panels = [p for p in re.findall(r"╭─ (\w+) ─", helps[command])
@@ -649,7 +651,7 @@ def test_14_json_of_plan_import_sync_and_restore(tmp_path: Path) -> None:
     again = json.loads(run("import", data, "--to", db, "--json", "--yes", cwd=tmp_path).stdout)
     assert again["nothing_to_write"] is True and again["written"] == []
     # restore --json
-    proc = run("restore", doc["backup"], "--to", db, "--json", cwd=tmp_path)
+    proc = run("restore", doc["backup"], "--to", db, "--json", "--yes", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     restored = json.loads(proc.stdout)
     assert (restored["command"], restored["restored"], restored["backup"]) == (
@@ -714,7 +716,7 @@ def test_readme_using_it_from_another_directory(tmp_path: Path) -> None:
         command = command.replace("/config/", f"{config}/")
         args = shlex.split(command)[1:]
         if args[0] == "restore":  # the user names the backup their import made
-            newest = max(config.glob("home-assistant_v2.db.backdate-*.bak"),
+            newest = max(config.glob("home-assistant_v2.db.backdate-*.jsonl"),
                          key=lambda p: p.stat().st_mtime)
             args[1] = str(newest)
         proc = run(*args, cwd=home)

@@ -219,8 +219,8 @@ def test_remove_source_after_verification_with_backup(tmp_path: Path) -> None:
     assert f"removed {old.statistic_id}" in done.stdout
     assert md.read_rows(url(db), old.statistic_id) == {}
     check_merged(db, old, new, "keep-target")
-    [bak] = [p for p in tmp_path.iterdir() if ".bak" in p.name]
-    backdate("restore", bak, "--to", url(db))
+    [bak] = [p for p in tmp_path.iterdir() if ".backdate-" in p.name]
+    backdate("restore", bak, "--to", url(db), "--yes")
     assert md.read_rows(url(db), old.statistic_id) == old.hourly
     assert md.read_rows(url(db), new.statistic_id) == new.hourly
     del before
@@ -303,7 +303,10 @@ def test_chain_into_an_entity_without_statistics_anchors_the_sum(tmp_path: Path)
              "--into", "sensor.meter", "--no-backup")
     rows = md.read_rows(url(db), "sensor.meter")
     got = md.changes_of(rows)
-    want = {t: v * 1e-3 for part in (oldest, older) for t, v in part.changes.items()}
+    # a new statistic keeps the unit of what goes into it (here both old meters' Wh)
+    assert sql(db, "SELECT unit_of_measurement FROM statistics_meta WHERE statistic_id = ?",
+               "sensor.meter") == [("Wh",)]
+    want = {t: v for part in (oldest, older) for t, v in part.changes.items()}
     assert sorted(got) == sorted(want)
     assert max(abs(got[t] - want[t]) for t in want) < TOL
     last = max(rows)

@@ -140,7 +140,7 @@ def sql(con: Any, statement: str, *params: object) -> list[tuple[Any, ...]]:
 def import_csv(url: str, csv: Path, hooks: tuple[Callable[[], None], Callable[[], None]]
                | None = None, *, sid: str = SID,
                status: Callable[[str], None] | None = None) -> recorder_db.RecorderDatabase:
-    opts = ImportOptions(statistic_id=sid, backup=False)
+    opts = ImportOptions(statistic_id=sid, backup=False, create=True)
     target = open_recorder(url)
     try:
         imports = plan_imports(target, read_sources([str(csv)], opts), opts)

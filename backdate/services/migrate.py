@@ -19,7 +19,6 @@ import io
 import math
 import re
 import shlex
-import time
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from backdate import clock
 from backdate.engine import units
 from backdate.engine.merge import (
     Changes,
@@ -411,7 +411,7 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
     opts = ImportOptions(statistic_id=pair.into, kind=Kind.DELTA, unit=unit,
                          short_term=settings.short_term,
                          short_term_days=settings.short_term_days, backup=settings.backup,
-                         report_tz=settings.report_tz)
+                         report_tz=settings.report_tz, create=True)
     [item] = plan_imports(target, [series], opts, now=now)
     result.item = item
     result.unit = item.plan.meta.unit_of_measurement
@@ -505,7 +505,7 @@ def _plan_means(target: StatisticsTarget, pair: Pair, settings: MigrateSettings,
     opts = ImportOptions(statistic_id=pair.into, kind=Kind.MEAN, unit=result.unit,
                          short_term=settings.short_term,
                          short_term_days=settings.short_term_days, backup=settings.backup,
-                         report_tz=settings.report_tz)
+                         report_tz=settings.report_tz, create=True)
     [item] = plan_imports(target, [series], opts, now=now)
     result.item = item
     return result
@@ -514,7 +514,7 @@ def _plan_means(target: StatisticsTarget, pair: Pair, settings: MigrateSettings,
 def plan_migration(target: StatisticsTarget, settings: MigrateSettings) -> MigrateResult:
     """Every pair planned before anything is written; any refusal stops everything."""
     check_pairs(settings.pairs)
-    now = time.time() if settings.now is None else settings.now
+    now = clock.now() if settings.now is None else settings.now
     can_rename = hasattr(target, "statistic_metas") and target.info().kind != "websocket"
     pairs = [plan_pair(target, pair, settings, can_rename=can_rename, now=now)
              for pair in settings.pairs]
@@ -618,7 +618,8 @@ def _backfill_imports(target: StatisticsTarget, settings: MigrateSettings,
     opts = ImportOptions(statistic_id=settings.pairs[0].into, start=settings.start,
                          end=settings.end, bounds_text=settings.bounds_text,
                          short_term=settings.short_term,
-                         short_term_days=settings.short_term_days, report_tz=settings.report_tz)
+                         short_term_days=settings.short_term_days, report_tz=settings.report_tz,
+                         create=True)  # NEW is named explicitly: never a typo to refuse
     series = read_sources([settings.then_backfill], opts)
     return plan_imports(target, series, opts, now=now)
 
