@@ -81,7 +81,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     Home Assistant compiles, and InfluxDB answers `now()`, by the machine's clock."""
     # The modules that wait minutes for Home Assistant's compile timer go first, so that the
     # parallel run (one module per process) does not end with them running alone.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # Whole modules move, in their own order: a module's tests may build on each other.
+    slow_modules = {item.module.__name__ for item in items
+                    if isinstance(item, pytest.Function) and item.get_closest_marker("slow")}
+    items.sort(key=lambda item: getattr(item.module, "__name__", "") not in slow_modules)
     if datagen.time_shift():
         why = pytest.mark.skip(reason="follows the system clock (a running Home Assistant or "
                                       "InfluxDB's now()); --time-shift cannot move it")
