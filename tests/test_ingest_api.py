@@ -147,7 +147,20 @@ def test_lost_report_and_new_epoch(serve: Serve) -> None:
                                   b'[{"sequence_number": 1}]',
                                   b'[{"device_id": "x", "sequence_number": "abc"}]',
                                   b'[{"device_id": "x", "sequence_number": -1}]',
-                                  b'[{"device_id": "x", "epoch": true}]'])
+                                  b'[{"device_id": "x", "epoch": true}]',
+                                  # int() refuses these although str.isdigit() passes them:
+                                  # they were 500s with a traceback in the server's log.
+                                  '[{"device_id": "x", "sequence_number": "²"}]'.encode(),
+                                  b'[{"device_id": "x", "sequence_number": "--3"}]',
+                                  b'[{"device_id": "x", "epoch": "--3"}]',
+                                  b'[{"device_id": "x", "sequence_number": "' + b"1" * 5000
+                                  + b'"}]',
+                                  '{"lost": [{"device_id": "x", "sequences": ["²"]}]}'.encode(),
+                                  b'{"lost": [{"device_id": "x", "sequences": 5}]}',
+                                  # A string is not a list of numbers ("12" was lost 1 and 2).
+                                  b'{"lost": [{"device_id": "x", "sequences": "12"}]}',
+                                  # Only ASCII digits: "\u0663" (Arabic-Indic 3) is not 3.
+                                  b'[{"device_id": "x", "sequence_number": "\\u0663"}]'])
 def test_bad_requests_are_400_with_json(serve: Serve, body: bytes) -> None:
     status, answer = request("POST", serve.url + "/ingest/v1/events:batch", INGEST_KEY,
                              raw=body)

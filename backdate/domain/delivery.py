@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,11 @@ def digest_of(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+# ASCII digits only, and few enough for int(): str.isdigit() passes "²", "٣" and "--3", which
+# int() refuses or reads as another number.
+_DIGITS = re.compile(r"-?[0-9]{1,30}")
+
+
 def _int(value: Any, what: str, where: str) -> int:
     if isinstance(value, bool):
         raise WireError(f"{where}: {what} must be an integer")
@@ -89,7 +95,7 @@ def _int(value: Any, what: str, where: str) -> int:
         number = value
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         number = int(value.strip())
     else:
         raise WireError(f"{where}: {what} must be an integer")
@@ -169,7 +175,11 @@ def _parse_lost(obj: Any, index: int) -> LostReport:
         raise WireError(f"{where}: device_id is missing")
     epoch = _int(obj.get("epoch", 0), "epoch", where)
     ranges: list[tuple[int, int]] = []
-    for item in obj.get("sequences") or []:
+    items = obj.get("sequences") or []
+    if not isinstance(items, list):
+        raise WireError(f"{where}: sequences must be an array of numbers and [first, last] "
+                        "ranges")
+    for item in items:
         if isinstance(item, list) and len(item) == 2:
             a, b = _int(item[0], "a range start", where), _int(item[1], "a range end", where)
         else:
