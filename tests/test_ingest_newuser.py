@@ -1,0 +1,82 @@
+"""What a new user of `backdate serve` / `backdate send` runs into. Real processes over
+loopback HTTP (SQLite)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ingest_harness import (
+    INGEST_KEY,
+    READ_TOKEN,
+    Serve,
+    backdate_cmd,
+    free_port,
+    get,
+    write_config,
+)
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    tmp = tmp_path_factory.mktemp("ingest-newuser")
+    port = free_port()
+    proc = Serve(write_config(tmp, f"sqlite:///{tmp / 'serve.db'}", port), port,
+                 tmp / "serve.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "BACKDATE_INGEST_API_KEY": INGEST_KEY}
+
+
+def _send(tmp: Path, file: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(backdate_cmd("send", str(file), "--to", url, "--give-up-after", "5"),
+                          capture_output=True, text=True, timeout=60, env=_env(tmp))
+
+
+def _values(serve: Serve, device: str) -> list[int]:
+    status, body = get(serve.url + "/api/streams", READ_TOKEN)
+    assert status == 200
+    [stream] = [s for s in body["streams"] if s["device_id"] == device]
+    return [stream["events"], stream["high_water_mark"]]
+
+
+def _lines(path: Path, device: str, values: range) -> None:
+    path.write_text("".join(f'{{"device_id": "{device}", "v": {v}}}\n' for v in values))
+
+
+def test_send_refuses_a_rewritten_file_instead_of_skipping_its_lines(
+        tmp_path: Path, serve: Serve) -> None:
+    # The outbox remembers how far it read FILE. Appended lines are sent on the next run.
+    events = tmp_path / "events.jsonl"
+    _lines(events, "rewrite", range(1, 4))
+    first = _send(tmp_path, events, serve.url)
+    assert first.returncode == 0, first.stderr
+    with events.open("a") as handle:
+        handle.write('{"device_id": "rewrite", "v": 4}\n')
+    appended = _send(tmp_path, events, serve.url)
+    assert appended.returncode == 0, appended.stderr
+    assert _values(serve, "rewrite") == [4, 4]
+    # A new file under the same name (a shorter one, or a longer one with other lines) used to
+    # be read from the old offset on: its first lines were skipped, "0 stored", exit 0.
+    for new in (range(5, 7), range(10, 20)):
+        _lines(events, "rewrite", new)
+        proc = _send(tmp_path, events, serve.url)
+        flat = " ".join(proc.stderr.split())
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert f"{events}: the file changed" in flat and "--outbox" in flat, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert _values(serve, "rewrite") == [4, 4]
+    # With a new outbox the rewritten file goes out whole (a new epoch).
+    proc = subprocess.run(backdate_cmd("send", str(events), "--to", serve.url, "--outbox",
+                                       str(tmp_path / "second.outbox.db")),
+                          capture_output=True, text=True, timeout=60, env=_env(tmp_path))
+    assert proc.returncode == 0 and "10 stored" in " ".join(proc.stdout.split()), proc.stdout
+
