@@ -736,7 +736,8 @@ def serve_cmd(
             console.print(f"configuration ok: listen {cfg.host}:{cfg.port}, serves "
                           f"{', '.join(p for p in parts if p)}; store ready", markup=False)
             return
-        run(cfg, engine)
+        run(cfg, engine, announce=lambda line: err_console.print(_shown(line), markup=False,
+                                                               soft_wrap=True))
 
 
 @app.command("send")

@@ -3,12 +3,14 @@ loopback HTTP (SQLite)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ingest_harness import (
+    HOST,
     INGEST_KEY,
     READ_TOKEN,
     Serve,
@@ -80,3 +82,20 @@ def test_send_refuses_a_rewritten_file_instead_of_skipping_its_lines(
                           capture_output=True, text=True, timeout=60, env=_env(tmp_path))
     assert proc.returncode == 0 and "10 stored" in " ".join(proc.stdout.split()), proc.stdout
 
+
+def test_serve_says_where_it_listens_or_why_it_cannot(tmp_path: Path, serve: Serve) -> None:
+    # A started serve used to print nothing at all: now one line names its URL and routes.
+    assert f"serving {serve.url} (POST /ingest/v1/events:batch" in serve.log.read_text()
+    # A port in use was uvicorn's "ERROR: [Errno 98] error while attempting to bind ...".
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, f"sqlite:///{tmp_path / 'serve.db'}", port)
+        proc = subprocess.run(backdate_cmd("serve", "--config", str(config)),
+                              capture_output=True, text=True, timeout=60, env=_env(tmp_path))
+    flat = " ".join(proc.stderr.split())
+    assert proc.returncode == 3, proc.stderr
+    assert flat.startswith(f"error: cannot listen on {HOST}:{port}: ") and "in use" in flat, \
+        proc.stderr
+    assert "Traceback" not in proc.stderr and "ERROR:" not in proc.stderr
