@@ -3,8 +3,10 @@ loopback HTTP (SQLite)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +101,46 @@ def test_serve_says_where_it_listens_or_why_it_cannot(tmp_path: Path, serve: Ser
     assert flat.startswith(f"error: cannot listen on {HOST}:{port}: ") and "in use" in flat, \
         proc.stderr
     assert "Traceback" not in proc.stderr and "ERROR:" not in proc.stderr
+
+
+def test_send_names_a_wrong_url_and_a_wrong_policy(tmp_path: Path, serve: Serve) -> None:
+    events = tmp_path / "events.jsonl"
+    _lines(events, "wrong-url", range(1, 3))
+    # A URL whose path is not the ingest route was "HTTP 404: HTTP 404".
+    proc = _send(tmp_path, events, serve.url + "/ingest")
+    flat = " ".join(proc.stderr.split())
+    assert proc.returncode == 3, proc.stderr
+    assert f"(HTTP 404: no ingest endpoint at {serve.url}/ingest/ingest/v1/events:batch)" \
+        in flat, proc.stderr
+    # A bad --policy is a usage error (exit 2), and it is found before an outbox is made.
+    other = tmp_path / "other.jsonl"
+    _lines(other, "policy", range(1, 3))
+    proc = subprocess.run(backdate_cmd("send", str(other), "--to", serve.url, "--policy",
+                                       "newest"),
+                          capture_output=True, text=True, timeout=60, env=_env(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "'block' or 'drop_oldest'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "other.jsonl.outbox.db").exists()
+
+
+def test_interrupted_send_says_how_to_resume(tmp_path: Path, serve: Serve) -> None:
+    events = tmp_path / "many.jsonl"
+    _lines(events, "sigint", range(20_000))
+    env = _env(tmp_path)
+    proc = subprocess.Popen(backdate_cmd("send", str(events), "--to", serve.url, "--batch", "5",
+                                         "--parallel", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (tmp_path / "many.jsonl.outbox.db").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    flat = " ".join(err.split())
+    assert proc.returncode == 3, (out, err)
+    assert "interrupted:" in flat and "the same command sends them" in flat, err
+    assert "Traceback" not in err
+    # The same command finishes the job: every line stored once.
+    done = _send(tmp_path, events, serve.url)
+    assert done.returncode == 0, done.stderr
+    assert _values(serve, "sigint") == [20_000, 20_000]

@@ -139,7 +139,7 @@ class Sender:
             failures += 1
             if reply.status in (400, 401, 403, 404, 413):
                 self.fatal = DeliveryRefused(
-                    f"the server refused the events (HTTP {reply.status}: {reply.error}); "
+                    f"the server refused the events ({reply.error}); "
                     f"they stay in the outbox {self.outbox.path}")
                 stop.set()
                 return
