@@ -658,6 +658,12 @@ def load_serve_config(path: str | Path | None, env: Mapping[str, str] | None = N
     text = ""
     if path is None:
         path = default_config_path()
+    if path is None:
+        # Without a file there is nothing to serve: [serve.ingest] has no environment variable.
+        base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        raise ConfigError(f"no configuration: no ./backdate.toml and no "
+                          f"{base / 'backdate' / 'backdate.toml'}; pass --config FILE (with "
+                          "[serve] and [serve.ingest], see `backdate serve --help`)")
     if path is not None:
         path = Path(path)
         try:
@@ -752,5 +758,10 @@ def _serve_line(text: str, loc: tuple[Any, ...]) -> int | None:
             if re.match(r"^\s*\[", lines[i]):
                 break
             if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+        # An unknown table ([serve.ingst]) is named at its own header.
+        table = r"\.".join(re.escape(k) for k in keys)
+        for i, line in enumerate(lines):
+            if re.match(rf"^\s*\[\[?\s*{table}\s*\]", line):
                 return i + 1
     return start + 1

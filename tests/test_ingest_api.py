@@ -232,6 +232,9 @@ CONFIG_CASES = [
      "api_keys = [\"k123456789\"]\n", "not host:port", 3),
     ("[serve]\napi_tokens = [\"t123456789\"]\n[serve.ingest]\napi_key = [\"k123456789\"]\n",
      "unknown setting", 4),
+    # A misspelt table is named at its own header (it was line 1, the [serve] line).
+    ("[serve]\napi_tokens = [\"t123456789\"]\n\n[serve.ingst]\napi_keys = [\"k123456789\"]\n",
+     "serve.ingst: unknown setting", 4),
 ]
 
 

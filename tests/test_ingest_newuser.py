@@ -144,3 +144,14 @@ def test_interrupted_send_says_how_to_resume(tmp_path: Path, serve: Serve) -> No
     done = _send(tmp_path, events, serve.url)
     assert done.returncode == 0, done.stderr
     assert _values(serve, "sigint") == [20_000, 20_000]
+
+
+def test_serve_without_any_configuration_file_says_so(tmp_path: Path) -> None:
+    # No ./backdate.toml and none in ~/.config: the message was "<environment>:
+    # serve.api_tokens: set at least one token", which sent new users looking for a variable.
+    proc = subprocess.run(backdate_cmd("serve", "--check"), capture_output=True, text=True,
+                          timeout=60, env=_env(tmp_path), cwd=tmp_path)
+    flat = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stderr
+    assert "no configuration: no ./backdate.toml" in flat and "--config" in flat, proc.stderr
+    assert "Traceback" not in proc.stderr
