@@ -155,3 +155,17 @@ def test_serve_without_any_configuration_file_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "no configuration: no ./backdate.toml" in flat and "--config" in flat, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_send_refuses_an_event_larger_than_a_request(tmp_path: Path) -> None:
+    # A line over the server's 32 MiB request limit was put in the outbox and answered 413
+    # on every run: exit 3 each time, and the lines after it never went out.
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"device_id": "big", "v": 1}\n'
+                      + '{"device_id": "big", "blob": "' + "x" * (32 * 1024 * 1024) + '"}\n')
+    proc = subprocess.run(backdate_cmd("send", str(events), "--to", "http://127.0.0.1:9"),
+                          capture_output=True, text=True, timeout=120, env=_env(tmp_path))
+    flat = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stderr
+    assert f"{events}:2: an event of 32.0 MiB" in flat and "Traceback" not in flat, proc.stderr
+    assert not (tmp_path / "events.jsonl.outbox.db").exists()

@@ -26,6 +26,8 @@ LOST = "lost"
 GAP_STATUSES = (OPEN, RESOLVED, LOST)
 
 MAX_LISTED = 1000  # numbers spelled out in `missing_sequences`; `missing_ranges` has them all
+MAX_BODY = 32 * 1024 * 1024  # bytes of one request that `serve` takes (else 413)
+MAX_EVENT = MAX_BODY - 64 * 1024  # one event, with room for the numbers send adds
 MAX_SEQUENCE = 2**62  # leaves room for counts of whole ranges in a signed 64-bit column
 
 

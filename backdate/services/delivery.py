@@ -180,7 +180,7 @@ class FileCheck:
 
 def check_jsonl(path: Path) -> FileCheck:
     """Every line a JSON object naming its device: an error names the line; nothing sent."""
-    from backdate.domain.delivery import WireError, parse_event
+    from backdate.domain.delivery import MAX_BODY, MAX_EVENT, WireError, parse_event
 
     n = 0
     try:
@@ -191,6 +191,10 @@ def check_jsonl(path: Path) -> FileCheck:
         for lineno, raw in enumerate(handle, 1):
             if not raw.strip():
                 continue
+            if len(raw) > MAX_EVENT:
+                raise InputError(f"an event of {len(raw) / 2**20:.1f} MiB; a request to serve "
+                                 f"holds at most {MAX_BODY // 2**20} MiB", path=str(path),
+                                 line=lineno)
             try:
                 obj = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
