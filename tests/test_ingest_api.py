@@ -259,7 +259,8 @@ def test_send_refuses_bad_file_and_unreachable_server(tmp_path: Path) -> None:
     proc = subprocess.run(backdate_cmd("send", str(bad), "--to", "http://127.0.0.1:9"),
                           capture_output=True, text=True, timeout=60, env=env)
     flat = " ".join(proc.stderr.split())
-    assert proc.returncode == 1 and f"{bad}:2: not a JSON object" in flat, proc.stderr
+    # A broken line is "not valid JSON" (it was "not a JSON object", as for a valid array).
+    assert proc.returncode == 1 and f"{bad}:2: not valid JSON (" in flat, proc.stderr
     assert not (tmp_path / "bad.jsonl.outbox.db").exists()
     good = tmp_path / "good.jsonl"
     good.write_text('{"device_id": "a", "n": 1}\n')

@@ -197,8 +197,13 @@ def check_jsonl(path: Path) -> FileCheck:
                                  line=lineno)
             try:
                 obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise InputError("not a JSON object", path=str(path), line=lineno) from None
+            except UnicodeDecodeError:
+                raise InputError("not UTF-8 text", path=str(path), line=lineno) from None
+            except json.JSONDecodeError as err:
+                raise InputError(f"not valid JSON ({err.msg} at column {err.colno})",
+                                 path=str(path), line=lineno) from None
+            except ValueError:
+                raise InputError("not valid JSON", path=str(path), line=lineno) from None
             try:
                 parse_event({**obj, "sequence_number": 1, "epoch": 0}
                             if isinstance(obj, dict) else obj, lineno)
