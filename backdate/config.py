@@ -718,10 +718,11 @@ def load_serve_config(path: str | Path | None, env: Mapping[str, str] | None = N
                               path=where, line=line)
         if secret and len(secret) < 16:
             raise ConfigError("serve.ingest.jwt_secret: use at least 16 characters",
-                              path=where, line=line)
+                              path=where, line=_serve_line(text, ("serve", "ingest",
+                                                                  "jwt_secret")))
         if sec.gap_deadline < 1:
             raise ConfigError("serve.ingest.gap_deadline: at least 1 second", path=where,
-                              line=line)
+                              line=_serve_line(text, ("serve", "ingest", "gap_deadline")))
         ingest = IngestSettings(api_keys=keys, jwt_secret=secret, jwt_issuer=sec.jwt_issuer,
                                 jwt_audience=sec.jwt_audience, gap_deadline=sec.gap_deadline,
                                 max_events=sec.max_events)

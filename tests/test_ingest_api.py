@@ -232,6 +232,10 @@ CONFIG_CASES = [
      "api_keys = [\"k123456789\"]\n", "not host:port", 3),
     ("[serve]\napi_tokens = [\"t123456789\"]\n[serve.ingest]\napi_key = [\"k123456789\"]\n",
      "unknown setting", 4),
+    # A value's problem is named at its own line (it was the [serve.ingest] header's).
+    ("[serve]\napi_tokens = [\"t123456789\"]\n[serve.ingest]\napi_keys = [\"k123456789\"]\n"
+     "jwt_issuer = \"i\"\njwt_audience = \"a\"\njwt_secret = \"short\"\n",
+     "jwt_secret: use at least 16 characters", 7),
     # A misspelt table is named at its own header (it was line 1, the [serve] line).
     ("[serve]\napi_tokens = [\"t123456789\"]\n\n[serve.ingst]\napi_keys = [\"k123456789\"]\n",
      "serve.ingst: unknown setting", 4),
