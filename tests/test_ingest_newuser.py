@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -169,3 +170,31 @@ def test_send_refuses_an_event_larger_than_a_request(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert f"{events}:2: an event of 32.0 MiB" in flat and "Traceback" not in flat, proc.stderr
     assert not (tmp_path / "events.jsonl.outbox.db").exists()
+
+
+def test_send_refuses_an_outbox_that_is_not_one(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    _lines(events, "not-outbox", range(1, 3))
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(bytes(range(256)) * 32)
+    folder = tmp_path / "folder.db"
+    folder.mkdir()
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE readings (t INTEGER, v REAL)")
+    # A garbage file and a directory were tracebacks; another program's SQLite database
+    # (serve's own store, say) silently got the outbox's tables.
+    for box, problem in ((garbage, "file is not a database"),
+                         (folder, "a directory"),
+                         (other, "not an outbox: it holds other tables (readings)")):
+        proc = subprocess.run(backdate_cmd("send", str(events), "--to", "http://127.0.0.1:9",
+                                           "--outbox", str(box)),
+                              capture_output=True, text=True, timeout=60, env=_env(tmp_path))
+        flat = " ".join(proc.stderr.split())
+        assert proc.returncode == 1, proc.stderr
+        assert flat.startswith(f"error: {box}: ") and problem in flat, proc.stderr
+        assert "Traceback" not in proc.stderr
+    with sqlite3.connect(other) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = "
+                                             "'table'")]
+    assert tables == ["readings"]
