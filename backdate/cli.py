@@ -887,8 +887,14 @@ def sync_cmd(
                 raise typer.Exit(code)
             return
         stop = threading.Event()
+        signalled: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            signalled.append(signum)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
         syncing.run_forever(cfg, jobs, wait=wait, stop=stop, on_outcome=render_outcome,
                             on_next=render_next)
 
@@ -959,7 +965,8 @@ def serve_cmd(
             console.print(f"configuration ok: listen {cfg.host}:{cfg.port}, serves "
                           f"{', '.join(p for p in parts if p)}; store ready", markup=False)
             return
-        run(cfg, engine)
+        run(cfg, engine, announce=lambda line: err_console.print(_shown(line), markup=False,
+                                                               soft_wrap=True))
 
 
 @app.command("send")
@@ -1013,12 +1020,20 @@ def send_cmd(
             client = IngestClient(to, token)
         except ValueError as err:
             raise UsageError(str(err)) from None
+        if policy not in ("block", "drop_oldest"):
+            raise UsageError(f"--policy is 'block' or 'drop_oldest', not {policy!r}")
         check = check_jsonl(file)
         box = Outbox(outbox or file.with_name(file.name + ".outbox.db"), ring_events=ring,
                      max_pending=max_pending, policy=policy, default_vendor=vendor)
         stop = threading.Event()
+        signalled: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            signalled.append(signum)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
         try:
             stats = send_file(file, box, client, stop=stop, batch_events=batch,
                               parallel=parallel, max_failures=give_up)
@@ -1026,11 +1041,16 @@ def send_cmd(
         finally:
             box.close()
             client.close()
-        interrupted = health["buffered"] > 0 or health["lost_unreported"] > 0
+        unread = int((box.position or "0").split()[0]) < file.stat().st_size
+        interrupted = health["buffered"] > 0 or health["lost_unreported"] > 0 or unread
         console.print(f"{check.events} events in {file.name}; epoch {box.epoch}: "
                       f"{stats.accepted} stored, {stats.duplicates} duplicates, "
                       f"{stats.resent} resent for gaps, {health['lost_events']} reported lost, "
                       f"{health['buffered']} still in the outbox", markup=False)
+        if interrupted and signalled:
+            err_console.print(f"interrupted: {health['buffered']} events wait in the outbox "
+                              f"{box.path}{', and lines of the file are unread' if unread else ''}"
+                              "; the same command sends them", markup=False, soft_wrap=True)
         if interrupted:
             raise typer.Exit(3)
 

@@ -659,6 +659,12 @@ def load_serve_config(path: str | Path | None, env: Mapping[str, str] | None = N
     text = ""
     if path is None:
         path = default_config_path()
+    if path is None:
+        # Without a file there is nothing to serve: [serve.ingest] has no environment variable.
+        base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        raise ConfigError(f"no configuration: no ./backdate.toml and no "
+                          f"{base / 'backdate' / 'backdate.toml'}; pass --config FILE (with "
+                          "[serve] and [serve.ingest], see `backdate serve --help`)")
     if path is not None:
         path = Path(path)
         try:
@@ -713,10 +719,11 @@ def load_serve_config(path: str | Path | None, env: Mapping[str, str] | None = N
                               path=where, line=line)
         if secret and len(secret) < 16:
             raise ConfigError("serve.ingest.jwt_secret: use at least 16 characters",
-                              path=where, line=line)
+                              path=where, line=_serve_line(text, ("serve", "ingest",
+                                                                  "jwt_secret")))
         if sec.gap_deadline < 1:
             raise ConfigError("serve.ingest.gap_deadline: at least 1 second", path=where,
-                              line=line)
+                              line=_serve_line(text, ("serve", "ingest", "gap_deadline")))
         ingest = IngestSettings(api_keys=keys, jwt_secret=secret, jwt_issuer=sec.jwt_issuer,
                                 jwt_audience=sec.jwt_audience, gap_deadline=sec.gap_deadline,
                                 max_events=sec.max_events)
@@ -753,5 +760,10 @@ def _serve_line(text: str, loc: tuple[Any, ...]) -> int | None:
             if re.match(r"^\s*\[", lines[i]):
                 break
             if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+        # An unknown table ([serve.ingst]) is named at its own header.
+        table = r"\.".join(re.escape(k) for k in keys)
+        for i, line in enumerate(lines):
+            if re.match(rf"^\s*\[\[?\s*{table}\s*\]", line):
                 return i + 1
     return start + 1

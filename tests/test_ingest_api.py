@@ -147,7 +147,20 @@ def test_lost_report_and_new_epoch(serve: Serve) -> None:
                                   b'[{"sequence_number": 1}]',
                                   b'[{"device_id": "x", "sequence_number": "abc"}]',
                                   b'[{"device_id": "x", "sequence_number": -1}]',
-                                  b'[{"device_id": "x", "epoch": true}]'])
+                                  b'[{"device_id": "x", "epoch": true}]',
+                                  # int() refuses these although str.isdigit() passes them:
+                                  # they were 500s with a traceback in the server's log.
+                                  '[{"device_id": "x", "sequence_number": "²"}]'.encode(),
+                                  b'[{"device_id": "x", "sequence_number": "--3"}]',
+                                  b'[{"device_id": "x", "epoch": "--3"}]',
+                                  b'[{"device_id": "x", "sequence_number": "' + b"1" * 5000
+                                  + b'"}]',
+                                  '{"lost": [{"device_id": "x", "sequences": ["²"]}]}'.encode(),
+                                  b'{"lost": [{"device_id": "x", "sequences": 5}]}',
+                                  # A string is not a list of numbers ("12" was lost 1 and 2).
+                                  b'{"lost": [{"device_id": "x", "sequences": "12"}]}',
+                                  # Only ASCII digits: "\u0663" (Arabic-Indic 3) is not 3.
+                                  b'[{"device_id": "x", "sequence_number": "\\u0663"}]'])
 def test_bad_requests_are_400_with_json(serve: Serve, body: bytes) -> None:
     status, answer = request("POST", serve.url + "/ingest/v1/events:batch", INGEST_KEY,
                              raw=body)
@@ -219,6 +232,13 @@ CONFIG_CASES = [
      "api_keys = [\"k123456789\"]\n", "not host:port", 3),
     ("[serve]\napi_tokens = [\"t123456789\"]\n[serve.ingest]\napi_key = [\"k123456789\"]\n",
      "unknown setting", 4),
+    # A value's problem is named at its own line (it was the [serve.ingest] header's).
+    ("[serve]\napi_tokens = [\"t123456789\"]\n[serve.ingest]\napi_keys = [\"k123456789\"]\n"
+     "jwt_issuer = \"i\"\njwt_audience = \"a\"\njwt_secret = \"short\"\n",
+     "jwt_secret: use at least 16 characters", 7),
+    # A misspelt table is named at its own header (it was line 1, the [serve] line).
+    ("[serve]\napi_tokens = [\"t123456789\"]\n\n[serve.ingst]\napi_keys = [\"k123456789\"]\n",
+     "serve.ingst: unknown setting", 4),
 ]
 
 
@@ -243,7 +263,8 @@ def test_send_refuses_bad_file_and_unreachable_server(tmp_path: Path) -> None:
     proc = subprocess.run(backdate_cmd("send", str(bad), "--to", "http://127.0.0.1:9"),
                           capture_output=True, text=True, timeout=60, env=env)
     flat = " ".join(proc.stderr.split())
-    assert proc.returncode == 1 and f"{bad}:2: not a JSON object" in flat, proc.stderr
+    # A broken line is "not valid JSON" (it was "not a JSON object", as for a valid array).
+    assert proc.returncode == 1 and f"{bad}:2: not valid JSON (" in flat, proc.stderr
     assert not (tmp_path / "bad.jsonl.outbox.db").exists()
     good = tmp_path / "good.jsonl"
     good.write_text('{"device_id": "a", "n": 1}\n')

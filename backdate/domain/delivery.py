@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ LOST = "lost"
 GAP_STATUSES = (OPEN, RESOLVED, LOST)
 
 MAX_LISTED = 1000  # numbers spelled out in `missing_sequences`; `missing_ranges` has them all
+MAX_BODY = 32 * 1024 * 1024  # bytes of one request that `serve` takes (else 413)
+MAX_EVENT = MAX_BODY - 64 * 1024  # one event, with room for the numbers send adds
 MAX_SEQUENCE = 2**62  # leaves room for counts of whole ranges in a signed 64-bit column
 
 
@@ -82,6 +85,11 @@ def digest_of(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+# ASCII digits only, and few enough for int(): str.isdigit() passes "²", "٣" and "--3", which
+# int() refuses or reads as another number.
+_DIGITS = re.compile(r"-?[0-9]{1,30}")
+
+
 def _int(value: Any, what: str, where: str) -> int:
     if isinstance(value, bool):
         raise WireError(f"{where}: {what} must be an integer")
@@ -89,7 +97,7 @@ def _int(value: Any, what: str, where: str) -> int:
         number = value
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         number = int(value.strip())
     else:
         raise WireError(f"{where}: {what} must be an integer")
@@ -169,7 +177,11 @@ def _parse_lost(obj: Any, index: int) -> LostReport:
         raise WireError(f"{where}: device_id is missing")
     epoch = _int(obj.get("epoch", 0), "epoch", where)
     ranges: list[tuple[int, int]] = []
-    for item in obj.get("sequences") or []:
+    items = obj.get("sequences") or []
+    if not isinstance(items, list):
+        raise WireError(f"{where}: sequences must be an array of numbers and [first, last] "
+                        "ranges")
+    for item in items:
         if isinstance(item, list) and len(item) == 2:
             a, b = _int(item[0], "a range start", where), _int(item[1], "a range end", where)
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -138,7 +139,7 @@ class Sender:
             failures += 1
             if reply.status in (400, 401, 403, 404, 413):
                 self.fatal = DeliveryRefused(
-                    f"the server refused the events (HTTP {reply.status}: {reply.error}); "
+                    f"the server refused the events ({reply.error}); "
                     f"they stay in the outbox {self.outbox.path}")
                 stop.set()
                 return
@@ -179,7 +180,7 @@ class FileCheck:
 
 def check_jsonl(path: Path) -> FileCheck:
     """Every line a JSON object naming its device: an error names the line; nothing sent."""
-    from backdate.domain.delivery import WireError, parse_event
+    from backdate.domain.delivery import MAX_BODY, MAX_EVENT, WireError, parse_event
 
     n = 0
     try:
@@ -190,10 +191,19 @@ def check_jsonl(path: Path) -> FileCheck:
         for lineno, raw in enumerate(handle, 1):
             if not raw.strip():
                 continue
+            if len(raw) > MAX_EVENT:
+                raise InputError(f"an event of {len(raw) / 2**20:.1f} MiB; a request to serve "
+                                 f"holds at most {MAX_BODY // 2**20} MiB", path=str(path),
+                                 line=lineno)
             try:
                 obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise InputError("not a JSON object", path=str(path), line=lineno) from None
+            except UnicodeDecodeError:
+                raise InputError("not UTF-8 text", path=str(path), line=lineno) from None
+            except json.JSONDecodeError as err:
+                raise InputError(f"not valid JSON ({err.msg} at column {err.colno})",
+                                 path=str(path), line=lineno) from None
+            except ValueError:
+                raise InputError("not valid JSON", path=str(path), line=lineno) from None
             try:
                 parse_event({**obj, "sequence_number": 1, "epoch": 0}
                             if isinstance(obj, dict) else obj, lineno)
@@ -204,12 +214,50 @@ def check_jsonl(path: Path) -> FileCheck:
     return FileCheck(n, path.stat().st_size)
 
 
+_MARK_BYTES = 4096
+
+
+def _file_mark(fd: int, offset: int) -> str:
+    """The position stored in the outbox: the offset read up to, and digests of the file's
+    first and last (up to) 4 KiB before it, so that a file rewritten under the same name is
+    told apart from one that was appended to."""
+    from backdate.domain.delivery import digest_of
+
+    size = min(_MARK_BYTES, offset)
+    head = os.pread(fd, size, 0).decode("latin-1")
+    tail = os.pread(fd, size, offset - size).decode("latin-1")
+    return f"{offset} {digest_of(head)} {digest_of(tail)}"
+
+
+def resume_offset(outbox: Outbox, path: Path) -> int:
+    """Where `send` goes on reading FILE: the outbox's offset, if the file still holds what
+    was read up to it (else InputError: reading on would skip the new file's first lines)."""
+    position = outbox.position
+    if not position:
+        return 0
+    offset = int(position.split()[0])
+    try:
+        with path.open("rb") as handle:
+            fd = handle.fileno()
+            changed = os.fstat(fd).st_size < offset or (
+                len(position.split()) == 3 and _file_mark(fd, offset) != position)
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", path=str(path)) from None
+    if changed:
+        raise InputError(f"the file changed since the outbox {outbox.path} read it up to byte "
+                         f"{offset} (it was rewritten, not appended to); reading on would skip "
+                         "lines. Send it with a new --outbox (a new epoch), or put the old "
+                         "content back", path=str(path))
+    return offset
+
+
 def feed_file(outbox: Outbox, path: Path, stop: threading.Event, sender: Sender,
-              chunk: int = 1000) -> int:
+              chunk: int = 1000, start: int | None = None) -> int:
     """Put the file's lines into the outbox from where the outbox says it stopped; the byte
     offset is stored in the same transaction as the events, so a killed `send` neither skips
     nor repeats a line. Returns the number of events put."""
-    start = int(outbox.position or 0)
+    if start is None:
+        start = resume_offset(outbox, path)
     added = 0
     with path.open("rb") as handle:
         handle.seek(start)
@@ -225,7 +273,8 @@ def feed_file(outbox: Outbox, path: Path, stop: threading.Event, sender: Sender,
                 break
             while not stop.is_set():
                 try:
-                    outbox.put(lines, position=str(handle.tell()), timeout=0.5)
+                    outbox.put(lines, position=_file_mark(handle.fileno(), handle.tell()),
+                               timeout=0.5)
                     break
                 except BackdateError:
                     if sender.fatal is not None:
@@ -241,13 +290,15 @@ def send_file(path: Path, outbox: Outbox, transport: Transport, *, stop: threadi
     """The whole `backdate send`: check the file, feed it through the outbox, wait until the
     server acknowledged everything (and every lost range was reported)."""
     check_jsonl(path)
+    start = resume_offset(outbox, path)
     sender = Sender(outbox, transport, batch_events=batch_events, parallel=parallel,
                     max_failures=max_failures)
     done = threading.Event()
 
     def feed() -> None:
         try:
-            feed_file(outbox, path, stop, sender, chunk=max(1, min(1000, outbox.max_pending)))
+            feed_file(outbox, path, stop, sender, chunk=max(1, min(1000, outbox.max_pending)),
+                      start=start)
         finally:
             done.set()
 

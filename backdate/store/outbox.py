@@ -37,6 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from backdate.domain.delivery import (
     WireError,
@@ -115,6 +116,8 @@ class Outbox:
         self.max_pending = max_pending
         self.policy = policy
         self.default_vendor = default_vendor
+        if self.path.is_dir():
+            raise InputError("the outbox is a file; this is a directory", path=str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lockfile = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held while open
         try:
@@ -124,7 +127,17 @@ class Outbox:
             raise RefusedError(f"{self.path}: the outbox is in use by another process") \
                 from None
         self.engine = open_engine(f"sqlite:///{self.path}", pool_size=1)
-        migrate(self.engine, MIGRATIONS, version_table="outbox_alembic_version")
+        try:
+            self._check_is_outbox()
+            migrate(self.engine, MIGRATIONS, version_table="outbox_alembic_version")
+        except (DBAPIError, InputError) as err:
+            self.engine.dispose()
+            self._lockfile.close()
+            if isinstance(err, InputError):
+                raise
+            reason = str(getattr(err, "orig", err)).splitlines()[0][:200]
+            raise InputError(f"cannot open the outbox: {reason}", path=str(self.path)) \
+                from None
         self._lock = threading.RLock()
         self._space = threading.Condition(self._lock)
         self._in_flight: set[int] = set()
@@ -152,6 +165,18 @@ class Outbox:
     def close(self) -> None:
         self.engine.dispose()
         self._lockfile.close()
+
+    def _check_is_outbox(self) -> None:
+        """Refuses another program's SQLite database (serve's store, say): the outbox would
+        add its tables to it."""
+        with self.engine.connect() as conn:
+            names = [r[0] for r in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
+        others = sorted(n for n in names if not n.startswith("outbox_"))
+        if others:
+            raise InputError(f"not an outbox: it holds other tables ({', '.join(others[:5])})",
+                             path=str(self.path))
 
     # ------------------------------------------------------------------ adding events
     @property

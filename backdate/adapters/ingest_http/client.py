@@ -74,8 +74,18 @@ class IngestClient:
         except ValueError:
             answer = None
         return Reply(resp.status_code, answer, parse_retry_after(resp.headers.get("retry-after")),
-                     None if resp.status_code == 200 else
-                     (answer or {}).get("error") or f"HTTP {resp.status_code}")
+                     None if resp.status_code == 200 else _problem(resp.status_code, answer,
+                                                                   self.url))
 
     def close(self) -> None:
         self._http.close()
+
+
+def _problem(status: int, answer: dict[str, Any] | None, url: str) -> str:
+    """"HTTP 401: Unauthorized": the status and the server's own error, or what it means."""
+    said = (answer or {}).get("error")
+    if isinstance(said, str) and said:
+        return f"HTTP {status}: {said}"[:300]
+    if status == 404:
+        return f"HTTP 404: no ingest endpoint at {url}"
+    return f"HTTP {status}"

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import SQLAlchemyError
 
+from backdate.domain.delivery import MAX_BODY
 from backdate.interfaces.http.auth import (
     IngestAuth,
     ReadAuth,
@@ -31,7 +32,6 @@ from backdate.services.ingest import BadBatch, IngestService
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 32 * 1024 * 1024
 INGEST_PATH = "/ingest/v1/events:batch"
 
 

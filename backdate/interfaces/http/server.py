@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+from collections.abc import Callable
+
 from sqlalchemy import Engine
 
 from backdate.config import ServeConfig
+from backdate.errors import TargetError
 from backdate.interfaces.http.app import AppParts, create_app
 from backdate.interfaces.http.auth import IngestAuth
 from backdate.services.ingest import IngestService
@@ -29,10 +34,44 @@ def build_parts(config: ServeConfig, engine: Engine) -> AppParts:
     return parts
 
 
-def run(config: ServeConfig, engine: Engine) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts, so that a port in use or an address
+    this machine does not have is one `error:` line (exit 3), not uvicorn's log line."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        raise TargetError(f"cannot listen on {where}: {err.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as err:
+        sock.close()
+        hint = ""
+        if err.errno == errno.EADDRINUSE:
+            hint = " (another backdate serve, or another program; choose a port with --listen)"
+        raise TargetError(f"cannot listen on {where}: {err.strerror}{hint}") from None
+    return sock
+
+
+def run(config: ServeConfig, engine: Engine,
+        announce: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both and finishes open requests)."""
     import uvicorn
 
+    sock = bind(config.host, config.port)
     app = create_app(build_parts(config, engine))
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=10, server_header=False)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=10,
+        server_header=False))
+    if announce is not None:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        routes = "POST /ingest/v1/events:batch, " if config.ingest is not None else ""
+        announce(f"serving http://{host}:{config.port} ({routes}GET /api/health, /api/gaps, "
+                 f"/api/streams, /); Ctrl-C stops")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
