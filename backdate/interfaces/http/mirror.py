@@ -21,7 +21,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from backdate.interfaces.http.auth import ReadAuth
 from backdate.services.mirror import MirrorService
 
-_ID = Query(default=None, max_length=255)
+
+
+def _id() -> Any:
+    """A fresh optional id filter (FastAPI binds a shared Query object to one name only)."""
+    return Query(default=None, max_length=255)
 
 
 class Error(BaseModel):
@@ -204,9 +208,9 @@ def mirror_router(service: MirrorService | None, auth: ReadAuth) -> APIRouter:
         return {"homes": [home_out(h) for h in rows]}
 
     @router.get("/devices", response_model=DeviceList, responses=_ERRORS)
-    async def devices(home: str | None = _ID, manufacturer: str | None = _ID,
-                      model: str | None = _ID, area: str | None = _ID,
-                      integration: str | None = _ID,
+    async def devices(home: str | None = _id(), manufacturer: str | None = _id(),
+                      model: str | None = _id(), area: str | None = _id(),
+                      integration: str | None = _id(),
                       text: str | None = Query(default=None, max_length=200),
                       limit: int = Query(default=100, ge=1, le=1000),
                       offset: int = Query(default=0, ge=0, le=10_000_000)) -> Any:
@@ -223,7 +227,7 @@ def mirror_router(service: MirrorService | None, auth: ReadAuth) -> APIRouter:
 
     @router.get("/devices/{device_id}", response_model=DeviceWithEntities,
                 responses=_NOT_FOUND)
-    async def device(device_id: str, home: str | None = _ID) -> Any:
+    async def device(device_id: str, home: str | None = _id()) -> Any:
         """One device with its entities and their current states."""
         if store is None:
             return _missing("device")
@@ -234,9 +238,9 @@ def mirror_router(service: MirrorService | None, auth: ReadAuth) -> APIRouter:
         return row if row is not None else _missing("device")
 
     @router.get("/entities", response_model=EntityList, responses=_ERRORS)
-    async def entities(home: str | None = _ID, domain: str | None = _ID,
-                       device: str | None = _ID, area: str | None = _ID,
-                       platform: str | None = _ID, disabled: bool | None = None,
+    async def entities(home: str | None = _id(), domain: str | None = _id(),
+                       device: str | None = _id(), area: str | None = _id(),
+                       platform: str | None = _id(), disabled: bool | None = None,
                        limit: int = Query(default=100, ge=1, le=1000),
                        offset: int = Query(default=0, ge=0, le=10_000_000)) -> Any:
         """Entities (HA's entity registry, disabled ones included); `area` is the entity's
@@ -252,7 +256,7 @@ def mirror_router(service: MirrorService | None, auth: ReadAuth) -> APIRouter:
         return {"entities": rows, "total": total, "limit": limit, "offset": offset}
 
     @router.get("/entities/{entity_id}", response_model=EntityWithState, responses=_NOT_FOUND)
-    async def entity(entity_id: str, home: str | None = _ID) -> Any:
+    async def entity(entity_id: str, home: str | None = _id()) -> Any:
         """One entity with its current state."""
         if store is None:
             return _missing("entity")
@@ -263,7 +267,7 @@ def mirror_router(service: MirrorService | None, auth: ReadAuth) -> APIRouter:
         return row if row is not None else _missing("entity")
 
     @router.get("/integrations", response_model=IntegrationList, responses=_ERRORS)
-    async def integrations(home: str | None = _ID) -> Any:
+    async def integrations(home: str | None = _id()) -> Any:
         """Config entries with the number of their devices and entities."""
         if store is None:
             return {"integrations": []}
@@ -273,7 +277,7 @@ def mirror_router(service: MirrorService | None, auth: ReadAuth) -> APIRouter:
             return _unavailable()
 
     @router.get("/areas", response_model=AreaList, responses=_ERRORS)
-    async def areas(home: str | None = _ID) -> Any:
+    async def areas(home: str | None = _id()) -> Any:
         """Areas with the number of their devices and entities."""
         if store is None:
             return {"areas": []}
@@ -283,7 +287,7 @@ def mirror_router(service: MirrorService | None, auth: ReadAuth) -> APIRouter:
             return _unavailable()
 
     @router.get("/events", response_model=EventPage, responses=_ERRORS)
-    async def events(entity_id: str | None = _ID, home: str | None = _ID,
+    async def events(entity_id: str | None = _id(), home: str | None = _id(),
                      start: datetime | None = None, end: datetime | None = None,
                      cursor: int = Query(default=0, ge=0, le=2**62),
                      limit: int = Query(default=1000, ge=1, le=10_000)) -> Any:
