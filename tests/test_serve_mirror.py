@@ -571,3 +571,127 @@ def test_page_in_chromium(ha: HomeAssistant, serve: Serve, tmp_path: Path) -> No
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / shot.name)
     assert shot.stat().st_size > 10_000
+
+
+def test_check_takes_one_snapshot_and_prints_counts(ha: HomeAssistant, tmp_path: Path
+                                                    ) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "backdate.toml"
+    config.write_text(f"""
+[serve]
+store = "sqlite:///{tmp_path / 'check.db'}"
+api_tokens = ["{READ_TOKEN}"]
+""")
+    env = {**os.environ, "HA_URL": ha.url, "HA_TOKEN": ha.token}
+    cmd = [sys.executable, "-m", "backdate.cli", "serve", "--check", "--config", str(config)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    reg = ha_registries(ha)
+    assert f"home home ({ha.url}): {len(reg['devices'])} devices, " \
+           f"{len(reg['entities'])} entities, {len(reg['areas'])} areas, " \
+           f"{len(reg['entries'])} config entries, {len(reg['states'])} states" in done.stdout
+    bad = subprocess.run(cmd, env={**env, "HA_TOKEN": "not-a-valid-token-0123456789"},
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 3, bad.stdout + bad.stderr
+    assert "access token rejected" in bad.stdout + bad.stderr
+    assert "not-a-valid-token" not in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_refused_token_stops_that_home_with_a_clear_message(ha: HomeAssistant,
+                                                            tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "backdate.toml"
+    config.write_text(f"""
+[serve]
+listen = "127.0.0.1:{port}"
+store = "sqlite:///{tmp_path / 'serve.db'}"
+api_tokens = ["{READ_TOKEN}"]
+
+[[serve.homes]]
+name = "bad"
+url = "{ha.url}"
+token = "not-a-valid-token-0123456789"
+""")
+    proc = Serve(config, port, tmp_path / "serve.log")
+    proc.start()
+    try:
+        bad = wait_for("the refusal", lambda: next(
+            (h for h in api(proc, "/api/homes")["homes"] if h["state"] == "auth_failed"),
+            None), 20)
+        assert "refused the access token" in bad["error"] and not bad["connected"]
+        time.sleep(2)  # and it does not try again (HA bans addresses after failed logins)
+        log = (tmp_path / "serve.log").read_text()
+        assert log.count("refused the access token") == 1, log
+        assert "not-a-valid-token" not in log
+    finally:
+        proc.stop()
+
+
+def test_two_serve_processes_on_postgresql_share_one_mirror(ha: HomeAssistant,
+                                                            tmp_path: Path) -> None:
+    """Both follow the same home into one database: no duplicate rows, the same answers."""
+    name = f"backdate_mirror_{uuid.uuid4().hex[:8]}"
+    url = services.create_pg_database(name, None)
+    procs = []
+    try:
+        for k in range(2):
+            port = free_port()
+            config = tmp_path / f"serve{k}.toml"
+            config.write_text(f"""
+[serve]
+listen = "127.0.0.1:{port}"
+store = "{url}"
+api_tokens = ["{READ_TOKEN}"]
+
+[[serve.homes]]
+name = "{HOME}"
+url = "{ha.url}"
+token = "{ha.token}"
+""")
+            proc = Serve(config, port, tmp_path / f"serve{k}.log")
+            proc.start()
+            procs.append(proc)
+        for proc in procs:
+            wait_for("both connected", lambda p=proc: (home(p) or {}).get("connected"), 30)
+        entity = our_entity(ha, 10, 0)
+        assert entity is not None
+        with ha.ws() as ws:
+            for k in range(20):
+                ws.call("config/device_registry/update", device_id=our_device(ha, 11)["id"],
+                        name_by_user=f"Shared {k}")
+        broker_values = [str(1000 + k) for k in range(40)]
+        b = Broker()
+        try:
+            for v in broker_values:
+                b.send(state_topic(10, 0), v)
+        finally:
+            b.close()
+        for proc in procs:
+            assert_equal_soon(ha, proc, 10)
+
+        def events(p: Serve) -> list[str]:
+            return [e["new_state"] for e in api(
+                p, f"/api/events?entity_id={entity['entity_id']}&limit=10000")["events"]]
+
+        wait_for("40 stored changes", lambda: events(procs[0])[-40:] == broker_values, 10)
+        assert events(procs[0]) == events(procs[1])
+        assert api(procs[0], "/api/devices?limit=1000") == api(procs[1], "/api/devices?limit=1000")
+        con = services.pg_connect(name)
+        try:
+            for table, key in (("mirror_events", "home, entity_id, time_fired"),
+                               ("mirror_devices", "home, id"),
+                               ("mirror_entities", "home, entity_id"),
+                               ("mirror_states", "home, entity_id")):
+                total, distinct = con.execute(
+                    f"SELECT count(*), count(DISTINCT ({key})) FROM {table}").fetchone()
+                assert total == distinct > 0, table
+        finally:
+            con.close()
+    finally:
+        for proc in procs:
+            proc.stop()
+        services.drop_database("postgresql", name)

@@ -322,6 +322,7 @@ class HomeFollower:
                                     self.clock())
         self.status.events_stored += n
         self.status.last_event = self.clock()
+        self.status.backlog = self._queue.qsize()
 
     async def _refresh(self, client: HAClient, kinds: list[str]) -> None:
         results = await asyncio.gather(*(client.call(LIST_COMMANDS[k]) for k in kinds))

@@ -313,8 +313,11 @@ def page_router(parts: AppParts, auth: ReadAuth) -> APIRouter:
                     chosen = await run_in_threadpool(store.device, device, home)
                 mgaps = [mirror_gap_out(g) for g in
                          await run_in_threadpool(store.gaps, None, None, 50)]
+                names = {a["area_id"]: a.get("name") for a in
+                         await run_in_threadpool(store.areas, home)}
                 mirror = {"homes": homes, "devices": devices, "total": total,
-                          "device": chosen, "gaps": mgaps, "q": q or "", "home": home}
+                          "device": chosen, "gaps": mgaps, "q": q or "", "home": home,
+                          "area_names": names}
         except SQLAlchemyError:
             return _unavailable()
         return HTMLResponse(render_page(streams, gaps, summary, mirror))

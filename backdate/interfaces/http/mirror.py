@@ -22,7 +22,6 @@ from backdate.interfaces.http.auth import ReadAuth
 from backdate.services.mirror import MirrorService
 
 
-
 def _id() -> Any:
     """A fresh optional id filter (FastAPI binds a shared Query object to one name only)."""
     return Query(default=None, max_length=255)

@@ -68,7 +68,7 @@ def _mirror(m: dict[str, Any]) -> list[str]:
                 f"<tr class='device'><td>{_cell(d['home'])}</td>"
                 f"<td><a href='{escape(link)}'>{_cell(name)}</a></td>"
                 f"<td>{_cell(d.get('manufacturer'))}</td><td>{_cell(d.get('model'))}</td>"
-                f"<td>{_cell(d.get('area_id'))}</td>"
+                f"<td>{_cell(m.get('area_names', {}).get(d.get('area_id'), d.get('area_id')))}</td>"
                 f"<td class='count'>{_cell(d['entity_count'])}</td></tr>")
         head = "".join(f"<th>{c}</th>" for c in ("home", "device", "manufacturer", "model",
                                                   "area", "entities"))
@@ -82,7 +82,8 @@ def _mirror(m: dict[str, Any]) -> list[str]:
             st = e.get("state") or {}
             unit = (st.get("attributes") or {}).get("unit_of_measurement")
             value = st.get("state")
-            shown = "" if value is None else f"{value} {unit or ''}".strip()
+            plain = value in (None, "unknown", "unavailable")
+            shown = "" if value is None else (value if plain else f"{value} {unit or ''}".strip())
             rows.append(f"<tr class='entity'><td>{_cell(e['entity_id'])}</td>"
                         f"<td>{_cell(e.get('name') or e.get('original_name'))}</td>"
                         f"<td class='state'>{escape(shown)}</td>"
