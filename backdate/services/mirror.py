@@ -150,19 +150,29 @@ class HomeFollower:
             except asyncio.CancelledError:
                 raise
             except HAError as err:
-                self._lost(err.message)
+                await self._lost(err.message)
             except Exception as err:  # noqa: BLE001 - a follower never dies of one bad message
                 log.exception("home %s: follower failed", self.name)
-                self._lost(f"{type(err).__name__}: {err}")
+                await self._lost(f"{type(err).__name__}: {err}")
             finally:
                 await self._close()
 
-    def _lost(self, cause: str) -> None:
+    async def _lost(self, cause: str) -> None:
+        """Record a gap from the last moment HA was heard; it stays open until the next
+        snapshot is stored. A failed first connect is not a gap (nothing was followed yet)."""
         was = self.status.connected
         self.status.connected = False
         self.status.error = cause
-        if was:
-            log.warning("home %s: connection lost: %s", self.name, cause)
+        if not was:
+            return
+        log.warning("home %s: connection lost: %s", self.name, cause)
+        start = self.status.last_message or self.clock()
+        try:
+            await asyncio.to_thread(self.store.open_gap, self.name, start,
+                                    f"connection lost: {cause}", self.instance)
+        except Exception as err:  # noqa: BLE001 - the store may be down too; say so
+            log.error("home %s: the gap could not be recorded: %s", self.name,
+                      type(err).__name__)
 
     async def _close(self) -> None:
         client, self._client = self._client, None
@@ -367,7 +377,7 @@ class MirrorService:
     async def start(self) -> None:
         for follower in self.followers.values():
             await asyncio.to_thread(self._mark_start, follower)
-            self._tasks.append(asyncio.create_task(self._guard(follower)))
+            self._tasks.append(asyncio.create_task(follower.run()))
 
     def _mark_start(self, follower: HomeFollower) -> None:
         """An open gap from the last moment any process followed the home until this one's
@@ -380,20 +390,6 @@ class MirrorService:
         if now - since > 2 * self.settings.heartbeat + 5:
             self.store.open_gap(follower.name, since, "not followed: no serve process was "
                                 "connected to this home", self.instance)
-
-    async def _guard(self, follower: HomeFollower) -> None:
-        original = follower._lost  # noqa: SLF001
-
-        def lost(cause: str) -> None:
-            start = follower.status.last_message or time.time()
-            if follower.status.state != "auth_failed":
-                with contextlib.suppress(Exception):
-                    self.store.open_gap(follower.name, start, f"connection lost: {cause}",
-                                        self.instance)
-            original(cause)
-
-        follower._lost = lost  # type: ignore[method-assign]  # noqa: SLF001
-        await follower.run()
 
     async def stop(self) -> None:
         for task in self._tasks:

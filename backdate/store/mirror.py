@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, delete, func, or_, select, update
+from sqlalchemy import Engine, Table, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -101,8 +101,9 @@ _KINDS: dict[str, tuple[Table, str, str, Any]] = {
 class MirrorStore:
     """Reads and writes of the mirror tables (synchronous; the service calls it in a thread)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reader: Engine | None = None) -> None:
         self.engine = engine
+        self.reader = reader or engine  # reads only (SQLite: deferred transactions)
 
     # ------------------------------------------------------------------------ writing
 
@@ -282,7 +283,7 @@ class MirrorStore:
     # ------------------------------------------------------------------------ reading
 
     def home_rows(self) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(mirror_homes)).mappings().all()
             open_gaps = dict(conn.execute(
                 select(mirror_gaps.c.home, func.count()).where(mirror_gaps.c.status == "open")
@@ -303,9 +304,6 @@ class MirrorStore:
                 integration: str | None = None, text: str | None = None, limit: int = 100,
                 offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         d, e = mirror_devices, mirror_entities
-        counts = (select(e.c.home, e.c.device_id, func.count().label("n"))
-                  .where(e.c.device_id.is_not(None)).group_by(e.c.home, e.c.device_id)
-                  .subquery())
         conds = []
         if home is not None:
             conds.append(d.c.home == home)
@@ -317,33 +315,38 @@ class MirrorStore:
             conds.append(d.c.area_id == area)
         if integration is not None:
             de, ce = mirror_device_entries, mirror_config_entries
-            linked = (select(de.c.device_id).join(ce, and_(ce.c.home == de.c.home,
-                                                           ce.c.entry_id == de.c.entry_id))
-                      .where(de.c.home == d.c.home, or_(ce.c.domain == integration,
-                                                        ce.c.entry_id == integration)))
-            conds.append(d.c.id.in_(linked))
+            entries = select(ce.c.entry_id).where(or_(ce.c.domain == integration,
+                                                      ce.c.entry_id == integration))
+            conds.append(exists().where(de.c.home == d.c.home, de.c.device_id == d.c.id,
+                                        de.c.entry_id.in_(entries)))
         if text:
             like = f"%{text.lower()}%"
             conds.append(or_(*(func.lower(func.coalesce(c, "")).like(like)
                                for c in (d.c.name, d.c.name_by_user, d.c.manufacturer,
                                          d.c.model, d.c.id))))
         where = and_(True, *conds)
-        query = (select(d.c.home, d.c.data, func.coalesce(counts.c.n, 0).label("n"))
-                 .select_from(d.outerjoin(counts, and_(counts.c.home == d.c.home,
-                                                       counts.c.device_id == d.c.id)))
-                 .where(where)
+        query = (select(d.c.home, d.c.id, d.c.data).where(where)
                  .order_by(d.c.home, func.lower(func.coalesce(d.c.name_by_user, d.c.name, "")),
                            d.c.id)
                  .limit(limit).offset(offset))
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             total = conn.execute(select(func.count()).select_from(d).where(where)).scalar_one()
-            rows = [{**json.loads(r.data), "home": r.home, "entity_count": r.n}
-                    for r in conn.execute(query)]
+            page = conn.execute(query).all()
+            # Entity counts of the devices shown only (the (home, device_id) index).
+            counts: dict[tuple[str, str], int] = {}
+            for home_name in {r.home for r in page}:
+                ids = [r.id for r in page if r.home == home_name]
+                counts.update(((home_name, k), n) for k, n in conn.execute(
+                    select(e.c.device_id, func.count()).where(
+                        e.c.home == home_name, e.c.device_id.in_(ids))
+                    .group_by(e.c.device_id)))
+            rows = [{**json.loads(r.data), "home": r.home,
+                     "entity_count": counts.get((r.home, r.id), 0)} for r in page]
         return rows, int(total)
 
     def device(self, device_id: str, home: str | None = None) -> dict[str, Any] | None:
         d = mirror_devices
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             q = select(d.c.home, d.c.data).where(d.c.id == device_id)
             if home is not None:
                 q = q.where(d.c.home == home)
@@ -381,12 +384,13 @@ class MirrorStore:
             conds.append(e.c.platform == platform)
         if disabled is not None:
             conds.append(e.c.disabled_by.is_not(None) if disabled else e.c.disabled_by.is_(None))
-        joined = e.outerjoin(d, and_(d.c.home == e.c.home, d.c.id == e.c.device_id))
+        joined: Any = e
         if area is not None:
+            joined = e.outerjoin(d, and_(d.c.home == e.c.home, d.c.id == e.c.device_id))
             # An entity's own area wins; without one it is in its device's area (as in HA).
             conds.append(func.coalesce(e.c.area_id, d.c.area_id) == area)
         where = and_(True, *conds)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             total = conn.execute(select(func.count()).select_from(joined).where(where)
                                  ).scalar_one()
             rows = [{**json.loads(r.data), "home": r.home} for r in conn.execute(
@@ -398,7 +402,7 @@ class MirrorStore:
         where = mirror_entities.c.entity_id == entity_id
         if home is not None:
             where = and_(where, mirror_entities.c.home == home)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = self._entities_with_states(conn, where)
             if rows:
                 return rows[0]
@@ -416,7 +420,7 @@ class MirrorStore:
 
     def integrations(self, home: str | None = None) -> list[dict[str, Any]]:
         c, de, e = mirror_config_entries, mirror_device_entries, mirror_entities
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             dev = dict(((h, k), n) for h, k, n in conn.execute(
                 select(de.c.home, de.c.entry_id, func.count()).group_by(de.c.home,
                                                                         de.c.entry_id)))
@@ -433,7 +437,7 @@ class MirrorStore:
 
     def areas(self, home: str | None = None) -> list[dict[str, Any]]:
         a, d, e = mirror_areas, mirror_devices, mirror_entities
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             dev = dict(((h, k), n) for h, k, n in conn.execute(
                 select(d.c.home, d.c.area_id, func.count()).group_by(d.c.home, d.c.area_id)))
             eff = func.coalesce(e.c.area_id, d.c.area_id)
@@ -462,7 +466,7 @@ class MirrorStore:
             q = q.where(t.c.time_fired >= start)
         if end is not None:
             q = q.where(t.c.time_fired < end)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [{"id": r.id, "home": r.home, "entity_id": r.entity_id,
                      "old_state": r.old_state, "new_state": r.new_state,
                      "attributes": None if r.attributes is None else json.loads(r.attributes),
@@ -472,7 +476,7 @@ class MirrorStore:
 
     def count_events(self, home: str, entity_id: str) -> int:
         t = mirror_events
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return int(conn.execute(select(func.count()).where(
                 t.c.home == home, t.c.entity_id == entity_id)).scalar_one())
 
@@ -484,7 +488,7 @@ class MirrorStore:
             q = q.where(t.c.status == status)
         if home is not None:
             q = q.where(t.c.home == home)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(q.order_by(t.c.started_at.desc(),
                                                              t.c.id.desc()).limit(limit))
                     .mappings()]

@@ -32,7 +32,9 @@ def build_parts(config: ServeConfig, engine: Engine) -> AppParts:
                               retention=config.history_retention,
                               backoff_cap=config.reconnect_max,
                               backoff_first=min(1.0, config.reconnect_max))
-    parts.mirror = MirrorService(MirrorStore(engine),
+    reader = open_engine(config.store, immediate=False) if engine.dialect.name == "sqlite" \
+        else engine
+    parts.mirror = MirrorService(MirrorStore(engine, reader),
                                  [(h.name, h.url, h.token or "") for h in config.homes], settings)
     return parts
 
