@@ -70,3 +70,18 @@ def test_cli_mistake_is_one_line_exit_1(tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert "Traceback" not in out and "very-secret-token" not in out
     assert f"{path}:" in out
+
+
+def test_backoff_jitter_stays_within_its_share() -> None:
+    """Reconnects of many homes and processes must not return in step: each delay is the
+    exponential one scaled by a random factor in [1 - jitter, 1]."""
+    from backdate.hass.client import Backoff
+
+    delays = []
+    for _ in range(200):
+        b = Backoff(1.0, 2.0, 8.0, float("inf"), jitter=0.5)
+        delays.append([b.next_delay() for _ in range(5)])
+    for k, base in enumerate((1.0, 2.0, 4.0, 8.0, 8.0)):
+        column = [d[k] for d in delays]
+        assert all(base * 0.5 <= v <= base for v in column)
+        assert max(column) - min(column) > base * 0.3  # really spread
