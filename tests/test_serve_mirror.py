@@ -10,6 +10,7 @@ One HA and one `serve` process serve the whole module.
 
 from __future__ import annotations
 
+import calendar
 import json
 import shutil
 import sqlite3
@@ -469,9 +470,8 @@ def test_cut_connection_is_a_gap_and_the_resync_fixes_the_mirror(
     gap = gaps[0]
     assert gap["kind"] == "mirror" and gap["home"] == HOME and gap["status"] == "resolved"
     assert "connection lost" in gap["cause"]
-    start = time.mktime(time.strptime(gap["started_at"][:19], "%Y-%m-%dT%H:%M:%S")) \
-        - time.timezone
-    end = time.mktime(time.strptime(gap["ended_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    start = calendar.timegm(time.strptime(gap["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+    end = calendar.timegm(time.strptime(gap["ended_at"][:19], "%Y-%m-%dT%H:%M:%S"))
     assert start <= cut_at + 1 and end >= restored_at - 1, (gap, cut_at, restored_at)
     health = api(serve, "/api/health")["homes"][0]
     assert health["connected"] and health["open_gaps"] == 0
