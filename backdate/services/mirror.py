@@ -132,6 +132,7 @@ class HomeFollower:
         self.status = HomeStatus(name=name, url=mask_url(url))
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._client: HAClient | None = None
+        self._warned = 0  # backlog level (in BACKLOG_WARN steps) already logged
 
     # --------------------------------------------------------------------------- loop
 
@@ -318,10 +319,12 @@ class HomeFollower:
     def _measure(self, pending: int) -> None:
         backlog = self._queue.qsize() + pending
         self.status.backlog = backlog
-        if backlog > self.status.backlog_peak:
-            self.status.backlog_peak = backlog
-            if backlog >= BACKLOG_WARN and backlog % BACKLOG_WARN == 0:
-                log.warning("home %s: %d events waiting for the store", self.name, backlog)
+        self.status.backlog_peak = max(self.status.backlog_peak, backlog)
+        level = backlog // BACKLOG_WARN
+        if level > self._warned:
+            log.warning("home %s: %d events waiting for the store (it is slower than HA; "
+                        "nothing is dropped, memory grows)", self.name, backlog)
+        self._warned = level
 
     async def _flush(self, states: list[dict[str, Any]]) -> None:
         if not states:
