@@ -534,13 +534,18 @@ def test_home_assistant_restart_is_a_gap_and_states_are_reconciled(
     assert home(serve)["ha_version"] == "2024.3.3"
 
 
-def test_page_in_chromium(ha: HomeAssistant, serve: Serve, tmp_path: Path) -> None:
+def test_page_in_chromium(ha: HomeAssistant, serve: Serve, broker: Broker, tmp_path: Path
+                          ) -> None:
     """The page as a browser shows it: homes and their health, devices with entity counts,
     the search, one device's entities with their states, recent gaps."""
     chromium = services.ensure_chromium()
     from playwright.sync_api import sync_playwright
 
     hub = our_device(ha, 0)
+    for j, watts in enumerate(("230.5", "12", "0.5")):
+        broker.send(state_topic(0, j), watts)
+    wait_for("the hub's states", lambda: [(e["state"] or {}).get("state") for e in api(
+        serve, f"/api/devices/{hub['id']}")["entities"]] == ["230.5", "12", "0.5"], 10)
     shot = tmp_path / "serve-page.png"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=[
@@ -553,6 +558,9 @@ def test_page_in_chromium(ha: HomeAssistant, serve: Serve, tmp_path: Path) -> No
             page.goto(serve.url + "/", timeout=20_000)
             assert page.locator("#homes tr.up").count() == 1
             assert "2024.3.3" in page.locator("#homes").inner_text()
+            shown = page.locator("#devices").inner_text()  # the live changes, on the page too
+            assert "Renamed meter" in shown and "Renamed while cut" in shown
+            assert "Attic" in shown  # the area made during the test, by name
             page.fill("#search", "Meter 1")
             page.click("button[type=submit]")
             page.wait_for_url("**/?q=Meter*")
@@ -562,6 +570,8 @@ def test_page_in_chromium(ha: HomeAssistant, serve: Serve, tmp_path: Path) -> No
             assert page.locator("#device-title").inner_text().startswith("Meter 0")
             rows = page.locator("#entities tr.entity")
             assert rows.count() == 3
+            assert page.locator("#entities td.state").all_inner_texts() == [
+                "230.5 W", "12 W", "0.5 W"]
             counts = page.locator("#devices tr.device td.count").all_inner_texts()
             assert all(c.isdigit() for c in counts)
             assert "Recent gaps of the mirror" in page.content()
