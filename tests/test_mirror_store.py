@@ -52,7 +52,7 @@ def test_a_snapshot_replaces_and_names_removals(tmp_path: Path) -> None:
     assert m.devices(home="h")[1] == 1 and m.devices()[1] == 2
 
 
-def test_older_state_never_overwrites_newer_and_duplicates_are_one_row(tmp_path: Path
+def test_older_state_never_overwrites_newer_and_a_repeat_is_one_row(tmp_path: Path
                                                                        ) -> None:
     m = store(tmp_path)
     new = change("sensor.x", "2", "2026-01-01T00:00:02+00:00")
