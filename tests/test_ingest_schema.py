@@ -104,6 +104,18 @@ def test_every_route_refuses_a_missing_or_wrong_token(serve: Serve) -> None:
         if method == "GET" and path.startswith("/api"):
             assert get(serve.url + path, READ_TOKEN)[0] == 200, path
     assert checked >= 4 * 14
+    # Time range and cursor paging of the history (seeded: one change a second from 10:00:00).
+    seen, cursor = [], 0
+    while True:
+        status, page = get(serve.url + "/api/events?entity_id=sensor.hub_power&start="
+                           "2026-01-05T10:00:10Z&end=2026-01-05T10:00:20Z&limit=3"
+                           f"&cursor={cursor}", READ_TOKEN)
+        assert status == 200
+        seen += [e["new_state"] for e in page["events"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert seen == [str(k) for k in range(10, 20)]
     code, body = request("GET", serve.url + "/livez")
     assert (code, body) == (200, {"ok": True})  # the one public answer: nothing else in it
 
