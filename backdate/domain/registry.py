@@ -32,18 +32,6 @@ def device_record(raw: Mapping[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def entity_record(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(raw)
-
-
-def area_record(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(raw)
-
-
-def entry_record(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(raw)
-
-
 def domain_of(entity_id: str) -> str:
     return entity_id.partition(".")[0]
 
@@ -94,16 +82,3 @@ class Diff:
             if a or r or c:
                 parts.append(f"{kind} +{a} -{r} ~{c}")
         return ", ".join(parts) or "no change"
-
-
-def state_row(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A state object of HA (`get_states`, `state_changed`) as a row: times are HA's ISO
-    strings, also kept as epoch seconds for ordering."""
-    return {
-        "entity_id": state["entity_id"],
-        "state": state.get("state"),
-        "attributes": state.get("attributes") or {},
-        "last_changed": state.get("last_changed"),
-        "last_updated": state.get("last_updated"),
-        "context_id": (state.get("context") or {}).get("id"),
-    }

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, Table, and_, delete, exists, func, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from backdate.domain.registry import Diff, Snapshot, device_record, domain_of
+from backdate.domain.registry import Diff, Snapshot, device_record
 from backdate.store.schema import (
     mirror_areas,
     mirror_config_entries,
@@ -68,7 +68,6 @@ def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Se
         conn.execute(stmt, rows[i:i + 500])
 
 
-# (table, key column, builder of the filter columns from a record, HA's key field)
 def _device_cols(d: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": d.get("name"), "name_by_user": d.get("name_by_user"),
             "manufacturer": d.get("manufacturer"), "model": d.get("model"),
@@ -90,6 +89,7 @@ def _entry_cols(c: Mapping[str, Any]) -> dict[str, Any]:
     return {"domain": c.get("domain"), "title": c.get("title"), "state": c.get("state")}
 
 
+# kind -> (table, key column, HA's key field, the filter columns of a record)
 _KINDS: dict[str, tuple[Table, str, str, Any]] = {
     "devices": (mirror_devices, "id", "id", _device_cols),
     "entities": (mirror_entities, "entity_id", "entity_id", _entity_cols),
@@ -508,4 +508,4 @@ def _state_out(r: Any, present: bool = False) -> dict[str, Any] | None:
             "last_changed": r.last_changed, "last_updated": r.last_updated}
 
 
-__all__ = ["MirrorStore", "domain_of", "iso_ts"]
+__all__ = ["MirrorStore", "iso_ts"]
