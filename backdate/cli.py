@@ -916,11 +916,13 @@ def serve_cmd(
                                                 "./backdate.toml, else "
                                                 "~/.config/backdate/backdate.toml).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Check the configuration and the "
-                                        "store (migrating it), then exit.")] = False,
+                                        "store (migrating it), connect to every home, take "
+                                        "one snapshot, print its counts, then exit.")] = False,
     listen: Annotated[str | None, typer.Option("--listen", help="host:port, overriding "
                                                "\\[serve] listen.")] = None,
 ) -> None:
-    """Serve the HTTP API, the web page and (with \\[serve.ingest]) the event ingest endpoint.
+    """Mirror Home Assistant homes live and serve them (HTTP API, web page), and (with
+    \\[serve.ingest]) the event ingest endpoint.
 
     Example backdate.toml:
 
@@ -928,6 +930,12 @@ def serve_cmd(
         listen = "127.0.0.1:8765"
         store = "sqlite:////var/lib/backdate/serve.db"   # or postgresql://user@host/db
         api_tokens = ["a-long-random-read-token"]
+        reconcile_every = "5m"
+
+        \\[\\[serve.homes]]
+        name = "home"
+        url = "http://homeassistant.local:8123"
+        token = "a long-lived access token"
 
         \\[serve.ingest]
         api_keys = ["a-long-random-ingest-key"]
@@ -961,9 +969,19 @@ def serve_cmd(
                               f"{str(err).splitlines()[0][:200]}") from None
         if check:
             parts = ["ingest" if cfg.ingest else None,
-                     f"{len(cfg.homes)} homes" if cfg.homes else None]
+                     f"{len(cfg.homes)} homes" if cfg.homes else "no homes"]
             console.print(f"configuration ok: listen {cfg.host}:{cfg.port}, serves "
                           f"{', '.join(p for p in parts if p)}; store ready", markup=False)
+            import asyncio
+
+            from backdate.domain.urls import mask_url
+            from backdate.services.mirror import check_home
+
+            for home in cfg.homes:
+                counts = asyncio.run(check_home(home.name, home.url, home.token or ""))
+                shown = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+                console.print(f"home {home.name} ({mask_url(home.url)}): {shown}",
+                              markup=False)
             return
         run(cfg, engine, announce=lambda line: err_console.print(_shown(line), markup=False,
                                                                soft_wrap=True))

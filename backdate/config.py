@@ -552,11 +552,18 @@ DEFAULT_GAP_DEADLINE = 86400.0
 
 
 class HomeFields(_Strict):
-    """One `[[serve.homes]]` entry: a Home Assistant that `serve` mirrors (built later)."""
+    """One `[[serve.homes]]` entry: a Home Assistant that `serve` mirrors."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=1)
     token: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError("the address of Home Assistant, e.g. \"http://homeassistant:8123\"")
+        return value.strip()
 
 
 class IngestSection(_Strict):
@@ -591,6 +598,14 @@ class ServeSection(_Strict):
     api_tokens: list[str] = Field(default_factory=list)
     homes: list[HomeFields] = Field(default_factory=list)
     ingest: IngestSection | None = None
+    reconcile_every: float = 300.0  # full snapshot of every home this often
+    history_retention: float = 30 * 86400.0  # state changes kept this long
+    reconnect_max: float = 60.0  # longest wait between reconnect attempts
+
+    @field_validator("reconcile_every", "history_retention", "reconnect_max", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
 
     @field_validator("listen")
     @classmethod
@@ -643,6 +658,9 @@ class ServeConfig:
     api_tokens: list[str]
     homes: list[HomeFields] = field(default_factory=list)
     ingest: IngestSettings | None = None
+    reconcile_every: float = 300.0
+    history_retention: float = 30 * 86400.0
+    reconnect_max: float = 60.0
 
 
 def default_serve_store(env: Mapping[str, str]) -> str:
@@ -731,11 +749,45 @@ def load_serve_config(path: str | Path | None, env: Mapping[str, str] | None = N
         raise ConfigError("serve.api_tokens: set at least one token for the read API (or "
                           "BACKDATE_API_TOKENS)", path=where,
                           line=_serve_line(text, ("serve",)))
-    if ingest is None and not section.homes:
-        raise ConfigError("serve: nothing to serve: add [serve.ingest] (or [[serve.homes]])",
-                          path=where, line=_serve_line(text, ("serve",)))
+    homes = list(section.homes)
+    if env.get("HA_URL", "").strip():
+        # The environment the other commands already read makes a single home.
+        if not env.get("HA_TOKEN", "").strip():
+            raise ConfigError("environment variable HA_URL is set but HA_TOKEN is not: serve "
+                              "needs a long-lived access token for it", path=where)
+        try:
+            homes = [HomeFields(name=env.get("HA_NAME", "").strip() or "home",
+                                url=env["HA_URL"], token=env["HA_TOKEN"].strip())]
+        except ValidationError as err:
+            raise ConfigError(f"environment variable HA_URL: {_message(err.errors()[0])}",
+                              path=where) from None
+    names: set[str] = set()
+    for i, home in enumerate(homes):
+        line = _serve_home_line(text, i)
+        if home.name in names:
+            raise ConfigError(f"serve.homes: the name {home.name!r} is used twice", path=where,
+                              line=line)
+        names.add(home.name)
+        if not home.token:
+            raise ConfigError(f"serve.homes: {home.name!r} has no token (a long-lived access "
+                              "token from the HA profile page)", path=where, line=line)
+    for key, low in (("reconcile_every", 1.0), ("history_retention", 60.0),
+                     ("reconnect_max", 0.1)):
+        if getattr(section, key) < low:
+            raise ConfigError(f"serve.{key}: at least {low:g} seconds", path=where,
+                              line=_serve_line(text, ("serve", key)))
     return ServeConfig(path=path, host=host.strip("[]"), port=int(port), store=store,
-                       api_tokens=tokens, homes=section.homes, ingest=ingest)
+                       api_tokens=tokens, homes=homes, ingest=ingest,
+                       reconcile_every=section.reconcile_every,
+                       history_retention=section.history_retention,
+                       reconnect_max=section.reconnect_max)
+
+
+def _serve_home_line(text: str, index: int) -> int | None:
+    """Line of the `index`-th `[[serve.homes]]` header."""
+    found = [i + 1 for i, line in enumerate(text.splitlines())
+             if re.match(r"^\s*\[\[\s*serve\.homes\s*\]\]", line)]
+    return found[index] if index < len(found) else None
 
 
 def _serve_line(text: str, loc: tuple[Any, ...]) -> int | None:

@@ -130,6 +130,17 @@ def ensure_mosquitto() -> None:
     _wait(_mqtt_up, "Mosquitto")
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def ensure_chromium() -> str:
+    """Debian's headless-capable Chromium (for the page tests, driven by Playwright with
+    this executable; Playwright's own browser download is never used). Returns its path."""
+    if not Path(CHROMIUM).exists():
+        _apt_install("chromium")
+    return CHROMIUM
+
+
 def ensure_all() -> None:
     """Every service the suite talks to, before pytest starts (scripts/test.sh): a fresh
     machine installs and starts them here once, instead of inside parallel tests."""

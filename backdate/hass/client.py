@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import ssl as ssl_module
 import threading
 import time
@@ -172,13 +173,18 @@ class Backoff:
     """Exponential retry delays with a cap and an overall deadline (one object per outage).
 
     ``next_delay()`` returns the next delay in seconds, or None once the deadline would pass:
-    then give up. With the defaults: 1, 2, 4, 8, 10, 10, ... s for at most 180 s.
+    then give up. With the defaults: 1, 2, 4, 8, 10, 10, ... s for at most 180 s. ``jitter``
+    (0..1) scales each delay by a random factor in [1 - jitter, 1], so many clients cut off
+    together (the live mirror of several homes, several processes) do not return in step.
     """
 
     def __init__(self, first: float = 1.0, factor: float = 2.0, cap: float = 10.0,
-                 give_up_after: float = 180.0):
+                 give_up_after: float = 180.0, jitter: float = 0.0):
         if first <= 0 or factor < 1 or cap < first or give_up_after < 0:
             raise ValueError("Backoff needs 0 < first <= cap, factor >= 1, give_up_after >= 0")
+        if not 0 <= jitter <= 1:
+            raise ValueError("Backoff needs 0 <= jitter <= 1")
+        self.jitter = jitter
         self.first = first
         self.factor = factor
         self.cap = cap
@@ -195,7 +201,7 @@ class Backoff:
         remaining = self.give_up_after - self.elapsed
         if remaining <= 0:
             return None
-        delay = min(self._delay, remaining)
+        delay = min(self._delay * (1 - self.jitter * random.random()), remaining)
         self._delay = min(self._delay * self.factor, self.cap)
         self.attempts += 1
         return delay

@@ -38,8 +38,11 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def open_engine(url: str, *, pool_size: int = 8) -> Engine:
-    """An engine whose transactions are safe across processes (see the module docstring)."""
+def open_engine(url: str, *, pool_size: int = 8, immediate: bool = True) -> Engine:
+    """An engine whose transactions are safe across processes (see the module docstring).
+
+    `immediate=False` (SQLite only) begins transactions deferred: for an engine that only
+    reads (the mirror's read API), so concurrent readers do not queue for the write lock."""
     full = normalize_url(url)
     if full.startswith("sqlite:///"):
         path = full[len("sqlite:///"):]
@@ -61,7 +64,7 @@ def open_engine(url: str, *, pool_size: int = 8) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(full, pool_size=pool_size, max_overflow=4, pool_pre_ping=True)

@@ -1,8 +1,8 @@
 """`backdate serve`'s one FastAPI app: routers per feature over one store.
 
-Today: event ingest (`/ingest/v1/events:batch`), the read API (`/api/health`, `/api/gaps`,
-`/api/streams`) and a small page at `/`. The Home Assistant mirror adds its own router here
-later; nothing in this module assumes it exists.
+Event ingest (`/ingest/v1/events:batch`), the read API (`/api/health`, `/api/gaps`,
+`/api/streams`), the Home Assistant mirror's routes (`backdate.interfaces.http.mirror`) and the
+page at `/`. Every part is optional; only `/livez` answers without credentials.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,8 +28,10 @@ from backdate.interfaces.http.auth import (
     Unauthorized,
     unauthorized_response,
 )
+from backdate.interfaces.http.mirror import home_out, iso, mirror_router
 from backdate.interfaces.http.page import render_page
 from backdate.services.ingest import BadBatch, IngestService
+from backdate.services.mirror import MirrorService
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class AppParts:
     api_tokens: list[str]
     ingest: IngestService | None = None
     ingest_auth: IngestAuth | None = None
+    mirror: MirrorService | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,6 +85,7 @@ class IngestAnswer(BaseModel):
 
 class Gap(BaseModel):
     id: int
+    kind: Literal["ingest"] = "ingest"
     device_id: str
     source_vendor: str
     epoch: int
@@ -91,6 +96,18 @@ class Gap(BaseModel):
     reason: str | None
     detected_at: str
     resolved_at: str | None
+
+
+class MirrorGap(BaseModel):
+    """An interval in which a home's mirror may have missed events (disconnect -> resync)."""
+
+    id: int
+    kind: Literal["mirror"]
+    home: str
+    status: Literal["open", "resolved"]
+    cause: str
+    started_at: str
+    ended_at: str | None
 
 
 class Stream(BaseModel):
@@ -107,17 +124,29 @@ class Stream(BaseModel):
 
 
 class GapList(BaseModel):
-    gaps: list[Gap]
+    gaps: list[Gap | MirrorGap]
 
 
 class StreamList(BaseModel):
     streams: list[Stream]
 
 
+class HomeHealth(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    connected: bool
+    ha_version: str | None
+    last_snapshot: str | None
+    last_event: str | None
+    backlog: int
+    open_gaps: int
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
     ok: bool
     ingest: dict[str, Any] | None
+    homes: list[HomeHealth] = []
 
 
 _EVENT_SCHEMA: dict[str, Any] = {
@@ -200,28 +229,41 @@ def api_router(parts: AppParts, auth: ReadAuth) -> APIRouter:
 
     @router.get("/health", response_model=Health, responses=_READ_ERRORS)
     async def health() -> Any:
-        """Whether the store answers, and the ingest totals."""
+        """Whether the store answers, the ingest totals, and per mirrored home: connected,
+        HA version, last snapshot, last event, backlog, open gaps."""
         ingest = None
-        if parts.ingest is not None:
-            try:
+        homes: list[dict[str, Any]] = []
+        try:
+            if parts.ingest is not None:
                 ingest = await run_in_threadpool(parts.ingest.health)
-            except SQLAlchemyError:
-                return JSONResponse({"ok": False, "error": "store unavailable"},
-                                    status_code=503, headers={"Retry-After": "1"})
-        return {"ok": True, "ingest": ingest, **parts.extra}
+            if parts.mirror is not None:
+                homes = [home_out(h) for h in await run_in_threadpool(parts.mirror.homes)]
+        except SQLAlchemyError:
+            return JSONResponse({"ok": False, "error": "store unavailable"},
+                                status_code=503, headers={"Retry-After": "1"})
+        return {"ok": True, "ingest": ingest, "homes": homes, **parts.extra}
 
     @router.get("/gaps", response_model=GapList, responses=_READ_ERRORS)
     async def gaps(status: Literal["open", "resolved", "lost"] | None = None,
                    device_id: str | None = Query(default=None, max_length=200),
+                   kind: Literal["ingest", "mirror"] | None = None,
+                   home: str | None = Query(default=None, max_length=200),
                    limit: int = Query(default=1000, ge=1, le=10_000)) -> Any:
-        """Sequence gaps, newest first: open until filled, or lost."""
-        if parts.ingest is None:
-            return {"gaps": []}
+        """Gaps, newest first, each with its `kind`: `ingest` (sequence numbers a sender has
+        not delivered; open until filled, or lost) and `mirror` (an interval in which a home's
+        mirror may have missed HA's events; open until the resync after it)."""
+        rows: list[dict[str, Any]] = []
         try:
-            rows = await run_in_threadpool(parts.ingest.gaps, status, device_id, limit)
+            if parts.ingest is not None and kind in (None, "ingest") and home is None:
+                rows += [{**g, "kind": "ingest"} for g in await run_in_threadpool(
+                    parts.ingest.gaps, status, device_id, limit)]
+            if parts.mirror is not None and kind in (None, "mirror") and device_id is None \
+                    and status != "lost":
+                found = await run_in_threadpool(parts.mirror.store.gaps, status, home, limit)
+                rows += [mirror_gap_out(g) for g in found]
         except SQLAlchemyError:
             return _unavailable()
-        return {"gaps": rows}
+        return {"gaps": rows[:limit]}
 
     @router.get("/streams", response_model=StreamList, responses=_READ_ERRORS)
     async def streams(limit: int = Query(default=1000, ge=1, le=10_000)) -> Any:
@@ -237,21 +279,48 @@ def api_router(parts: AppParts, auth: ReadAuth) -> APIRouter:
     return router
 
 
+def mirror_gap_out(g: dict[str, Any]) -> dict[str, Any]:
+    return {"id": g["id"], "kind": "mirror", "home": g["home"], "status": g["status"],
+            "cause": g["cause"], "started_at": iso(g["started_at"]),
+            "ended_at": iso(g["ended_at"])}
+
+
 def page_router(parts: AppParts, auth: ReadAuth) -> APIRouter:
     router = APIRouter(tags=["page"], dependencies=[Depends(auth)])
 
     @router.get("/", response_class=HTMLResponse, responses=_READ_ERRORS)
-    async def index() -> Any:
-        """Streams and gaps as one HTML page."""
-        if parts.ingest is None:
-            return HTMLResponse(render_page([], [], None))
+    async def index(q: str | None = Query(default=None, max_length=200),
+                    home: str | None = Query(default=None, max_length=200),
+                    device: str | None = Query(default=None, max_length=255)) -> Any:
+        """Homes and their health, devices (search with `q`), one device's entities and
+        states (`device`), recent gaps; ingest streams when ingest is on."""
+        streams: list[dict[str, Any]] = []
+        gaps: list[dict[str, Any]] = []
+        summary = None
+        mirror: dict[str, Any] | None = None
         try:
-            streams = await run_in_threadpool(parts.ingest.streams, 500)
-            gaps = await run_in_threadpool(parts.ingest.gaps, None, None, 500)
-            summary = await run_in_threadpool(parts.ingest.health)
+            if parts.ingest is not None:
+                streams = await run_in_threadpool(parts.ingest.streams, 500)
+                gaps = await run_in_threadpool(parts.ingest.gaps, None, None, 500)
+                summary = await run_in_threadpool(parts.ingest.health)
+            if parts.mirror is not None:
+                store = parts.mirror.store
+                homes = [home_out(h) for h in await run_in_threadpool(parts.mirror.homes)]
+                devices, total = await run_in_threadpool(
+                    lambda: store.devices(home=home, text=q, limit=500))
+                chosen = None
+                if device:
+                    chosen = await run_in_threadpool(store.device, device, home)
+                mgaps = [mirror_gap_out(g) for g in
+                         await run_in_threadpool(store.gaps, None, None, 50)]
+                names = {a["area_id"]: a.get("name") for a in
+                         await run_in_threadpool(store.areas, home)}
+                mirror = {"homes": homes, "devices": devices, "total": total,
+                          "device": chosen, "gaps": mgaps, "q": q or "", "home": home,
+                          "area_names": names}
         except SQLAlchemyError:
             return _unavailable()
-        return HTMLResponse(render_page(streams, gaps, summary))
+        return HTMLResponse(render_page(streams, gaps, summary, mirror))
 
     return router
 
@@ -265,9 +334,13 @@ def create_app(parts: AppParts, *, expire_every: float | None = None) -> FastAPI
         if parts.ingest is not None:
             every = expire_every or min(60.0, max(1.0, parts.ingest.gap_deadline / 4))
             task = asyncio.create_task(_sweep(parts.ingest, every))
+        if parts.mirror is not None:
+            await parts.mirror.start()
         try:
             yield
         finally:
+            if parts.mirror is not None:
+                await parts.mirror.stop()
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -280,11 +353,22 @@ def create_app(parts: AppParts, *, expire_every: float | None = None) -> FastAPI
     if parts.ingest is not None and parts.ingest_auth is not None:
         app.include_router(ingest_router(parts.ingest, parts.ingest_auth))
     app.include_router(api_router(parts, read))
-    app.include_router(page_router(parts, ReadAuth(parts.api_tokens, scheme="Basic")))
+    app.include_router(mirror_router(parts.mirror, read))
+    browser = ReadAuth(parts.api_tokens, scheme="Basic")
+    app.include_router(page_router(parts, browser))
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(read)])
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> JSONResponse:
+        """The one public answer: the process is up (nothing about homes or data)."""
+        return JSONResponse({"ok": True})
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(browser)])
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(browser)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="backdate serve API")
 
     return app
 
