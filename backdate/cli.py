@@ -631,7 +631,7 @@ def migrate_cmd(
                     raise UsageError("--map replaces --from/--into; give one or the other")
                 metas = getattr(tgt, "statistic_metas", None)
                 known = [m.statistic_id for m in metas()] if metas else []
-                pairs = svc.expand_pairs(svc.read_map(map_file), known)
+                pairs = svc.expand_pairs(svc.read_map(map_file), known, str(map_file))
             elif sources and into:
                 pairs = [svc.Pair(list(sources), into)]
             else:
@@ -640,9 +640,12 @@ def migrate_cmd(
                 raise UsageError("--then-backfill needs exactly one pair (one --into)")
             zone = _zone(tz) if tz else ZoneInfo("UTC")
             report_zone = tz or tgt.info().time_zone or _local_zone().key
+            start_ts, end_ts = parse_bound(start, zone), parse_bound(end, zone)
+            if start_ts is not None and end_ts is not None and end_ts <= start_ts:
+                raise UsageError(f"--end {end} is not after --start {start}: no hours between")
             settings = svc.MigrateSettings(
-                target=target, pairs=pairs, overlap=rule, start=parse_bound(start, zone),
-                end=parse_bound(end, zone), bounds_text=(start, end), dry_run=dry_run,
+                target=target, pairs=pairs, overlap=rule, start=start_ts,
+                end=end_ts, bounds_text=(start, end), dry_run=dry_run,
                 remove_source=remove_source, backup=backup, then_backfill=then_backfill,
                 short_term=short_term, report_tz=report_zone)
             with _status("planning"):

@@ -221,17 +221,43 @@ def read_map(path: Path) -> list[tuple[str, str]]:
             cells = [c.strip() for c in row if c.strip()]
             if not cells or cells[0].startswith("#"):
                 continue
+            if _is_statistics_export(cells):
+                raise InputError(
+                    "this is a statistics export (statistic_id, unit, start, …), not a map of "
+                    f"`old_id,new_id` pairs; import it with `backdate import {path} --to "
+                    "TARGET`", path=str(path), line=n)
             if len(cells) != 2:
                 raise InputError("each line is `old_id,new_id`", path=str(path), line=n)
-            if n == 1 and cells[0].lower() in ("from", "old", "source"):
-                continue
+            if n == 1 and not any(_is_id(c) for c in cells):
+                continue  # a header line, whatever its words
+            for cell in cells:
+                if not _is_id(cell):
+                    raise InputError(f"{cell!r} is not a statistic id (`sensor.name` or "
+                                     "`domain:name`, `*` allowed)", path=str(path), line=n)
             pairs.append((cells[0], cells[1]))
     if not pairs:
         raise InputError("no pairs in the map file", path=str(path))
     return pairs
 
 
-def expand_pairs(raw: Sequence[tuple[str, str]], known: Sequence[str]) -> list[Pair]:
+def _is_id(cell: str) -> bool:
+    """A statistic id as HA accepts it, or a pattern of one (`*` stands for a part)."""
+    try:
+        validate_statistic_id(cell.replace("*", "x"))
+    except InputError:
+        return False
+    return True
+
+
+def _is_statistics_export(cells: Sequence[str]) -> bool:
+    """The first line of a statistics file (another tool's export, or backdate's own), not of
+    a map: it names `statistic_id` and a time or value column."""
+    words = {w.strip().lower() for c in cells for w in re.split(r"[\t;,]", c)}
+    return "statistic_id" in words and bool(words & {"start", "unit", "sum", "state", "mean"})
+
+
+def expand_pairs(raw: Sequence[tuple[str, str]], known: Sequence[str],
+                 source: str | None = None) -> list[Pair]:
     """`sensor.powerwall_* = sensor.teslemetry_*`: each existing id matching the left side
     pairs with the right side, `*` filled with what it matched there."""
     out: list[Pair] = []
@@ -240,10 +266,17 @@ def expand_pairs(raw: Sequence[tuple[str, str]], known: Sequence[str]) -> list[P
             out.append(Pair([old], new))
             continue
         if old.count("*") != new.count("*"):
-            raise InputError(f"{old} = {new}: both sides need the same number of '*'")
+            raise InputError(f"{old} = {new}: both sides need the same number of '*'",
+                             path=source)
         hits = [sid for sid in known if fnmatch.fnmatchcase(sid, old)]
         if not hits:
-            raise InputError(f"{old}: no statistic in the target matches")
+            from backdate.services.inspecting import suggestions
+
+            text = f"{old}: no statistic in the target matches"
+            close = suggestions(old, list(known))
+            if close:
+                text += "; did you mean " + " or ".join(close) + "?"
+            raise InputError(text, path=source)
         regex = fnmatch.translate(old).replace(".*", "(.*)")
         for sid in hits:
             m = re.match(regex, sid)
@@ -268,8 +301,9 @@ def check_pairs(pairs: Sequence[Pair]) -> None:
         if p.into in sources:
             raise UsageError(f"{p.into} is both a source and a target of this migration")
         seen.add(p.into)
-        if len(set(p.sources)) != len(p.sources):
-            raise UsageError(f"{p.into}: a source is named twice")
+        twice = sorted({s for s in p.sources if p.sources.count(s) > 1})
+        if twice:
+            raise UsageError(f"{twice[0]} is named twice as --from of {p.into}")
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -331,6 +365,19 @@ def _factor(old: StatisticMeta, unit: str | None, into: str) -> float:
     return conv.factor
 
 
+def _missing(target: StatisticsTarget, sid: str, where: str) -> str:
+    """OLD is not there: name the closest ids (every target lists its metadata cheaply)."""
+    from backdate.services.inspecting import suggestions
+
+    text = f"{sid}: no such statistic in {where}"
+    metas = getattr(target, "statistic_metas", None)
+    if metas is not None:
+        close = suggestions(sid, [m.statistic_id for m in metas()])
+        if close:
+            text += "; did you mean " + " or ".join(close) + "?"
+    return text
+
+
 def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *,
               can_rename: bool, now: float) -> PairPlan:
     """One pair's plan: a rename when NEW holds nothing (database targets), else a merge."""
@@ -340,7 +387,7 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
     for sid in pair.sources:
         meta = target.get_metadata(sid)
         if meta is None:
-            raise InputError(f"{sid}: no such statistic in {settings.target}")
+            raise InputError(_missing(target, sid, settings.target))
         olds.append(meta)
     new = target.get_metadata(pair.into)
     everyone = olds + ([new] if new is not None else [])
@@ -511,6 +558,15 @@ def _plan_means(target: StatisticsTarget, pair: Pair, settings: MigrateSettings,
     return result
 
 
+def _idle(p: PairPlan, remove_source: bool) -> bool:
+    """The pair changes nothing: no hours to take (or none HA has compiled, e.g. a second run
+    of the same migration) and OLD stays."""
+    if p.action == "nothing":
+        return True
+    return (p.action == "merge" and not remove_source and p.item is not None
+            and p.item.plan.is_empty)
+
+
 def plan_migration(target: StatisticsTarget, settings: MigrateSettings) -> MigrateResult:
     """Every pair planned before anything is written; any refusal stops everything."""
     check_pairs(settings.pairs)
@@ -520,7 +576,7 @@ def plan_migration(target: StatisticsTarget, settings: MigrateSettings) -> Migra
              for pair in settings.pairs]
     result = MigrateResult(settings.target, settings.overlap, settings.dry_run, pairs,
                            report_tz=settings.report_tz)
-    if all(p.action == "nothing" for p in pairs):
+    if all(_idle(p, settings.remove_source) for p in pairs):
         result.phase1 = "nothing to do"
     if settings.remove_source:
         for p in pairs:
@@ -565,6 +621,8 @@ def run_migration(target: StatisticsTarget, settings: MigrateSettings, *,
         return result
     merges = [p for p in result.pairs if p.action == "merge"]
     renames = [p.rename for p in result.pairs if p.action == "rename"]
+    if result.phase1 == "nothing to do":
+        merges, renames = [], []  # no backup, no write: a second run changes nothing
     if merges or renames:
         if backup is not None and settings.backup:
             ids = sorted({s for p in result.pairs for s in p.pair.sources}
