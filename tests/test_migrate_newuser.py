@@ -13,6 +13,8 @@ import migrate_data as md
 from test_cli_sqlite import backdate, sha256, url
 from test_migrate import DAY, new_meter, old_meter, setup
 
+T_BIG = int(datetime(2019, 1, 1, tzinfo=UTC).timestamp())
+
 
 def _db(tmp_path: Path) -> Path:
     return setup(tmp_path, 53, old_meter(), new_meter())
@@ -99,3 +101,43 @@ def test_running_it_twice_says_nothing_to_do_and_makes_no_backup(tmp_path: Path)
     assert "written and verified" not in again.stdout, again.stdout
     assert sorted(tmp_path.glob("*.bak")) == backups, "a backup of a run that wrote nothing"
     assert sha256(db) == before
+
+
+def test_ctrl_c_during_the_write_finishes_it_and_says_so(tmp_path: Path) -> None:
+    """Ctrl-C while the transaction is open: the migration is finished (never half), its
+    outcome reported, exit 130 with a message saying what happened."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    from test_cli_sqlite import BACKDATE
+
+    old = old_meter(start=T_BIG, end=T_BIG + 6 * 365 * DAY)
+    new = md.make_meter("sensor.teslemetry_import", "kWh", old_end := T_BIG + 6 * 365 * DAY
+                        - 2 * DAY, old_end + 5 * DAY, seed=2, scale=0.05, meter0=1.0)
+    db = setup(tmp_path, 53, old, new)
+    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
+    proc = subprocess.Popen([*BACKDATE, "migrate", url(db), "--from", old.statistic_id,
+                             "--into", new.statistic_id, "--yes", "--no-backup"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, stdin=subprocess.DEVNULL)
+    probe = sqlite3.connect(db, timeout=0, isolation_level=None)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:  # the writer's lock: backdate holds its BEGIN IMMEDIATE transaction
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.001)
+    probe.close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, out[-500:], err)
+    assert "Traceback" not in err
+    assert "finished first" in err, err
+    assert "phase 1 done" in out, out[-500:]
+    check = md.changes_of(md.read_rows(url(db), new.statistic_id))
+    assert len(check) == len(md.expected_merge(old, new, 1e-3, "keep-target")), "half written"
