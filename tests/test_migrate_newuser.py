@@ -141,3 +141,21 @@ def test_ctrl_c_during_the_write_finishes_it_and_says_so(tmp_path: Path) -> None
     assert "phase 1 done" in out, out[-500:]
     check = md.changes_of(md.read_rows(url(db), new.statistic_id))
     assert len(check) == len(md.expected_merge(old, new, 1e-3, "keep-target")), "half written"
+
+
+def test_a_typo_in_a_map_names_file_and_line(tmp_path: Path) -> None:
+    db = setup(tmp_path, 53, old_meter(), new_meter(),
+               old_meter("sensor.powerwall_export", seed=3),
+               new_meter("sensor.teslemetry_export", seed=4))
+    before = sha256(db)
+    for name, text in (
+            ("pairs.csv", "sensor.powerwall_export,sensor.teslemetry_export\n"
+                          "sensor.powerwal_import,sensor.teslemetry_import\n"),
+            ("pairs.toml", '"sensor.powerwall_export" = "sensor.teslemetry_export"\n'
+                           '"sensor.powerwal_import" = "sensor.teslemetry_import"\n')):
+        pairs = tmp_path / name
+        pairs.write_text(text)
+        out = backdate("migrate", url(db), "--map", pairs, "--yes", expect=1)
+        assert f"{name}:2: sensor.powerwal_import" in out.stderr, out.stderr
+        assert "did you mean sensor.powerwall_import" in out.stderr, out.stderr
+    assert sha256(db) == before

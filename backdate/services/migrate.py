@@ -65,6 +65,8 @@ class Pair:
 
     sources: list[str]
     into: str
+    origin: str | None = None  # the --map file the pair came from
+    line: int | None = None  # and its line there (for errors)
 
 
 @dataclass(slots=True)
@@ -197,14 +199,14 @@ def _seams(item: Any) -> list[dict[str, Any]]:
 # -- pairs ----------------------------------------------------------------------------------
 
 
-def read_map(path: Path) -> list[tuple[str, str]]:
+def read_map(path: Path) -> list[tuple[str, str, int | None]]:
     """Pairs from a TOML file (`"old" = "new"` lines, at the top or under [map]) or a CSV file
     (`from,into` per line; a header line is allowed). Globs with `*` are expanded later."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read --map {path}: {exc.strerror or exc}") from None
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, int | None]] = []
     if path.suffix.lower() == ".toml":
         try:
             doc = tomllib.loads(text)
@@ -215,7 +217,7 @@ def read_map(path: Path) -> list[tuple[str, str]]:
             if not isinstance(value, str):
                 raise InputError(f"{key!r}: the new statistic id must be a string",
                                  path=str(path))
-            pairs.append((key.strip(), value.strip()))
+            pairs.append((key.strip(), value.strip(), _toml_line(text, key)))
     else:
         for n, row in enumerate(csv.reader(io.StringIO(text)), start=1):
             cells = [c.strip() for c in row if c.strip()]
@@ -234,7 +236,7 @@ def read_map(path: Path) -> list[tuple[str, str]]:
                 if not _is_id(cell):
                     raise InputError(f"{cell!r} is not a statistic id (`sensor.name` or "
                                      "`domain:name`, `*` allowed)", path=str(path), line=n)
-            pairs.append((cells[0], cells[1]))
+            pairs.append((cells[0], cells[1], n))
     if not pairs:
         raise InputError("no pairs in the map file", path=str(path))
     return pairs
@@ -256,18 +258,28 @@ def _is_statistics_export(cells: Sequence[str]) -> bool:
     return "statistic_id" in words and bool(words & {"start", "unit", "sum", "state", "mean"})
 
 
-def expand_pairs(raw: Sequence[tuple[str, str]], known: Sequence[str],
-                 source: str | None = None) -> list[Pair]:
+def _toml_line(text: str, key: str) -> int | None:
+    """The line of a TOML key (tomllib keeps none), for errors about that pair."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if key in line and "=" in line.split(key, 1)[1]:
+            return n
+    return None
+
+
+def expand_pairs(raw: Sequence[tuple[str, str] | tuple[str, str, int | None]],
+                 known: Sequence[str], source: str | None = None) -> list[Pair]:
     """`sensor.powerwall_* = sensor.teslemetry_*`: each existing id matching the left side
     pairs with the right side, `*` filled with what it matched there."""
     out: list[Pair] = []
-    for old, new in raw:
+    for entry in raw:
+        old, new = entry[0], entry[1]
+        line = entry[2] if len(entry) > 2 else None
         if "*" not in old:
-            out.append(Pair([old], new))
+            out.append(Pair([old], new, source, line))
             continue
         if old.count("*") != new.count("*"):
             raise InputError(f"{old} = {new}: both sides need the same number of '*'",
-                             path=source)
+                             path=source, line=line)
         hits = [sid for sid in known if fnmatch.fnmatchcase(sid, old)]
         if not hits:
             from backdate.services.inspecting import suggestions
@@ -276,14 +288,14 @@ def expand_pairs(raw: Sequence[tuple[str, str]], known: Sequence[str],
             close = suggestions(old, list(known))
             if close:
                 text += "; did you mean " + " or ".join(close) + "?"
-            raise InputError(text, path=source)
+            raise InputError(text, path=source, line=line)
         regex = fnmatch.translate(old).replace(".*", "(.*)")
         for sid in hits:
             m = re.match(regex, sid)
             target = new
             for part in (m.groups() if m else ()):
                 target = target.replace("*", part, 1)
-            out.append(Pair([sid], target))
+            out.append(Pair([sid], target, source, line))
     return out
 
 
@@ -387,7 +399,8 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
     for sid in pair.sources:
         meta = target.get_metadata(sid)
         if meta is None:
-            raise InputError(_missing(target, sid, settings.target))
+            raise InputError(_missing(target, sid, settings.target), path=pair.origin,
+                             line=pair.line)
         olds.append(meta)
     new = target.get_metadata(pair.into)
     everyone = olds + ([new] if new is not None else [])
