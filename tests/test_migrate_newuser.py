@@ -159,3 +159,14 @@ def test_a_typo_in_a_map_names_file_and_line(tmp_path: Path) -> None:
         assert f"{name}:2: sensor.powerwal_import" in out.stderr, out.stderr
         assert "did you mean sensor.powerwall_import" in out.stderr, out.stderr
     assert sha256(db) == before
+
+
+def test_a_typo_in_into_is_pointed_out_before_the_rename(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    out = backdate("migrate", url(db), "--from", "sensor.powerwall_import", "--into",
+                   "sensor.teslemetry_imprt", "--dry-run")
+    assert "rename" in out.stdout
+    assert "did you mean sensor.teslemetry_import" in " ".join(out.stdout.split()), out.stdout
+    out = backdate("migrate", url(db), "--from", "sensor.powerwall_import", "--into",
+                   "sensor.house_meter", "--dry-run")
+    assert "did you mean" not in out.stdout, out.stdout

@@ -14,6 +14,7 @@ No Rich, no Typer, no environment here: the CLI passes settings in and renders t
 from __future__ import annotations
 
 import csv
+import difflib
 import fnmatch
 import io
 import math
@@ -377,16 +378,22 @@ def _factor(old: StatisticMeta, unit: str | None, into: str) -> float:
     return conv.factor
 
 
-def _missing(target: StatisticsTarget, sid: str, where: str) -> str:
-    """OLD is not there: name the closest ids (every target lists its metadata cheaply)."""
+def _close_ids(target: StatisticsTarget, sid: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The existing ids closest to `sid` (every target lists its metadata cheaply)."""
     from backdate.services.inspecting import suggestions
 
-    text = f"{sid}: no such statistic in {where}"
     metas = getattr(target, "statistic_metas", None)
-    if metas is not None:
-        close = suggestions(sid, [m.statistic_id for m in metas()])
-        if close:
-            text += "; did you mean " + " or ".join(close) + "?"
+    if metas is None:
+        return []
+    return suggestions(sid, [m.statistic_id for m in metas() if m.statistic_id not in exclude])
+
+
+def _missing(target: StatisticsTarget, sid: str, where: str) -> str:
+    """OLD is not there: name the closest ids."""
+    text = f"{sid}: no such statistic in {where}"
+    close = _close_ids(target, sid)
+    if close:
+        text += "; did you mean " + " or ".join(close) + "?"
     return text
 
 
@@ -403,6 +410,10 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
                              line=pair.line)
         olds.append(meta)
     new = target.get_metadata(pair.into)
+    typo: list[str] = []  # NEW not there: a typo of an existing id? (a note; renames stay)
+    if new is None:
+        typo = [sid for sid in _close_ids(target, pair.into, pair.sources)
+                if difflib.SequenceMatcher(None, sid, pair.into).ratio() >= 0.9]
     everyone = olds + ([new] if new is not None else [])
     is_sum = olds[0].has_sum
     for meta in everyone:
@@ -413,6 +424,9 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
                 f"{'sum (meter)' if is_sum else 'mean'} one: they cannot be merged")
     unit = new.unit_of_measurement if new is not None else olds[-1].unit_of_measurement
     result = PairPlan(pair=pair, action="merge", unit=unit)
+    if typo:
+        result.notes.append(f"{pair.into} has no statistics yet: the history goes into a new "
+                            f"id (did you mean {' or '.join(typo)}?)")
     conversions: dict[str, units.Conversion] = {}
     for meta in olds:
         result.source_units[meta.statistic_id] = meta.unit_of_measurement
