@@ -385,7 +385,11 @@ def _close_ids(target: StatisticsTarget, sid: str, exclude: Sequence[str] = ()) 
     metas = getattr(target, "statistic_metas", None)
     if metas is None:
         return []
-    return suggestions(sid, [m.statistic_id for m in metas() if m.statistic_id not in exclude])
+    try:
+        known = [m.statistic_id for m in metas() if m.statistic_id not in exclude]
+    except BackdateError:  # a hint only: never in the way of the error or plan it adds to
+        return []
+    return suggestions(sid, known)
 
 
 def _missing(target: StatisticsTarget, sid: str, where: str) -> str:
