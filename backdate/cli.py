@@ -21,6 +21,8 @@ from backdate.errors import BackdateError, UsageError, require
 from backdate.models import Kind
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from backdate.app.sync import JobOutcome, VerifyResult
 
 app = typer.Typer(
@@ -147,6 +149,32 @@ def _fail(err: BackdateError) -> None:
     err_console.print(Text.assemble(("error: ", "bold red"), _shown(str(err))),
                       soft_wrap=True)  # one line, whole paths: the terminal wraps it
     raise typer.Exit(err.exit_code)
+
+
+@contextmanager
+def _hold_interrupt(note: str) -> Iterator[list[bool]]:
+    """Ctrl-C during a write: the first is held until the block ends (the write is one
+    transaction and takes seconds), so what is reported is what was committed; a second one
+    stops at once. The list holds True once a Ctrl-C was held."""
+    import signal
+
+    held: list[bool] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(True)
+        err_console.print(note, markup=False)
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except ValueError:  # not the main thread (tests calling the app in-process)
+        yield held
+        return
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -727,7 +755,7 @@ def migrate_cmd(
                     raise UsageError("--map replaces --from/--into; give one or the other")
                 metas = getattr(tgt, "statistic_metas", None)
                 known = [m.statistic_id for m in metas()] if metas else []
-                pairs = svc.expand_pairs(svc.read_map(map_file), known)
+                pairs = svc.expand_pairs(svc.read_map(map_file), known, str(map_file))
             elif sources and into:
                 pairs = [svc.Pair(list(sources), into)]
             else:
@@ -736,9 +764,12 @@ def migrate_cmd(
                 raise UsageError("--then-backfill needs exactly one pair (one --into)")
             zone = _zone(tz) if tz else ZoneInfo("UTC")
             report_zone = tz or tgt.info().time_zone or _local_zone().key
+            start_ts, end_ts = parse_bound(start, zone), parse_bound(end, zone)
+            if start_ts is not None and end_ts is not None and end_ts <= start_ts:
+                raise UsageError(f"--end {end} is not after --start {start}: no hours between")
             settings = svc.MigrateSettings(
-                target=target, pairs=pairs, overlap=rule, start=parse_bound(start, zone),
-                end=parse_bound(end, zone), bounds_text=(start, end), dry_run=dry_run,
+                target=target, pairs=pairs, overlap=rule, start=start_ts,
+                end=end_ts, bounds_text=(start, end), dry_run=dry_run,
                 remove_source=remove_source, backup=backup, then_backfill=then_backfill,
                 short_term=short_term, report_tz=report_zone)
             with _status("planning"):
@@ -763,16 +794,33 @@ def migrate_cmd(
                                       soft_wrap=True)
                 return made.path
 
-            with _progress() as report:
-                result = svc.run_migration(tgt, settings, backup=do_backup, progress=report,
-                                           plan=plan)
-            if as_json:
-                sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
-            else:
-                render.print_migration_outcome(console, err_console, result,
-                                               _zone(report_zone))
+            with _hold_interrupt("interrupt: finishing the migration first (it is being "
+                                 "written, in one transaction); Ctrl-C again stops at once"
+                                 ) as held:
+                try:
+                    with _progress() as report:
+                        result = svc.run_migration(tgt, settings, backup=do_backup,
+                                                   progress=report, plan=plan)
+                    if as_json:
+                        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+                    else:
+                        render.print_migration_outcome(console, err_console, result,
+                                                       _zone(report_zone))
+                except KeyboardInterrupt:
+                    err_console.print(
+                        "interrupted while writing: the transaction was rolled back unless it "
+                        "had just been committed; `backdate inspect` shows which", markup=False)
+                    raise typer.Exit(130) from None
+            if held:
+                err_console.print("interrupted: the migration had begun writing, so it was "
+                                  "finished first (reported above); `backdate restore` with its "
+                                  "backup undoes it", markup=False)
+                raise typer.Exit(130)
             if result.exit_code:
                 raise typer.Exit(result.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted before writing: nothing was written", markup=False)
+            raise typer.Exit(130) from None
         finally:
             tgt.close()
 

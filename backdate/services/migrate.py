@@ -14,6 +14,7 @@ No Rich, no Typer, no environment here: the CLI passes settings in and renders t
 from __future__ import annotations
 
 import csv
+import difflib
 import fnmatch
 import io
 import math
@@ -65,6 +66,8 @@ class Pair:
 
     sources: list[str]
     into: str
+    origin: str | None = None  # the --map file the pair came from
+    line: int | None = None  # and its line there (for errors)
 
 
 @dataclass(slots=True)
@@ -197,14 +200,14 @@ def _seams(item: Any) -> list[dict[str, Any]]:
 # -- pairs ----------------------------------------------------------------------------------
 
 
-def read_map(path: Path) -> list[tuple[str, str]]:
+def read_map(path: Path) -> list[tuple[str, str, int | None]]:
     """Pairs from a TOML file (`"old" = "new"` lines, at the top or under [map]) or a CSV file
     (`from,into` per line; a header line is allowed). Globs with `*` are expanded later."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read --map {path}: {exc.strerror or exc}") from None
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, int | None]] = []
     if path.suffix.lower() == ".toml":
         try:
             doc = tomllib.loads(text)
@@ -215,42 +218,85 @@ def read_map(path: Path) -> list[tuple[str, str]]:
             if not isinstance(value, str):
                 raise InputError(f"{key!r}: the new statistic id must be a string",
                                  path=str(path))
-            pairs.append((key.strip(), value.strip()))
+            pairs.append((key.strip(), value.strip(), _toml_line(text, key)))
     else:
         for n, row in enumerate(csv.reader(io.StringIO(text)), start=1):
             cells = [c.strip() for c in row if c.strip()]
             if not cells or cells[0].startswith("#"):
                 continue
+            if _is_statistics_export(cells):
+                raise InputError(
+                    "this is a statistics export (statistic_id, unit, start, …), not a map of "
+                    f"`old_id,new_id` pairs; import it with `backdate import {path} --to "
+                    "TARGET`", path=str(path), line=n)
             if len(cells) != 2:
                 raise InputError("each line is `old_id,new_id`", path=str(path), line=n)
-            if n == 1 and cells[0].lower() in ("from", "old", "source"):
-                continue
-            pairs.append((cells[0], cells[1]))
+            if n == 1 and not any(_is_id(c) for c in cells):
+                continue  # a header line, whatever its words
+            for cell in cells:
+                if not _is_id(cell):
+                    raise InputError(f"{cell!r} is not a statistic id (`sensor.name` or "
+                                     "`domain:name`, `*` allowed)", path=str(path), line=n)
+            pairs.append((cells[0], cells[1], n))
     if not pairs:
         raise InputError("no pairs in the map file", path=str(path))
     return pairs
 
 
-def expand_pairs(raw: Sequence[tuple[str, str]], known: Sequence[str]) -> list[Pair]:
+def _is_id(cell: str) -> bool:
+    """A statistic id as HA accepts it, or a pattern of one (`*` stands for a part)."""
+    try:
+        validate_statistic_id(cell.replace("*", "x"))
+    except InputError:
+        return False
+    return True
+
+
+def _is_statistics_export(cells: Sequence[str]) -> bool:
+    """The first line of a statistics file (another tool's export, or backdate's own), not of
+    a map: it names `statistic_id` and a time or value column."""
+    words = {w.strip().lower() for c in cells for w in re.split(r"[\t;,]", c)}
+    return "statistic_id" in words and bool(words & {"start", "unit", "sum", "state", "mean"})
+
+
+def _toml_line(text: str, key: str) -> int | None:
+    """The line of a TOML key (tomllib keeps none), for errors about that pair."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if key in line and "=" in line.split(key, 1)[1]:
+            return n
+    return None
+
+
+def expand_pairs(raw: Sequence[tuple[str, str] | tuple[str, str, int | None]],
+                 known: Sequence[str], source: str | None = None) -> list[Pair]:
     """`sensor.powerwall_* = sensor.teslemetry_*`: each existing id matching the left side
     pairs with the right side, `*` filled with what it matched there."""
     out: list[Pair] = []
-    for old, new in raw:
+    for entry in raw:
+        old, new = entry[0], entry[1]
+        line = entry[2] if len(entry) > 2 else None
         if "*" not in old:
-            out.append(Pair([old], new))
+            out.append(Pair([old], new, source, line))
             continue
         if old.count("*") != new.count("*"):
-            raise InputError(f"{old} = {new}: both sides need the same number of '*'")
+            raise InputError(f"{old} = {new}: both sides need the same number of '*'",
+                             path=source, line=line)
         hits = [sid for sid in known if fnmatch.fnmatchcase(sid, old)]
         if not hits:
-            raise InputError(f"{old}: no statistic in the target matches")
+            from backdate.services.inspecting import suggestions
+
+            text = f"{old}: no statistic in the target matches"
+            close = suggestions(old, list(known))
+            if close:
+                text += "; did you mean " + " or ".join(close) + "?"
+            raise InputError(text, path=source, line=line)
         regex = fnmatch.translate(old).replace(".*", "(.*)")
         for sid in hits:
             m = re.match(regex, sid)
             target = new
             for part in (m.groups() if m else ()):
                 target = target.replace("*", part, 1)
-            out.append(Pair([sid], target))
+            out.append(Pair([sid], target, source, line))
     return out
 
 
@@ -268,8 +314,9 @@ def check_pairs(pairs: Sequence[Pair]) -> None:
         if p.into in sources:
             raise UsageError(f"{p.into} is both a source and a target of this migration")
         seen.add(p.into)
-        if len(set(p.sources)) != len(p.sources):
-            raise UsageError(f"{p.into}: a source is named twice")
+        twice = sorted({s for s in p.sources if p.sources.count(s) > 1})
+        if twice:
+            raise UsageError(f"{twice[0]} is named twice as --from of {p.into}")
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -331,6 +378,29 @@ def _factor(old: StatisticMeta, unit: str | None, into: str) -> float:
     return conv.factor
 
 
+def _close_ids(target: StatisticsTarget, sid: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The existing ids closest to `sid` (every target lists its metadata cheaply)."""
+    from backdate.services.inspecting import suggestions
+
+    metas = getattr(target, "statistic_metas", None)
+    if metas is None:
+        return []
+    try:
+        known = [m.statistic_id for m in metas() if m.statistic_id not in exclude]
+    except BackdateError:  # a hint only: never in the way of the error or plan it adds to
+        return []
+    return suggestions(sid, known)
+
+
+def _missing(target: StatisticsTarget, sid: str, where: str) -> str:
+    """OLD is not there: name the closest ids."""
+    text = f"{sid}: no such statistic in {where}"
+    close = _close_ids(target, sid)
+    if close:
+        text += "; did you mean " + " or ".join(close) + "?"
+    return text
+
+
 def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *,
               can_rename: bool, now: float) -> PairPlan:
     """One pair's plan: a rename when NEW holds nothing (database targets), else a merge."""
@@ -340,9 +410,14 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
     for sid in pair.sources:
         meta = target.get_metadata(sid)
         if meta is None:
-            raise InputError(f"{sid}: no such statistic in {settings.target}")
+            raise InputError(_missing(target, sid, settings.target), path=pair.origin,
+                             line=pair.line)
         olds.append(meta)
     new = target.get_metadata(pair.into)
+    typo: list[str] = []  # NEW not there: a typo of an existing id? (a note; renames stay)
+    if new is None:
+        typo = [sid for sid in _close_ids(target, pair.into, pair.sources)
+                if difflib.SequenceMatcher(None, sid, pair.into).ratio() >= 0.9]
     everyone = olds + ([new] if new is not None else [])
     is_sum = olds[0].has_sum
     for meta in everyone:
@@ -353,6 +428,9 @@ def plan_pair(target: StatisticsTarget, pair: Pair, settings: MigrateSettings, *
                 f"{'sum (meter)' if is_sum else 'mean'} one: they cannot be merged")
     unit = new.unit_of_measurement if new is not None else olds[-1].unit_of_measurement
     result = PairPlan(pair=pair, action="merge", unit=unit)
+    if typo:
+        result.notes.append(f"{pair.into} has no statistics yet: the history goes into a new "
+                            f"id (did you mean {' or '.join(typo)}?)")
     conversions: dict[str, units.Conversion] = {}
     for meta in olds:
         result.source_units[meta.statistic_id] = meta.unit_of_measurement
@@ -511,6 +589,15 @@ def _plan_means(target: StatisticsTarget, pair: Pair, settings: MigrateSettings,
     return result
 
 
+def _idle(p: PairPlan, remove_source: bool) -> bool:
+    """The pair changes nothing: no hours to take (or none HA has compiled, e.g. a second run
+    of the same migration) and OLD stays."""
+    if p.action == "nothing":
+        return True
+    return (p.action == "merge" and not remove_source and p.item is not None
+            and p.item.plan.is_empty)
+
+
 def plan_migration(target: StatisticsTarget, settings: MigrateSettings) -> MigrateResult:
     """Every pair planned before anything is written; any refusal stops everything."""
     check_pairs(settings.pairs)
@@ -520,7 +607,7 @@ def plan_migration(target: StatisticsTarget, settings: MigrateSettings) -> Migra
              for pair in settings.pairs]
     result = MigrateResult(settings.target, settings.overlap, settings.dry_run, pairs,
                            report_tz=settings.report_tz)
-    if all(p.action == "nothing" for p in pairs):
+    if all(_idle(p, settings.remove_source) for p in pairs):
         result.phase1 = "nothing to do"
     if settings.remove_source:
         for p in pairs:
@@ -565,6 +652,8 @@ def run_migration(target: StatisticsTarget, settings: MigrateSettings, *,
         return result
     merges = [p for p in result.pairs if p.action == "merge"]
     renames = [p.rename for p in result.pairs if p.action == "rename"]
+    if result.phase1 == "nothing to do":
+        merges, renames = [], []  # no backup, no write: a second run changes nothing
     if merges or renames:
         if backup is not None and settings.backup:
             ids = sorted({s for p in result.pairs for s in p.pair.sources}
