@@ -595,7 +595,7 @@ def test_13_no_at_the_prompt_says_nothing_written(db: Path, tmp_path: Path) -> N
     code, out, err = on_terminal("import", data, "--to", db, answer="n\n")
     assert code == 1, out + err
     assert "Write this?" in out and "nothing written" in out, out
-    assert digest(db) == before and not list(tmp_path.glob("*.bak"))
+    assert digest(db) == before and not list(tmp_path.glob("*.backdate-*"))
 
 
 def test_13_chart_and_day_zone_are_stated(db: Path, tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def test_unit_that_cannot_be_converted_is_refused(tmp_path: Path) -> None:
                       expect=1)
     assert "cannot be converted" in failed.stderr and "Traceback" not in failed.stderr
     assert sha256(db) == before
-    assert not list(tmp_path.glob("*.bak"))
+    assert not list(tmp_path.glob("*.backdate-*"))
 
 
 def test_dry_run_leaves_the_file_byte_identical(tmp_path: Path) -> None:
