@@ -17,6 +17,7 @@ from rich.console import Console
 
 from backdate.app import render
 from backdate.app.importing import ImportOptions, apply_imports, plan_imports, read_sources
+from backdate.errors import InputError
 from backdate.targets.fresh import create_recorder_sqlite
 
 DEMO_ZONE = "Europe/Vienna"
@@ -36,11 +37,37 @@ def synthetic_year(end: float) -> tuple[np.ndarray, np.ndarray]:
     return starts, values
 
 
+def made_by_demo(db: Path) -> bool:
+    """Whether `db` is a database an earlier `backdate demo` made: no state or event rows, and
+    no statistic but the demo's. Anything else (a real Home Assistant database, a file that is
+    not SQLite) is never deleted."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        ids = {row[0] for row in con.execute("SELECT statistic_id FROM statistics_meta")}
+        for table in ("states", "events"):
+            if con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+                return False
+    except sqlite3.Error:
+        return False
+    finally:
+        con.close()
+    return ids <= {STATISTIC}
+
+
 def run_demo(directory: Path, console: Console) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
     db = directory / "home-assistant_v2.db"
-    for leftover in directory.glob("home-assistant_v2.db*"):
-        leftover.unlink()
+    if db.exists() and not made_by_demo(db):
+        raise InputError(f"{db} is not a demo database (it holds Home Assistant's own data, "
+                         "or is not a recorder database): the demo never replaces it. Use "
+                         "--dir with an empty or new folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm", "-journal"):  # the demo's own database, nothing else
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
     create_recorder_sqlite(db)
     zone = ZoneInfo(DEMO_ZONE)
     today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
