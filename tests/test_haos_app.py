@@ -126,8 +126,8 @@ def test_missing_mounts_and_token_are_explained(tmp_path: Path) -> None:
 
 def test_generated_config_and_serve_section(tmp_path: Path) -> None:
     """backdate.toml is private (0600), names the container's paths, carries no source secret,
-    and gets a [serve] block only when `backdate serve` exists."""
-    from backdate.haos.app import has_command
+    and gets a [serve] block only when `backdate serve` can mirror Home Assistant."""
+    from backdate.haos.app import serve_available
 
     options = {**SECRETS, "serve": True, "jobs": [
         {"name": "house", "source": "/share/backdate/house.csv", "statistic_id": "backdate:house",
@@ -144,9 +144,61 @@ def test_generated_config_and_serve_section(tmp_path: Path) -> None:
     assert f'source = "{root}/config/garage.csv"' in text
     assert 'targets = ["ws://127.0.0.1:9/core/websocket"]' in text
     assert not any(secret in text for secret in SECRETS.values())
-    assert ("[serve]" in text) == has_command("serve")
-    if not has_command("serve"):
-        assert "no `serve` command yet" in proc.stdout
+    assert ("[serve]" in text) == serve_available()
+    if not serve_available():
+        assert "only the sync runs" in proc.stdout
+
+
+def test_serve_on_does_not_stop_the_sync(tmp_path: Path) -> None:
+    """`serve: true` (in DOCS.md's options) with a backdate whose `serve` has the event ingest
+    but no Home Assistant mirror: the loop keeps syncing, the log says only the sync runs, and
+    SIGTERM ends it with exit 0 (the app used to start `serve` with a config it refused, and
+    the whole app ended with exit 1 a second after it started)."""
+    import signal
+
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    end = int(time.time()) // HOUR * HOUR
+    root = app_root(tmp_path, {"serve": True, "write_to": "sqlite", "jobs": [
+        {"name": "house", "source": "/share/backdate/house.csv",
+         "statistic_id": "backdate:house"}]})
+    (root / "homeassistant").mkdir()
+    create_recorder_sqlite(root / "homeassistant" / "home-assistant_v2.db")
+    house_csv(root / "share" / "backdate" / "house.csv", end, 4, 0.25)
+    env = {k: v for k, v in os.environ.items() if k not in ("HA_TOKEN", "HA_URL")}
+    env.update(BACKDATE_APP_ROOT=str(root), BACKDATE_SUPERVISOR_URL="http://127.0.0.1:9",
+               SUPERVISOR_TOKEN="not-a-real-token-0000", XDG_STATE_HOME=str(root / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "backdate.haos"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "next run at" in line:
+                break
+        time.sleep(3)  # serve, had it been started, has failed by now
+        assert proc.poll() is None, "".join(lines) + proc.stdout.read()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(lines) + out
+    assert proc.returncode == 0, (output, err)
+    assert "job house: ok" in output and "serve: error" not in output, output
+    # write_to: sqlite makes no backup file, and DOCS.md says so (it promised one per write)
+    ha_config = root / "homeassistant"
+    assert not list(ha_config.glob("*.bak")), list(ha_config.iterdir())
+    docs = (Path(__file__).resolve().parent.parent / "ha-app" / "backdate" / "DOCS.md").read_text()
+    assert "a backup before each write" not in docs and "No backup file is made" in docs
+    assert_clean_log(subprocess.CompletedProcess(proc.args, 0, output, err),
+                     "not-a-real-token-0000")
 
 
 def test_failing_run_logs_no_secret(tmp_path: Path) -> None:

@@ -296,8 +296,9 @@ def render_config(options: AppOptions, app_env: AppEnvironment, target: str,
         lines += [f"{key} = {_toml(value)}" for key, value in fields.items()]
     if serve:
         # `backdate serve` behind Home Assistant's ingress; its web page is the app's panel.
+        store = f"sqlite:///{(app_env.data / 'serve.db').absolute()}"  # four slashes
         lines += ["", "[serve]", f"listen = {_toml(f'0.0.0.0:{INGRESS_PORT}')}",
-                  f"store = {_toml(str(app_env.data / 'serve.db'))}", "",
+                  f"store = {_toml(store)}", "",
                   "[[serve.homes]]", 'name = "home"', f"url = {_toml(app_env.core_websocket)}"]
     return "\n".join(lines) + "\n", headers
 
@@ -338,6 +339,19 @@ def has_command(name: str) -> bool:
                for info in app.registered_commands)
 
 
+def serve_available() -> bool:
+    """Whether this backdate's `serve` can be the app's panel: it needs the Home Assistant
+    mirror (`[[serve.homes]]`). A `serve` with only the event ingest cannot run from the
+    app's options (it wants read tokens and ingest keys the options do not have)."""
+    if not has_command("serve"):
+        return False
+    try:
+        from backdate.interfaces.http import server
+    except ImportError:
+        return False
+    return bool(getattr(server, "MIRRORS_HOMES", False))
+
+
 def prepare(app_env: AppEnvironment) -> Plan:
     """Options read and checked, target found, backdate.toml written and checked."""
     options = read_options(app_env)
@@ -346,13 +360,13 @@ def prepare(app_env: AppEnvironment) -> Plan:
         raise AppError("option 'jobs': no job; add one in the app's Configuration tab "
                        "(name, source, statistic_id)")
     target, target_secrets = target_for(options, app_env)
-    serve = options.serve and has_command("serve")
+    serve = options.serve and serve_available()
     if options.serve and not serve:
         if not options.jobs:
             raise AppError("option 'jobs': no job, and option 'serve' cannot run: this "
-                           "backdate has no `serve` command yet")
-        log.warning("option 'serve' is on, but this backdate has no `serve` command yet; "
-                    "only the sync runs")
+                           "backdate's `serve` has no Home Assistant mirror yet")
+        log.warning("option 'serve' is on, but this backdate's `serve` has no Home Assistant "
+                    "mirror yet; only the sync runs")
     text, headers = render_config(options, app_env, target, serve)
     config = app_env.data / "backdate.toml"
     write_private(config, text)
