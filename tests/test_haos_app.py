@@ -118,9 +118,24 @@ def test_missing_mounts_and_token_are_explained(tmp_path: Path) -> None:
     proc = run_app(root, "--check", token=None)
     assert proc.returncode == 1 and "SUPERVISOR_TOKEN is not set" in proc.stdout, proc.stdout
     root = app_root(tmp_path, {"jobs": [job], "write_to": "sqlite"})
+    (root / "homeassistant").mkdir()  # mapped, but the recorder uses another database
     proc = run_app(root, "--check")
     assert proc.returncode == 1, proc.stdout
     assert "option 'write_to': sqlite" in proc.stdout and "home-assistant_v2.db" in proc.stdout
+    assert "recorder uses another database" in proc.stdout, proc.stdout
+    assert_clean_log(proc)
+
+
+def test_missing_homeassistant_folder_is_named(tmp_path: Path) -> None:
+    """write_to: sqlite without the /homeassistant mount: the message names the missing
+    mapping, not another recorder database."""
+    job = {"name": "a", "source": "a.csv", "statistic_id": "backdate:a"}
+    root = app_root(tmp_path, {"jobs": [job], "write_to": "sqlite"})
+    proc = run_app(root, "--check")
+    assert proc.returncode == 1, proc.stdout
+    assert "homeassistant is missing" in proc.stdout, proc.stdout
+    assert "homeassistant_config" in proc.stdout, proc.stdout
+    assert "another database" not in proc.stdout, proc.stdout
     assert_clean_log(proc)
 
 

@@ -247,7 +247,12 @@ def target_for(options: AppOptions, app_env: AppEnvironment) -> tuple[str, list[
                            "(it is in config.yaml) and must run under the Supervisor")
         return app_env.core_websocket, []
     if options.write_to == "sqlite":
-        path = app_env.path("/homeassistant") / RECORDER_FILE
+        folder = app_env.path("/homeassistant")
+        path = folder / RECORDER_FILE
+        if not folder.is_dir():
+            raise AppError(f"option 'write_to': sqlite, but {folder} is missing: Home "
+                           "Assistant's config folder is not mapped into the app (config.yaml "
+                           "maps homeassistant_config:rw; reinstall or update the app)")
         if not path.exists():
             raise AppError(f"option 'write_to': sqlite, but {path} does not exist: Home "
                            "Assistant's recorder uses another database (use websocket or "
