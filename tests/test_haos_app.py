@@ -90,6 +90,7 @@ def house_csv(path: Path, end: int, hours: int, per_quarter: float) -> None:
                {"name": "a", "source": "y.csv", "statistic_id": "backdate:b"}]},
      ["option 'jobs'", "two jobs"]),
     ({"jobs": []}, ["option 'jobs'", "no job"]),
+    ({"jobs": [None]}, ["option 'jobs[1]'", "name, source and statistic_id"]),
     ({"jobs": [{"name": "a", "source": "influxdb://h:8086/db?measurement=m&field=f&oops=1",
                 "statistic_id": "backdate:a"}]}, ["option 'jobs[1] (a).source'", "oops"]),
     ({"initial_sync_days": 0, "jobs": []}, ["option 'initial_sync_days'"]),
@@ -106,6 +107,16 @@ def test_a_wrong_option_is_named(tmp_path: Path, options: dict, words: list[str]
     assert last.startswith("[") and "ERROR: " in last, proc.stdout
     for word in words:
         assert word in last, (word, last)
+
+
+def test_options_that_are_not_an_object_are_explained(tmp_path: Path) -> None:
+    """options.json edited by hand into a list: no pydantic class name in the message."""
+    root = app_root(tmp_path, {})
+    (root / "data" / "options.json").write_text("[1, 2]")
+    proc = run_app(root, "--check")
+    assert proc.returncode == 1, proc.stdout
+    assert "JSON object of options" in proc.stdout and "AppOptions" not in proc.stdout
+    assert_clean_log(proc)
 
 
 def test_missing_mounts_and_token_are_explained(tmp_path: Path) -> None:
@@ -227,6 +238,9 @@ def test_failing_run_logs_no_secret(tmp_path: Path) -> None:
     proc = run_app(root, "--once", timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "ERROR: " in proc.stdout and "job pw: failed" in proc.stdout, proc.stdout
+    # the summary naming the failed job is an error too (log_level: error still shows which)
+    assert any("ERROR: " in line and "job pw: failed" in line
+               for line in proc.stdout.splitlines()), proc.stdout
     assert_clean_log(proc, "hunter2pw", "not-a-real-token-0000", *SECRETS.values())
 
 

@@ -131,6 +131,9 @@ def parse_options(raw: object) -> AppOptions:
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         if first.get("type") == "extra_forbidden":
             message = "unknown option (a typo?)"
+        elif first.get("type") == "model_type":  # pydantic would name its own class here
+            message = ("should be a job with name, source and statistic_id" if first["loc"]
+                       else "should be a JSON object of options")
         elif first.get("type") == "string_pattern_mismatch":
             message = ("only letters, digits, - and _" if first["loc"][-1] == "name" else
                        "a statistic id like backdate:house or sensor.house_energy")
@@ -441,12 +444,16 @@ def set_level(name: str) -> None:
 # ------------------------------------------------------------------------------------ running
 
 
+_JOB_FAILED = re.compile(r"\bjob \S+: failed\b")
+
+
 def _relay(stream, level: int, prefix: str) -> None:
     for raw in iter(stream.readline, ""):
         line = raw.rstrip("\n")
         if line.strip():
             lowered = line.lstrip().lower()
-            lvl = logging.ERROR if lowered.startswith("error") else level
+            failed = _JOB_FAILED.search(line) is not None  # the run's summary names the job
+            lvl = logging.ERROR if lowered.startswith("error") or failed else level
             log.log(lvl, "%s%s", prefix, line)
     stream.close()
 
