@@ -227,6 +227,55 @@ def test_serve_on_does_not_stop_the_sync(tmp_path: Path) -> None:
                      "not-a-real-token-0000")
 
 
+@pytest.mark.parametrize(("signame", "once"), [("SIGTERM", True), ("SIGINT", True),
+                                              ("SIGTERM", False)])
+def test_a_signal_during_a_run_is_reported(tmp_path: Path, signame: str, once: bool) -> None:
+    """SIGTERM or SIGINT while a job waits on a source that never answers. `--once`: the log
+    says the run was stopped (it used to end silently with exit 1, the bad-input code), the
+    exit code is the shell's for that signal. The loop (what the container runs): the app
+    ends with exit 0 within STOP_GRACE (it used to wait for the child for ever). No
+    traceback either way."""
+    import signal
+    import socket
+
+    from backdate.haos.app import STOP_GRACE
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection in the kernel, never answers
+    port = silent.getsockname()[1]
+    root = app_root(tmp_path, {"write_to": "sqlite", "jobs": [
+        {"name": "slow", "statistic_id": "backdate:slow",
+         "source": f"influxdb://127.0.0.1:{port}/db?measurement=m&field=f"}]})
+    (root / "homeassistant").mkdir()
+    create_recorder_sqlite(root / "homeassistant" / "home-assistant_v2.db")
+    env = {k: v for k, v in os.environ.items() if k not in ("HA_TOKEN", "HA_URL")}
+    env.update(BACKDATE_APP_ROOT=str(root), BACKDATE_SUPERVISOR_URL="http://127.0.0.1:9",
+               SUPERVISOR_TOKEN="not-a-real-token-0000", XDG_STATE_HOME=str(root / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "backdate.haos",
+                             *(["--once"] if once else [])], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert ("once" if once else "syncing") in first, first
+        time.sleep(2)  # the child is waiting on the silent source
+        assert proc.poll() is None, first + proc.stdout.read()
+        sig = getattr(signal, signame)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=STOP_GRACE + 30)
+    finally:
+        silent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (128 + sig if once else 0), (proc.returncode, first + out, err)
+    assert f"stopped by {signame}" in out, first + out
+    assert_clean_log(subprocess.CompletedProcess(proc.args, 0, first + out, err),
+                     "not-a-real-token-0000")
+
+
 def test_failing_run_logs_no_secret(tmp_path: Path) -> None:
     """A source whose URL holds a password and a Home Assistant that cannot be reached: the
     run fails (exit 3, the cause logged), and no line holds the password, the token or the

@@ -48,6 +48,7 @@ from backdate.errors import InputError
 
 log = logging.getLogger("backdate.haos")
 
+STOP_GRACE = 30.0  # seconds a child gets to end after SIGTERM before it is killed
 INGRESS_PORT = 8099  # config.yaml's ingress_port: where `serve` listens inside the container
 RECORDER_FILE = "home-assistant_v2.db"
 DEFAULT_DATABASE = "homeassistant"  # the MariaDB app's default database
@@ -487,12 +488,18 @@ def run(plan: Plan, once: bool) -> int:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    stopped: list[int] = []  # the signal that asked the app to stop
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        stop()
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     code = 0
     try:
-        while True:
+        while not stopped:  # asked to stop: the children get STOP_GRACE seconds, below
             done = [proc for proc, _ in children if proc.poll() is not None]
             if done:
                 code = done[0].returncode
@@ -502,17 +509,29 @@ def run(plan: Plan, once: bool) -> int:
             except subprocess.TimeoutExpired:
                 continue
             except KeyboardInterrupt:
+                stopped.append(signal.SIGINT)
                 stop()
     finally:
         stop()
         for proc, threads in children:
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
+                log.warning("%s did not end within %.0f s of SIGTERM; killed",
+                            " ".join(proc.args[3:5]) if isinstance(proc.args, list) else "a child",
+                            STOP_GRACE)
                 proc.kill()
                 proc.wait()
             for thread in threads:
                 thread.join(timeout=5)
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        if once:  # a run cut short: say so, and exit as a shell does for the signal
+            log.warning("stopped by %s before every job finished; the next run reads the "
+                        "window again", name)
+            return 128 + int(stopped[0])
+        log.info("stopped by %s", name)
+        return 0
     return code if code >= 0 else 1
 
 
