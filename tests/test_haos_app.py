@@ -90,6 +90,7 @@ def house_csv(path: Path, end: int, hours: int, per_quarter: float) -> None:
                {"name": "a", "source": "y.csv", "statistic_id": "backdate:b"}]},
      ["option 'jobs'", "two jobs"]),
     ({"jobs": []}, ["option 'jobs'", "no job"]),
+    ({"jobs": [None]}, ["option 'jobs[1]'", "name, source and statistic_id"]),
     ({"jobs": [{"name": "a", "source": "influxdb://h:8086/db?measurement=m&field=f&oops=1",
                 "statistic_id": "backdate:a"}]}, ["option 'jobs[1] (a).source'", "oops"]),
     ({"initial_sync_days": 0, "jobs": []}, ["option 'initial_sync_days'"]),
@@ -108,6 +109,16 @@ def test_a_wrong_option_is_named(tmp_path: Path, options: dict, words: list[str]
         assert word in last, (word, last)
 
 
+def test_options_that_are_not_an_object_are_explained(tmp_path: Path) -> None:
+    """options.json edited by hand into a list: no pydantic class name in the message."""
+    root = app_root(tmp_path, {})
+    (root / "data" / "options.json").write_text("[1, 2]")
+    proc = run_app(root, "--check")
+    assert proc.returncode == 1, proc.stdout
+    assert "JSON object of options" in proc.stdout and "AppOptions" not in proc.stdout
+    assert_clean_log(proc)
+
+
 def test_missing_mounts_and_token_are_explained(tmp_path: Path) -> None:
     root = tmp_path / "empty"
     root.mkdir()
@@ -118,16 +129,31 @@ def test_missing_mounts_and_token_are_explained(tmp_path: Path) -> None:
     proc = run_app(root, "--check", token=None)
     assert proc.returncode == 1 and "SUPERVISOR_TOKEN is not set" in proc.stdout, proc.stdout
     root = app_root(tmp_path, {"jobs": [job], "write_to": "sqlite"})
+    (root / "homeassistant").mkdir()  # mapped, but the recorder uses another database
     proc = run_app(root, "--check")
     assert proc.returncode == 1, proc.stdout
     assert "option 'write_to': sqlite" in proc.stdout and "home-assistant_v2.db" in proc.stdout
+    assert "recorder uses another database" in proc.stdout, proc.stdout
+    assert_clean_log(proc)
+
+
+def test_missing_homeassistant_folder_is_named(tmp_path: Path) -> None:
+    """write_to: sqlite without the /homeassistant mount: the message names the missing
+    mapping, not another recorder database."""
+    job = {"name": "a", "source": "a.csv", "statistic_id": "backdate:a"}
+    root = app_root(tmp_path, {"jobs": [job], "write_to": "sqlite"})
+    proc = run_app(root, "--check")
+    assert proc.returncode == 1, proc.stdout
+    assert "homeassistant is missing" in proc.stdout, proc.stdout
+    assert "homeassistant_config" in proc.stdout, proc.stdout
+    assert "another database" not in proc.stdout, proc.stdout
     assert_clean_log(proc)
 
 
 def test_generated_config_and_serve_section(tmp_path: Path) -> None:
     """backdate.toml is private (0600), names the container's paths, carries no source secret,
-    and gets a [serve] block only when `backdate serve` exists."""
-    from backdate.haos.app import has_command
+    and gets a [serve] block only when `backdate serve` can mirror Home Assistant."""
+    from backdate.haos.app import serve_available
 
     options = {**SECRETS, "serve": True, "jobs": [
         {"name": "house", "source": "/share/backdate/house.csv", "statistic_id": "backdate:house",
@@ -144,9 +170,110 @@ def test_generated_config_and_serve_section(tmp_path: Path) -> None:
     assert f'source = "{root}/config/garage.csv"' in text
     assert 'targets = ["ws://127.0.0.1:9/core/websocket"]' in text
     assert not any(secret in text for secret in SECRETS.values())
-    assert ("[serve]" in text) == has_command("serve")
-    if not has_command("serve"):
-        assert "no `serve` command yet" in proc.stdout
+    assert ("[serve]" in text) == serve_available()
+    if not serve_available():
+        assert "only the sync runs" in proc.stdout
+
+
+def test_serve_on_does_not_stop_the_sync(tmp_path: Path) -> None:
+    """`serve: true` (in DOCS.md's options) with a backdate whose `serve` has the event ingest
+    but no Home Assistant mirror: the loop keeps syncing, the log says only the sync runs, and
+    SIGTERM ends it with exit 0 (the app used to start `serve` with a config it refused, and
+    the whole app ended with exit 1 a second after it started)."""
+    import signal
+
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    end = int(time.time()) // HOUR * HOUR
+    root = app_root(tmp_path, {"serve": True, "write_to": "sqlite", "jobs": [
+        {"name": "house", "source": "/share/backdate/house.csv",
+         "statistic_id": "backdate:house"}]})
+    (root / "homeassistant").mkdir()
+    create_recorder_sqlite(root / "homeassistant" / "home-assistant_v2.db")
+    house_csv(root / "share" / "backdate" / "house.csv", end, 4, 0.25)
+    env = {k: v for k, v in os.environ.items() if k not in ("HA_TOKEN", "HA_URL")}
+    env.update(BACKDATE_APP_ROOT=str(root), BACKDATE_SUPERVISOR_URL="http://127.0.0.1:9",
+               SUPERVISOR_TOKEN="not-a-real-token-0000", XDG_STATE_HOME=str(root / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "backdate.haos"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "next run at" in line:
+                break
+        time.sleep(3)  # serve, had it been started, has failed by now
+        assert proc.poll() is None, "".join(lines) + proc.stdout.read()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(lines) + out
+    assert proc.returncode == 0, (output, err)
+    assert "job house: ok" in output and "serve: error" not in output, output
+    # write_to: sqlite makes no backup file, and DOCS.md says so (it promised one per write)
+    ha_config = root / "homeassistant"
+    assert not list(ha_config.glob("*.bak")), list(ha_config.iterdir())
+    docs = (Path(__file__).resolve().parent.parent / "ha-app" / "backdate" / "DOCS.md").read_text()
+    assert "a backup before each write" not in docs and "No backup file is made" in docs
+    assert_clean_log(subprocess.CompletedProcess(proc.args, 0, output, err),
+                     "not-a-real-token-0000")
+
+
+@pytest.mark.parametrize(("signame", "once"), [("SIGTERM", True), ("SIGINT", True),
+                                              ("SIGTERM", False)])
+def test_a_signal_during_a_run_is_reported(tmp_path: Path, signame: str, once: bool) -> None:
+    """SIGTERM or SIGINT while a job waits on a source that never answers. `--once`: the log
+    says the run was stopped (it used to end silently with exit 1, the bad-input code), the
+    exit code is the shell's for that signal. The loop (what the container runs): the app
+    ends with exit 0 within STOP_GRACE (it used to wait for the child for ever). No
+    traceback either way."""
+    import signal
+    import socket
+
+    from backdate.haos.app import STOP_GRACE
+    from backdate.targets.fresh import create_recorder_sqlite
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection in the kernel, never answers
+    port = silent.getsockname()[1]
+    root = app_root(tmp_path, {"write_to": "sqlite", "jobs": [
+        {"name": "slow", "statistic_id": "backdate:slow",
+         "source": f"influxdb://127.0.0.1:{port}/db?measurement=m&field=f"}]})
+    (root / "homeassistant").mkdir()
+    create_recorder_sqlite(root / "homeassistant" / "home-assistant_v2.db")
+    env = {k: v for k, v in os.environ.items() if k not in ("HA_TOKEN", "HA_URL")}
+    env.update(BACKDATE_APP_ROOT=str(root), BACKDATE_SUPERVISOR_URL="http://127.0.0.1:9",
+               SUPERVISOR_TOKEN="not-a-real-token-0000", XDG_STATE_HOME=str(root / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "backdate.haos",
+                             *(["--once"] if once else [])], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert ("once" if once else "syncing") in first, first
+        time.sleep(2)  # the child is waiting on the silent source
+        assert proc.poll() is None, first + proc.stdout.read()
+        sig = getattr(signal, signame)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=STOP_GRACE + 30)
+    finally:
+        silent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (128 + sig if once else 0), (proc.returncode, first + out, err)
+    assert f"stopped by {signame}" in out, first + out
+    assert_clean_log(subprocess.CompletedProcess(proc.args, 0, first + out, err),
+                     "not-a-real-token-0000")
 
 
 def test_failing_run_logs_no_secret(tmp_path: Path) -> None:
@@ -160,6 +287,9 @@ def test_failing_run_logs_no_secret(tmp_path: Path) -> None:
     proc = run_app(root, "--once", timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "ERROR: " in proc.stdout and "job pw: failed" in proc.stdout, proc.stdout
+    # the summary naming the failed job is an error too (log_level: error still shows which)
+    assert any("ERROR: " in line and "job pw: failed" in line
+               for line in proc.stdout.splitlines()), proc.stdout
     assert_clean_log(proc, "hunter2pw", "not-a-real-token-0000", *SECRETS.values())
 
 

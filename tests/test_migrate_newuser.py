@@ -99,7 +99,8 @@ def test_running_it_twice_says_nothing_to_do_and_makes_no_backup(tmp_path: Path)
     again = backdate(*args)
     assert "nothing to do" in again.stdout, again.stdout
     assert "written and verified" not in again.stdout, again.stdout
-    assert sorted(tmp_path.glob("*.backdate-*.jsonl")) == backups, "a backup of a run that wrote nothing"
+    assert sorted(tmp_path.glob("*.backdate-*.jsonl")) == backups, \
+        "a backup of a run that wrote nothing"
     assert sha256(db) == before
 
 

@@ -66,3 +66,12 @@ def test_wheel_installs_and_runs_from_nothing(tmp_path: Path) -> None:
     # the installed copy, not this checkout, answered
     where = run(python, "-c", "import backdate, sys; print(backdate.__file__)", cwd=work)
     assert str(env_dir) in where.stdout and str(ROOT) not in where.stdout
+
+
+def test_readme_install_line_brings_build_along() -> None:
+    """A new user follows README's Install line in a fresh Python: `python -m build` is not
+    part of Python ("No module named build") unless the line installs it first."""
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if "python -m build --wheel" in line
+                and "pipx install" in line)
+    assert "pip install build" in line.split("python -m build")[0], line

@@ -48,6 +48,7 @@ from backdate.errors import InputError
 
 log = logging.getLogger("backdate.haos")
 
+STOP_GRACE = 30.0  # seconds a child gets to end after SIGTERM before it is killed
 INGRESS_PORT = 8099  # config.yaml's ingress_port: where `serve` listens inside the container
 RECORDER_FILE = "home-assistant_v2.db"
 DEFAULT_DATABASE = "homeassistant"  # the MariaDB app's default database
@@ -131,6 +132,9 @@ def parse_options(raw: object) -> AppOptions:
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         if first.get("type") == "extra_forbidden":
             message = "unknown option (a typo?)"
+        elif first.get("type") == "model_type":  # pydantic would name its own class here
+            message = ("should be a job with name, source and statistic_id" if first["loc"]
+                       else "should be a JSON object of options")
         elif first.get("type") == "string_pattern_mismatch":
             message = ("only letters, digits, - and _" if first["loc"][-1] == "name" else
                        "a statistic id like backdate:house or sensor.house_energy")
@@ -247,7 +251,12 @@ def target_for(options: AppOptions, app_env: AppEnvironment) -> tuple[str, list[
                            "(it is in config.yaml) and must run under the Supervisor")
         return app_env.core_websocket, []
     if options.write_to == "sqlite":
-        path = app_env.path("/homeassistant") / RECORDER_FILE
+        folder = app_env.path("/homeassistant")
+        path = folder / RECORDER_FILE
+        if not folder.is_dir():
+            raise AppError(f"option 'write_to': sqlite, but {folder} is missing: Home "
+                           "Assistant's config folder is not mapped into the app (config.yaml "
+                           "maps homeassistant_config:rw; reinstall or update the app)")
         if not path.exists():
             raise AppError(f"option 'write_to': sqlite, but {path} does not exist: Home "
                            "Assistant's recorder uses another database (use websocket or "
@@ -296,8 +305,9 @@ def render_config(options: AppOptions, app_env: AppEnvironment, target: str,
         lines += [f"{key} = {_toml(value)}" for key, value in fields.items()]
     if serve:
         # `backdate serve` behind Home Assistant's ingress; its web page is the app's panel.
+        store = f"sqlite:///{(app_env.data / 'serve.db').absolute()}"  # four slashes
         lines += ["", "[serve]", f"listen = {_toml(f'0.0.0.0:{INGRESS_PORT}')}",
-                  f"store = {_toml(str(app_env.data / 'serve.db'))}", "",
+                  f"store = {_toml(store)}", "",
                   "[[serve.homes]]", 'name = "home"', f"url = {_toml(app_env.core_websocket)}"]
     return "\n".join(lines) + "\n", headers
 
@@ -338,6 +348,19 @@ def has_command(name: str) -> bool:
                for info in app.registered_commands)
 
 
+def serve_available() -> bool:
+    """Whether this backdate's `serve` can be the app's panel: it needs the Home Assistant
+    mirror (`[[serve.homes]]`). A `serve` with only the event ingest cannot run from the
+    app's options (it wants read tokens and ingest keys the options do not have)."""
+    if not has_command("serve"):
+        return False
+    try:
+        from backdate.interfaces.http import server
+    except ImportError:
+        return False
+    return bool(getattr(server, "MIRRORS_HOMES", False))
+
+
 def prepare(app_env: AppEnvironment) -> Plan:
     """Options read and checked, target found, backdate.toml written and checked."""
     options = read_options(app_env)
@@ -346,13 +369,13 @@ def prepare(app_env: AppEnvironment) -> Plan:
         raise AppError("option 'jobs': no job; add one in the app's Configuration tab "
                        "(name, source, statistic_id)")
     target, target_secrets = target_for(options, app_env)
-    serve = options.serve and has_command("serve")
+    serve = options.serve and serve_available()
     if options.serve and not serve:
         if not options.jobs:
             raise AppError("option 'jobs': no job, and option 'serve' cannot run: this "
-                           "backdate has no `serve` command yet")
-        log.warning("option 'serve' is on, but this backdate has no `serve` command yet; "
-                    "only the sync runs")
+                           "backdate's `serve` has no Home Assistant mirror yet")
+        log.warning("option 'serve' is on, but this backdate's `serve` has no Home Assistant "
+                    "mirror yet; only the sync runs")
     text, headers = render_config(options, app_env, target, serve)
     config = app_env.data / "backdate.toml"
     write_private(config, text)
@@ -422,12 +445,16 @@ def set_level(name: str) -> None:
 # ------------------------------------------------------------------------------------ running
 
 
+_JOB_FAILED = re.compile(r"\bjob \S+: failed\b")
+
+
 def _relay(stream, level: int, prefix: str) -> None:
     for raw in iter(stream.readline, ""):
         line = raw.rstrip("\n")
         if line.strip():
             lowered = line.lstrip().lower()
-            lvl = logging.ERROR if lowered.startswith("error") else level
+            failed = _JOB_FAILED.search(line) is not None  # the run's summary names the job
+            lvl = logging.ERROR if lowered.startswith("error") or failed else level
             log.log(lvl, "%s%s", prefix, line)
     stream.close()
 
@@ -461,12 +488,18 @@ def run(plan: Plan, once: bool) -> int:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    stopped: list[int] = []  # the signal that asked the app to stop
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        stop()
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     code = 0
     try:
-        while True:
+        while not stopped:  # asked to stop: the children get STOP_GRACE seconds, below
             done = [proc for proc, _ in children if proc.poll() is not None]
             if done:
                 code = done[0].returncode
@@ -476,17 +509,29 @@ def run(plan: Plan, once: bool) -> int:
             except subprocess.TimeoutExpired:
                 continue
             except KeyboardInterrupt:
+                stopped.append(signal.SIGINT)
                 stop()
     finally:
         stop()
         for proc, threads in children:
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
+                log.warning("%s did not end within %.0f s of SIGTERM; killed",
+                            " ".join(proc.args[3:5]) if isinstance(proc.args, list) else "a child",
+                            STOP_GRACE)
                 proc.kill()
                 proc.wait()
             for thread in threads:
                 thread.join(timeout=5)
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        if once:  # a run cut short: say so, and exit as a shell does for the signal
+            log.warning("stopped by %s before every job finished; the next run reads the "
+                        "window again", name)
+            return 128 + int(stopped[0])
+        log.info("stopped by %s", name)
+        return 0
     return code if code >= 0 else 1
 
 
