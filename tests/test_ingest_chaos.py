@@ -66,7 +66,8 @@ def _outbox_state(path: Path) -> tuple[int, set[int]]:
             "SELECT body FROM outbox_events WHERE NOT acked")}
     finally:
         con.close()
-    return int(pos[0]) if pos else 0, waiting
+    # the mark is "offset fingerprint…" (delivery._file_mark): the offset comes first
+    return int(str(pos[0]).split()[0]) if pos else 0, waiting
 
 
 def run_chaos(tmp: Path, store: str, n: int, servers: int = 1, delete_outbox: bool = False,

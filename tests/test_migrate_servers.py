@@ -71,7 +71,7 @@ def test_map_keep_source_restore_dry_run_refusal_and_rename(server: ServerDb,
         assert max(abs(got[t] - want[t]) for t in want) < TOL
     [backup] = list(tmp_path.glob("backdate-backup-*.jsonl"))
     assert str(backup.name) in done.stdout
-    backdate("restore", backup, "--to", server.url)
+    backdate("restore", backup, "--to", server.url, "--yes")
     assert server.dump() == before, "restore did not bring every row back"
 
     for old in tmp_path.glob("backdate-backup-*.jsonl"):
@@ -85,5 +85,5 @@ def test_map_keep_source_restore_dry_run_refusal_and_rename(server: ServerDb,
     assert five[last + 300] == (None, pytest.approx(third.five[last][1]))
     assert server.meta("sensor.third")["source"] == "recorder"
     [backup] = list(tmp_path.glob("backdate-backup-*.jsonl"))
-    backdate("restore", backup, "--to", server.url)
+    backdate("restore", backup, "--to", server.url, "--yes")
     assert server.dump() == before, "restore did not undo the rename"
