@@ -3,6 +3,7 @@ delivery tests. Every wait has a deadline; every process is killed in teardown."
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,23 @@ gap_deadline = "{gap_deadline}"
 
 def backdate_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "backdate.cli", *args]
+
+
+@contextlib.contextmanager
+def sqlite_serve(directory: Path, before: Callable[[str], None] | None = None
+                 ) -> Iterator[Serve]:
+    """One `backdate serve` on a SQLite store in `directory`, stopped afterwards; `before`
+    gets the store URL first (to seed it)."""
+    store = f"sqlite:///{directory / 'serve.db'}"
+    if before is not None:
+        before(store)
+    port = free_port()
+    proc = Serve(write_config(directory, store, port), port, directory / "serve.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 class Serve:

@@ -24,21 +24,14 @@ from ingest_harness import (
     get,
     post,
     request,
-    write_config,
+    sqlite_serve,
 )
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    tmp = tmp_path_factory.mktemp("ingest-api")
-    port = free_port()
-    proc = Serve(write_config(tmp, f"sqlite:///{tmp / 'serve.db'}", port), port,
-                 tmp / "serve.log")
-    proc.start()
-    try:
+    with sqlite_serve(tmp_path_factory.mktemp("ingest-api")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _stream(serve: Serve, device: str) -> list[dict]:

@@ -18,23 +18,16 @@ from ingest_harness import (
     READ_TOKEN,
     Serve,
     backdate_cmd,
-    free_port,
     get,
+    sqlite_serve,
     write_config,
 )
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    tmp = tmp_path_factory.mktemp("ingest-newuser")
-    port = free_port()
-    proc = Serve(write_config(tmp, f"sqlite:///{tmp / 'serve.db'}", port), port,
-                 tmp / "serve.log")
-    proc.start()
-    try:
+    with sqlite_serve(tmp_path_factory.mktemp("ingest-newuser")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _env(tmp: Path) -> dict[str, str]:

@@ -6,11 +6,10 @@ the mirror's routes answer with real rows; every route refuses a missing or wron
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from ingest_harness import INGEST_KEY, READ_TOKEN, Serve, free_port, get, request, write_config
+from ingest_harness import INGEST_KEY, READ_TOKEN, Serve, get, request, sqlite_serve
 
 from backdate.domain.registry import Snapshot
 from backdate.store.db import migrate, open_engine
@@ -21,16 +20,8 @@ EXAMPLES = 100  # per operation: the whole file stays well under a minute
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    tmp: Path = tmp_path_factory.mktemp("ingest-schema")
-    port = free_port()
-    seed_mirror(f"sqlite:///{tmp / 'serve.db'}")
-    proc = Serve(write_config(tmp, f"sqlite:///{tmp / 'serve.db'}", port), port,
-                 tmp / "serve.log")
-    proc.start()
-    try:
+    with sqlite_serve(tmp_path_factory.mktemp("ingest-schema"), before=seed_mirror) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def seed_mirror(url: str) -> None:

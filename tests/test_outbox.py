@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ingest_harness import INGEST_KEY, READ_TOKEN, Serve, free_port, get, write_config
+from ingest_harness import INGEST_KEY, READ_TOKEN, Serve, get, sqlite_serve
 
 from backdate.adapters.ingest_http.client import IngestClient
 from backdate.errors import RefusedError
@@ -20,15 +20,8 @@ from backdate.store.outbox import DROP_OLDEST, Outbox, OutboxFull
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    tmp = tmp_path_factory.mktemp("outbox")
-    port = free_port()
-    proc = Serve(write_config(tmp, f"sqlite:///{tmp / 'serve.db'}", port), port,
-                 tmp / "serve.log")
-    proc.start()
-    try:
+    with sqlite_serve(tmp_path_factory.mktemp("outbox")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _drain(box: Outbox, url: str, timeout: float = 30.0) -> Sender:
